@@ -1,0 +1,1 @@
+"""LEGOLAS Dagster layer: assets, resources, checks and sensors over ``legolas_ml``."""

