@@ -6,7 +6,6 @@ The Dagster assets call these functions one stage at a time (one fold per partit
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,11 +21,9 @@ from .config import TrainingConfig
 from .ensemble import FoldEnsemble, check_probabilities
 from .metrics import classification_metrics, mean_std
 from .modeling import load_tokenizer
+from .quality_gate import content_hash
 from .splits import SplitPlan, make_splits
 from .trainer import EpochCallback, FoldData, FoldResult, train_fold
-
-REQUIRED_COLUMNS = ("session_id", "text", "label")
-
 
 class StaleFoldError(ValueError):
     """A fold was trained on another dataset version or split than the one being aggregated."""
@@ -34,20 +31,6 @@ class StaleFoldError(ValueError):
 
 class MissingFoldsError(ValueError):
     """Some folds of the split have no trained model yet."""
-
-
-def dataset_hash(df: pd.DataFrame) -> str:
-    """Content hash of (session_id, text, label), independent of row order."""
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
-    if missing:
-        raise ValueError(f"dataset lacks columns {missing}; has {list(df.columns)}")
-    digest = hashlib.sha256()
-    for sid, text, label in sorted(zip(df["session_id"].astype(str), df["text"], df["label"])):
-        for part in (sid, text, label):
-            digest.update(str(part).encode("utf-8", "surrogatepass"))
-            digest.update(b"\x1f")
-        digest.update(b"\x1e")
-    return digest.hexdigest()[:16]
 
 
 @dataclass
@@ -199,7 +182,7 @@ def run_cross_validation(
 ) -> dict[str, Any]:
     """Split, train every fold, aggregate and evaluate the ensemble on the test set, in one process."""
     started = time.perf_counter()
-    version = dataset_hash(df)
+    version = content_hash(df)
     plan = plan_splits(df, config)
     data = encode_dataset(df, config, cache_dir=Path(output_dir) / "tokens")
     folds_dir = Path(output_dir) / "folds" / plan.fingerprint()

@@ -1,0 +1,110 @@
+"""The ``legolas`` command: demo data, review import and per-tenant status.
+
+Training itself runs through Dagster (``dagster asset materialize``, see the README); this command
+manages the data the assets read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import settings
+from .artifacts import TenantArtifacts, validate_tenant
+from .demo_data import generate_demo_data
+from .review_import import import_reviews
+from .store import StoreUnavailableError, list_tenants, open_tenant_store, scrub
+
+
+def _store(args):
+    return open_tenant_store(settings.mongo_uri(), settings.data_dir(), settings.database_name(), args.tenant)
+
+
+def cmd_demo_data(args) -> int:
+    classifications, reviews = generate_demo_data(args.conversations, args.reviews, args.seed)
+    with _store(args) as store:
+        existing = store.counts()
+        if existing["classifications"] and not args.reset:
+            print(
+                f"tenant {args.tenant!r} already has {existing['classifications']} classifications and "
+                f"{existing['reviews']} reviews; nothing written (use --reset to replace them)"
+            )
+            return 0
+        if args.reset:
+            store.classifications.delete_many({"tenant": args.tenant})
+            store.reviews.delete_many({"tenant": args.tenant})
+        store.insert_classifications(classifications)
+        inserted = sum(store.insert_review(r) for r in reviews)
+    print(f"tenant {args.tenant!r}: wrote {len(classifications)} classifications and {inserted} human reviews")
+    return 0
+
+
+def cmd_import_reviews(args) -> int:
+    with _store(args) as store:
+        report = import_reviews(args.file, store)
+    for line_no, reason in report.rejected:
+        print(f"{args.file}:{line_no}: rejected: {reason}", file=sys.stderr)
+    if report.rejected_count > len(report.rejected):
+        print(f"... and {report.rejected_count - len(report.rejected)} more rejected lines", file=sys.stderr)
+    print(
+        f"{args.file}: {report.lines} lines, {report.imported} reviews imported, "
+        f"{report.duplicates} already present, {report.rejected_count} rejected"
+    )
+    return 0 if report.ok else 1
+
+
+def cmd_status(args) -> int:
+    from .store import connect
+
+    client = connect(settings.mongo_uri(), settings.data_dir())
+    try:
+        tenants = list_tenants(client[settings.database_name()])
+    finally:
+        client.close()
+    if not tenants:
+        print("no tenants in the store yet (run: legolas demo-data)")
+        return 0
+    print(f"{'tenant':<20} {'documents':>10} {'reviews':>8}  {'newest review':<20} model")
+    for tenant in tenants:
+        args.tenant = tenant
+        with _store(args) as store:
+            counts = store.counts()
+        has_model = TenantArtifacts(settings.output_dir(), tenant).has_model()
+        newest = counts["newest_review"].isoformat(timespec="seconds") if counts["newest_review"] else "-"
+        print(f"{tenant:<20} {counts['classifications']:>10} {counts['reviews']:>8}  {newest:<20} {'yes' if has_model else 'no'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="legolas", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo-data", help="fill the store with a reproducible demo tenant")
+    demo.add_argument("--conversations", type=int, default=1500)
+    demo.add_argument("--reviews", type=int, default=300)
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--reset", action="store_true", help="replace the tenant's existing documents")
+    demo.set_defaults(func=cmd_demo_data)
+    imp = sub.add_parser("import-reviews", help="import human reviews from a JSONL file")
+    imp.add_argument("file")
+    imp.set_defaults(func=cmd_import_reviews)
+    status = sub.add_parser("status", help="documents, reviews and model per tenant")
+    status.set_defaults(func=cmd_status)
+    for p in (demo, imp):
+        p.add_argument("--tenant", type=validate_tenant, default=settings.tenant(), help="default: $LEGOLAS_TENANT or 'demo'")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except StoreUnavailableError as exc:
+        print(f"legolas: {scrub(str(exc), settings.mongo_uri())}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"legolas: {scrub(str(exc), settings.mongo_uri())}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,328 @@
+"""The quality gate: which documents become training data, and why the others did not.
+
+The differential training rule:
+
+* **first training** of a tenant (no finished ensemble exists): human reviews plus the trusted LLM
+  classifications (see ``store.trusted_llm_query``);
+* **retraining** (an ensemble exists): human reviews only.
+
+Every input document ends in exactly one bucket: *accepted*, *quarantined* (with a reason) or
+*superseded* (a human review beats an LLM label; among reviews of one session the latest valid
+``reviewed_at`` wins). Bad records never crash the gate and are never silently dropped.
+
+Label normalisation policy: Unicode NFKC, surrounding whitespace stripped, lower-cased, inner runs
+of whitespace replaced by one ``_``. So ``" Billing  Issue"`` and ``"billing issue"`` are the same
+class ``billing_issue``; a label that is empty after this is quarantined as ``missing_label``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import pandas as pd
+
+MODES = ("auto", "first", "retrain")
+QUARANTINE_REASONS = (
+    "missing_session_id",
+    "empty_text",
+    "non_string_text",
+    "invalid_utf8",
+    "text_too_long",
+    "no_text",
+    "missing_label",
+    "non_string_label",
+    "invalid_reviewed_at",
+)
+_WS = re.compile(r"\s+")
+COLUMNS = ["session_id", "text", "label", "source"]
+
+
+@dataclass
+class GateSettings:
+    """Limits of the gate.
+
+    Args:
+        max_text_chars: texts longer than this are quarantined as ``text_too_long``.
+        samples_per_reason: how many quarantined records per reason are kept as examples.
+    """
+
+    max_text_chars: int = 20_000
+    samples_per_reason: int = 5
+
+    def __post_init__(self) -> None:
+        if self.max_text_chars < 1:
+            raise ValueError(f"max_text_chars must be >= 1, got {self.max_text_chars}")
+        if self.samples_per_reason < 0:
+            raise ValueError(f"samples_per_reason must be >= 0, got {self.samples_per_reason}")
+
+
+@dataclass
+class GateResult:
+    """The accepted training table and the account of every input document."""
+
+    dataset: pd.DataFrame
+    mode: str
+    mode_reason: str
+    counts: dict[str, int]
+    per_source: dict[str, int]
+    per_class: dict[str, int]
+    quarantined: dict[str, int]
+    superseded: dict[str, int]
+    quarantine_samples: list[dict[str, Any]] = field(default_factory=list)
+    content_hash: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "mode_reason": self.mode_reason,
+            "counts": self.counts,
+            "per_source": self.per_source,
+            "per_class": self.per_class,
+            "quarantined": self.quarantined,
+            "superseded": self.superseded,
+            "quarantine_samples": self.quarantine_samples,
+            "content_hash": self.content_hash,
+        }
+
+
+def decide_mode(requested: str, has_model: bool) -> tuple[str, str]:
+    """``first`` or ``retrain``, from an operator override or the tenant's model artifacts."""
+    if requested not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {requested!r}")
+    if requested != "auto":
+        return requested, f"mode forced to {requested!r} by configuration"
+    if has_model:
+        return "retrain", "a trained ensemble exists for this tenant: human reviews only"
+    return "first", "no trained ensemble exists for this tenant: human reviews + trusted LLM labels"
+
+
+def normalise_label(label: Any) -> tuple[str | None, str | None]:
+    """(normalised label, None) or (None, quarantine reason)."""
+    if label is None:
+        return None, "missing_label"
+    if not isinstance(label, str):
+        return None, "non_string_label"
+    try:
+        label.encode("utf-8")
+    except UnicodeEncodeError:
+        return None, "invalid_utf8"
+    text = _WS.sub("_", unicodedata.normalize("NFKC", label).strip()).lower()
+    return (text, None) if text else (None, "missing_label")
+
+
+def check_text(text: Any, max_chars: int) -> tuple[str | None, str | None]:
+    """(text, None) or (None, quarantine reason)."""
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError:
+            return None, "invalid_utf8"
+    if text is None:
+        return None, "no_text"
+    if not isinstance(text, str):
+        return None, "non_string_text"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: not representable in UTF-8
+        return None, "invalid_utf8"
+    if not text.strip():
+        return None, "empty_text"
+    if len(text) > max_chars:
+        return None, "text_too_long"
+    return text, None
+
+
+def parse_timestamp(value: Any) -> datetime | None:
+    """A naive-UTC datetime from a datetime or ISO-8601 string; ``None`` if it cannot be ordered."""
+    if isinstance(value, datetime):
+        ts = value
+    elif isinstance(value, str):
+        try:
+            ts = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    else:
+        return None
+    if ts.tzinfo is not None:
+        ts = ts.astimezone(timezone.utc).replace(tzinfo=None)
+    return ts
+
+
+def _session_id(doc: Mapping[str, Any]) -> str | None:
+    sid = doc.get("session_id")
+    if isinstance(sid, bool) or sid is None:
+        return None
+    if isinstance(sid, (int,)) or (isinstance(sid, float) and math.isfinite(sid)):
+        return str(sid)
+    if isinstance(sid, str) and sid.strip():
+        try:
+            sid.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
+        return sid.strip()
+    return None
+
+
+def _sample(doc: Mapping[str, Any], reason: str, source: str) -> dict[str, Any]:
+    text = doc.get("text")
+    preview = repr(text)[:80] if text is not None else None
+    return {"reason": reason, "source": source, "session_id": repr(doc.get("session_id"))[:60], "text": preview}
+
+
+def run_gate(
+    reviews: Iterable[Mapping[str, Any]],
+    llm_docs: Iterable[Mapping[str, Any]] | None,
+    texts_by_session: Mapping[str, Any],
+    mode: str,
+    mode_reason: str = "",
+    settings: GateSettings | None = None,
+) -> GateResult:
+    """Apply the gate to documents already read from the store (pure: no I/O, never raises on data).
+
+    Args:
+        reviews: human review documents of the tenant.
+        llm_docs: trusted LLM classification documents (ignored in ``retrain`` mode).
+        texts_by_session: classification texts, for reviews that carry no text of their own.
+        mode: ``"first"`` or ``"retrain"``.
+        mode_reason: why that mode was chosen (kept in the summary).
+        settings: limits; defaults to ``GateSettings()``.
+
+    Returns:
+        A ``GateResult`` whose ``dataset`` has one row per session: ``session_id, text, label, source``.
+    """
+    if mode not in ("first", "retrain"):
+        raise ValueError(f"mode must be 'first' or 'retrain' (resolve 'auto' with decide_mode), got {mode!r}")
+    settings = settings or GateSettings()
+    quarantined: Counter[str] = Counter()
+    samples: list[dict[str, Any]] = []
+    superseded = Counter({"reviews_by_later_review": 0, "llm_by_human_review": 0, "llm_by_later_llm": 0})
+    inputs = Counter()
+
+    def quarantine(doc: Mapping[str, Any], reason: str, source: str) -> None:
+        quarantined[reason] += 1
+        if sum(1 for s in samples if s["reason"] == reason) < settings.samples_per_reason:
+            samples.append(_sample(doc, reason, source))
+
+    # --- human reviews: validate, then keep the latest valid review of each session ---
+    best_review: dict[str, tuple[tuple, str, str]] = {}
+    for position, doc in enumerate(reviews):
+        inputs["human"] += 1
+        if not isinstance(doc, Mapping):
+            quarantine({}, "missing_session_id", "human")
+            continue
+        sid = _session_id(doc)
+        if sid is None:
+            quarantine(doc, "missing_session_id", "human")
+            continue
+        raw_text = doc.get("text")
+        if raw_text is None or (isinstance(raw_text, str) and not raw_text.strip() and sid in texts_by_session):
+            raw_text = texts_by_session.get(sid)
+        text, problem = check_text(raw_text, settings.max_text_chars)
+        if problem is None:
+            label, problem = normalise_label(doc.get("label"))
+        if problem is None:
+            ts = parse_timestamp(doc.get("reviewed_at"))
+            problem = None if ts is not None else "invalid_reviewed_at"
+        if problem is not None:
+            quarantine(doc, problem, "human")
+            continue
+        # Ties on reviewed_at are broken by _id, then input position: deterministic either way.
+        key = (ts, str(doc.get("_id", "")), position)
+        if sid in best_review:
+            superseded["reviews_by_later_review"] += 1
+            if key <= best_review[sid][0]:
+                continue
+        best_review[sid] = (key, text, label)
+
+    # --- trusted LLM labels (first training only): a human review of the session wins ---
+    best_llm: dict[str, tuple[tuple, str, str]] = {}
+    if mode == "first" and llm_docs is not None:
+        for position, doc in enumerate(llm_docs):
+            inputs["llm"] += 1
+            if not isinstance(doc, Mapping):
+                quarantine({}, "missing_session_id", "llm")
+                continue
+            sid = _session_id(doc)
+            if sid is None:
+                quarantine(doc, "missing_session_id", "llm")
+                continue
+            text, problem = check_text(doc.get("text"), settings.max_text_chars)
+            if problem is None:
+                label, problem = normalise_label(doc.get("llm_prediction"))
+            if problem is not None:
+                quarantine(doc, problem, "llm")
+                continue
+            if sid in best_review:
+                superseded["llm_by_human_review"] += 1
+                continue
+            key = (parse_timestamp(doc.get("created_at")) or datetime.min, str(doc.get("_id", "")), position)
+            if sid in best_llm:
+                superseded["llm_by_later_llm"] += 1
+                if key <= best_llm[sid][0]:
+                    continue
+            best_llm[sid] = (key, text, label)
+
+    rows = [(sid, text, label, "human") for sid, (_, text, label) in best_review.items()]
+    rows += [(sid, text, label, "llm") for sid, (_, text, label) in best_llm.items()]
+    dataset = pd.DataFrame(sorted(rows), columns=COLUMNS)
+    counts = {
+        "inputs": inputs["human"] + inputs["llm"],
+        "input_reviews": inputs["human"],
+        "input_llm": inputs["llm"],
+        "accepted": len(dataset),
+        "quarantined": sum(quarantined.values()),
+        "superseded": sum(superseded.values()),
+    }
+    return GateResult(
+        dataset=dataset,
+        mode=mode,
+        mode_reason=mode_reason,
+        counts=counts,
+        per_source={"human": len(best_review), "llm": len(best_llm)},
+        per_class=dict(sorted(Counter(dataset["label"]).items())),
+        quarantined={r: quarantined.get(r, 0) for r in QUARANTINE_REASONS},
+        superseded=dict(superseded),
+        quarantine_samples=samples,
+        content_hash=content_hash(dataset),
+    )
+
+
+def content_hash(dataset: pd.DataFrame) -> str:
+    """Hash of the (session_id, text, label) rows in any order: the dataset's data version downstream.
+
+    The source column is left out: the same sessions with the same labels train the same model.
+    """
+    missing = [c for c in ("session_id", "text", "label") if c not in dataset.columns]
+    if missing:
+        raise ValueError(f"dataset lacks columns {missing}; has {list(dataset.columns)}")
+    digest = hashlib.sha256()
+    rows = zip(dataset["session_id"].astype(str), dataset["text"].astype(str), dataset["label"].astype(str))
+    for row in sorted(rows):
+        digest.update("\x1f".join(row).encode("utf-8", "surrogatepass"))
+        digest.update(b"\x1e")
+    return digest.hexdigest()[:16]
+
+
+def gate_from_store(store, has_model: bool, requested_mode: str = "auto", settings: GateSettings | None = None) -> GateResult:
+    """Read a tenant's documents from a ``TenantStore`` and run the gate on them.
+
+    Args:
+        store: the tenant's ``TenantStore``.
+        has_model: whether the tenant has a finished ensemble (``TenantArtifacts.has_model()``).
+        requested_mode: ``"auto"`` (decide from ``has_model``), ``"first"`` or ``"retrain"``.
+        settings: gate limits.
+    """
+    mode, reason = decide_mode(requested_mode, has_model)
+    reviews = list(store.human_reviews())
+    llm_docs = list(store.trusted_llm_classifications()) if mode == "first" else None
+    textless = [r.get("session_id") for r in reviews if not isinstance(r.get("text"), str) or not r["text"].strip()]
+    texts = store.texts_for(textless) if textless else {}
+    return run_gate(reviews, llm_docs, texts, mode, reason, settings)

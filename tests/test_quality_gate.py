@@ -1,0 +1,127 @@
+from datetime import datetime, timedelta
+
+import pytest
+
+from legolas_ml.quality_gate import GateSettings, content_hash, decide_mode, gate_from_store, normalise_label, run_gate
+from legolas_ml.store import TenantStore, connect
+
+T0 = datetime(2026, 3, 1, 12, 0)
+
+
+def review(sid, label, minutes=0, text="a real conversation", **extra):
+    return {"session_id": sid, "label": label, "text": text, "reviewed_at": T0 + timedelta(minutes=minutes), **extra}
+
+
+def llm(sid, label, method="llm", needs_review=False, text="an llm labelled conversation", **extra):
+    return {
+        "session_id": sid, "text": text, "llm_prediction": label, "llm_confidence": 0.9,
+        "classification_method": method, "needs_review": needs_review, "created_at": T0, **extra,
+    }
+
+
+@pytest.fixture
+def store(tmp_path):
+    client = connect(None, tmp_path)
+    s = TenantStore(client["legolas"], "acme")
+    s.ensure_indexes()
+    s.ensure_indexes()  # idempotent
+    yield s
+    client.close()
+
+
+def test_human_review_overrides_llm_label(store):
+    store.insert_classifications([llm("s1", "billing"), llm("s2", "shipping")])
+    store.insert_review(review("s1", "cancellation"))
+    result = gate_from_store(store, has_model=False)
+    rows = result.dataset.set_index("session_id")
+    assert rows.loc["s1", "label"] == "cancellation" and rows.loc["s1", "source"] == "human"
+    assert rows.loc["s2", "source"] == "llm"
+    assert result.superseded["llm_by_human_review"] == 1 and result.mode == "first"
+
+
+def test_latest_of_two_reviews_wins(store):
+    store.insert_review(review("s1", "billing", minutes=0))
+    store.insert_review(review("s1", "shipping", minutes=5))
+    result = gate_from_store(store, has_model=True)
+    assert result.dataset["label"].tolist() == ["shipping"]
+    assert result.superseded["reviews_by_later_review"] == 1
+    # A later but invalid review does not beat an earlier valid one: it is quarantined instead.
+    store.insert_review(review("s1", "   ", minutes=9))
+    result = gate_from_store(store, has_model=True)
+    assert result.dataset["label"].tolist() == ["shipping"] and result.quarantined["missing_label"] == 1
+
+
+@pytest.mark.parametrize(
+    "method, trusted",
+    [("llm", True), ("LLM", True), ("llm_long_text", True), ("llm+human", False), ("LLM_ml", False),
+     ("ml_ensemble", False), ("human_review", False)],
+)
+def test_trusted_llm_methods(store, method, trusted):
+    store.insert_classifications([llm("s1", "billing", method=method)])
+    assert len(gate_from_store(store, has_model=False).dataset) == (1 if trusted else 0)
+
+
+def test_needs_review_and_null_prediction_excluded(store):
+    store.insert_classifications([llm("s1", "billing", needs_review=True), llm("s2", None), llm("s3", "billing")])
+    store.classifications.insert_one({"tenant": "acme", "session_id": "s4", "text": "x", "classification_method": "llm"})
+    assert gate_from_store(store, has_model=False).dataset["session_id"].tolist() == ["s3"]
+
+
+def test_retrain_uses_human_reviews_only(store):
+    store.insert_classifications([llm("s1", "billing"), llm("s2", "shipping")])
+    store.insert_review(review("s3", "account"))
+    result = gate_from_store(store, has_model=True)
+    assert result.mode == "retrain" and result.per_source == {"human": 1, "llm": 0}
+    assert gate_from_store(store, has_model=True, requested_mode="first").per_source["llm"] == 2
+
+
+def test_mode_override_and_validation():
+    assert decide_mode("auto", False)[0] == "first" and decide_mode("auto", True)[0] == "retrain"
+    assert decide_mode("retrain", False)[0] == "retrain"
+    with pytest.raises(ValueError, match="'first', 'retrain'"):
+        decide_mode("sometimes", True)
+
+
+def test_each_quarantine_reason_counted_and_sampled():
+    reviews = [
+        review(None, "billing"),                                  # missing_session_id
+        review("r-empty", "billing", text="   "),                 # empty_text (no lookup text either)
+        review("r-number", "billing", text=12345),                # non_string_text
+        review("r-surrogate", "billing", text="bad \ud800 text"), # invalid_utf8
+        review("r-bytes", "billing", text=b"\xff\xfe not utf8"),  # invalid_utf8
+        review("r-long", "billing", text="x" * 101),              # text_too_long
+        review("r-orphan", "billing", text=None),                 # no_text anywhere
+        review("r-nolabel", None),                                # missing_label
+        review("r-blank", " \t "),                                # missing_label
+        review("r-int", 3),                                       # non_string_label
+        {"session_id": "r-ts", "label": "billing", "text": "ok", "reviewed_at": "yesterday"},  # invalid_reviewed_at
+        review("r-good", "Billing  Issue "),
+    ]
+    result = run_gate(reviews, [], {}, "retrain", settings=GateSettings(max_text_chars=100))
+    assert result.quarantined == {
+        "missing_session_id": 1, "empty_text": 1, "non_string_text": 1, "invalid_utf8": 2, "text_too_long": 1,
+        "no_text": 1, "missing_label": 2, "non_string_label": 1, "invalid_reviewed_at": 1,
+    }
+    assert result.dataset["label"].tolist() == ["billing_issue"]
+    assert {s["reason"] for s in result.quarantine_samples} == set(k for k, v in result.quarantined.items() if v)
+    c = result.counts
+    assert c["inputs"] == c["accepted"] + c["quarantined"] + c["superseded"] == len(reviews)
+
+
+def test_review_without_text_takes_the_classification_text(store):
+    store.insert_classifications([llm("s1", "billing", method="ml_ensemble", text="the stored conversation")])
+    store.insert_review(review("s1", "billing", text=None))
+    assert gate_from_store(store, has_model=True).dataset["text"].tolist() == ["the stored conversation"]
+
+
+def test_label_normalisation_never_creates_a_new_class():
+    assert normalise_label(" Billing  Issue") == ("billing_issue", None)
+    assert normalise_label("BILLING\tissue ")[0] == normalise_label("billing issue")[0]
+    assert normalise_label("\u3000")[1] == "missing_label"
+
+
+def test_content_hash_depends_on_content_only():
+    a = run_gate([review("s1", "x"), review("s2", "y")], [], {}, "retrain")
+    b = run_gate([review("s2", "y"), review("s1", "x")], [], {}, "retrain")
+    c = run_gate([review("s1", "x"), review("s2", "z")], [], {}, "retrain")
+    assert a.content_hash == b.content_hash == content_hash(a.dataset) != c.content_hash

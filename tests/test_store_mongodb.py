@@ -1,0 +1,45 @@
+"""The store tests against a real MongoDB: run only when LEGOLAS_MONGO_URI is set.
+
+No MongoDB server can be installed on the CI machines, so CI skips this module; on a machine with a
+server, ``LEGOLAS_MONGO_URI=mongodb://... pytest tests/test_store_mongodb.py`` runs the same queries,
+indexes and gate rules against it.
+"""
+
+import os
+import uuid
+from datetime import datetime, timedelta
+
+import pytest
+
+from legolas_ml.quality_gate import gate_from_store
+from legolas_ml.store import connect, open_tenant_store
+
+URI = os.environ.get("LEGOLAS_MONGO_URI")
+pytestmark = [pytest.mark.mongo, pytest.mark.skipif(not URI, reason="LEGOLAS_MONGO_URI is not set")]
+
+
+@pytest.fixture
+def store():
+    database = f"legolas_test_{uuid.uuid4().hex[:8]}"
+    with open_tenant_store(URI, "unused", database, "acme") as s:
+        yield s
+    client = connect(URI, "unused")
+    client.drop_database(database)
+    client.close()
+
+
+def test_same_gate_rules_on_mongodb(store):
+    t = datetime(2026, 1, 1)
+    store.insert_classifications([
+        {"session_id": "s1", "text": "a", "llm_prediction": "x", "classification_method": "llm", "needs_review": False},
+        {"session_id": "s2", "text": "b", "llm_prediction": "y", "classification_method": "LLM_ml", "needs_review": False},
+        {"session_id": "s3", "text": "c", "llm_prediction": "y", "classification_method": "llm+human"},
+        {"session_id": "s4", "text": "d", "llm_prediction": "y", "classification_method": "LLM", "needs_review": True},
+    ])
+    store.insert_review({"session_id": "s1", "label": "z", "reviewed_at": t})
+    store.insert_review({"session_id": "s1", "label": "w", "reviewed_at": t + timedelta(seconds=1)})
+    result = gate_from_store(store, has_model=False)
+    assert result.dataset[["session_id", "label"]].values.tolist() == [["s1", "w"]]
+    assert result.superseded["llm_by_human_review"] == 1 and result.superseded["reviews_by_later_review"] == 1
+    assert len(store.reviews_after(None)) == 2
+    assert store.insert_review({"session_id": "s1", "label": "w", "reviewed_at": t}) is False
