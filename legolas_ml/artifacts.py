@@ -50,12 +50,49 @@ def write_json_atomic(path: Path, payload: Any) -> None:
         raise
 
 
+def write_dataset(path: Path, rows) -> Path:
+    """Write a dataset (a DataFrame or records) as JSON lines, atomically."""
+    records = rows.to_dict("records") if hasattr(rows, "to_dict") else list(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            for record in records:
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_dataset(path: str | Path):
+    """Read a dataset written by ``write_dataset`` into a DataFrame (every column kept as written)."""
+    import pandas as pd
+
+    with open(path, encoding="utf-8") as handle:
+        records = [json.loads(line) for line in handle if line.strip()]
+    return pd.DataFrame.from_records(records, columns=["session_id", "text", "label", "source"])
+
+
 class TenantArtifacts:
     """Paths of one tenant's artifacts under an output directory."""
 
     def __init__(self, output_dir: str | Path, tenant: str) -> None:
         self.tenant = validate_tenant(tenant)
         self.root = Path(output_dir) / tenant
+
+    def dataset_path(self, data_version: str) -> Path:
+        return self.root / "datasets" / f"{data_version}.jsonl"
+
+    def splits_path(self, fingerprint: str) -> Path:
+        return self.root / "splits" / f"{fingerprint}.json"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root.parent / "logs"
 
     @property
     def tokens_dir(self) -> Path:

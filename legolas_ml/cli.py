@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from . import settings
 from .artifacts import TenantArtifacts, validate_tenant
@@ -72,6 +73,22 @@ def cmd_status(args) -> int:
         has_model = TenantArtifacts(settings.output_dir(), tenant).has_model()
         newest = counts["newest_review"].isoformat(timespec="seconds") if counts["newest_review"] else "-"
         print(f"{tenant:<20} {counts['classifications']:>10} {counts['reviews']:>8}  {newest:<20} {'yes' if has_model else 'no'}")
+    for tenant in tenants:
+        artifacts = TenantArtifacts(settings.output_dir(), tenant)
+        if not artifacts.has_model():
+            continue
+        manifest = artifacts.read_manifest()
+        test = manifest["test_metrics"]
+        print(
+            f"\n{tenant}: ensemble of {len(manifest['checkpoints'])} folds ({manifest['mode']} training, "
+            f"{manifest['created_at']}), test balanced accuracy {test['balanced_accuracy']:.4f} on {test['n']} sessions"
+        )
+        print(f"  manifest:  {artifacts.ensemble_manifest}")
+        print(f"  folds:     {Path(manifest['checkpoints'][0]).parent}")
+        report = artifacts.explainability_dir / "report.html"
+        if report.exists():
+            print(f"  report:    {report}")
+        print(f"  logs:      {artifacts.logs_dir}")
     return 0
 
 

@@ -105,7 +105,9 @@ class FoldEnsemble:
         """Tokenise exactly as in training (same max length and truncation side)."""
         return encode_texts(self.tokenizer, texts, self.max_length, self.truncation_side)
 
-    @torch.inference_mode()
+    # no_grad, not inference_mode: models loaded here stay resident, and the explainer needs
+    # gradients through them later (inference-mode parameters cannot be differentiated).
+    @torch.no_grad()
     def predict_proba_encoded(self, encoded: EncodedTexts, batch_size: int = 64) -> np.ndarray:
         """Mean softmax probabilities ``(n, n_classes)`` for already-encoded texts."""
         n = len(encoded)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from .config import DEFAULT_MODEL, TrainingConfig
@@ -51,6 +52,9 @@ def load_tokenizer(model_name: str):
 def build_model(config: TrainingConfig, labels: list[str]) -> torch.nn.Module:
     """A sequence classifier with one output per label, pretrained or from config alone."""
     path = resolve_model_path(config.model_name)
+    # The "classifier newly initialised" report and the loading bar are expected noise in every fold's log.
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     label_kwargs = {
         "num_labels": len(labels),
         "id2label": {i: label for i, label in enumerate(labels)},

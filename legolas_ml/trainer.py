@@ -166,7 +166,6 @@ def train_fold(
         torch.cuda.reset_peak_memory_stats(device)
 
     if model is None:
-        transformers.utils.logging.set_verbosity_error()  # the "classifier newly initialised" report is expected
         model = build_model(config, labels)
     model.to(device)
     class_counts = np.bincount(train.targets, minlength=len(labels))

@@ -6,3 +6,6 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
+
+# The fold partitions are defined at import time from the preset: tests use K=3 folds.
+os.environ.setdefault("LEGOLAS_N_FOLDS", "3")

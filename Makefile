@@ -1,0 +1,33 @@
+# The two commands of the README: `make demo` and `make test`. Both set everything up first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export LEGOLAS_HOME ?= $(CURDIR)/var
+export DAGSTER_HOME ?= $(LEGOLAS_HOME)/dagster
+export HF_HUB_OFFLINE := 1
+
+.PHONY: setup demo test ui
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first and pinned: the only spec that takes the local CPU wheel instead of CUDA builds.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+	mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+
+# The main job: demo data in the embedded store, then all six assets through Dagster (K=5 preset).
+demo: setup
+	LEGOLAS_PRESET=demo $(BIN)/legolas demo-data
+	LEGOLAS_PRESET=demo $(BIN)/dagster asset materialize -m legolas_assets.definitions --select '*' --partition-range 0...4
+	$(BIN)/legolas status
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+ui: setup
+	LEGOLAS_PRESET=demo $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000

@@ -1,0 +1,175 @@
+"""Asset checks: data quality, leakage, model quality and attribution convergence.
+
+Blocking checks stop downstream assets of the same run when they fail; every result carries the
+observed and expected values so a failure reads as numbers in the UI, not just "failed".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+
+from dagster import AssetCheckResult, AssetIn, AssetCheckSeverity, AssetCheckSpec, asset_check
+
+from legolas_ml.artifacts import read_dataset
+from legolas_ml.splits import SplitPlan, class_proportions
+
+from .resources import TrainingResource, preset
+
+CHANCE_MARGIN = 0.05  # a model must beat 1/C by this much
+ENSEMBLE_TOLERANCE = 0.10  # test balanced accuracy may sit this far below the folds' mean
+PROPORTION_TOLERANCE = 0.05  # fold class shares vs the pool's, plus one session of rounding
+MIN_CONVERGED_SHARE = 0.95
+
+
+def _members_needed() -> int:
+    """Sessions a class needs so that, after the 20% test split, every fold still sees it."""
+    values = preset()
+    k = values["n_folds"] if values["kfold"] else 2
+    return math.ceil(k / 0.8)
+
+
+@asset_check(asset="labeled_dataset", blocking=True, description="at least 2 classes")
+def at_least_two_classes(labeled_dataset: dict) -> AssetCheckResult:
+    n = len(labeled_dataset["classes"])
+    return AssetCheckResult(passed=n >= 2, metadata={"observed_classes": n, "expected_at_least": 2})
+
+
+@asset_check(asset="labeled_dataset", blocking=True, description="every class has enough members for K folds")
+def enough_members_per_class(labeled_dataset: dict) -> AssetCheckResult:
+    per_class = labeled_dataset["summary"]["per_class"]
+    needed = _members_needed()
+    short = {c: n for c, n in per_class.items() if n < needed}
+    return AssetCheckResult(
+        passed=not short,
+        metadata={"needed_per_class": needed, "too_small": json.dumps(short), "smallest": min(per_class.values())},
+    )
+
+
+@asset_check(asset="labeled_dataset", blocking=True, description="no duplicate session_id")
+def unique_session_ids(labeled_dataset: dict) -> AssetCheckResult:
+    ids = read_dataset(labeled_dataset["path"])["session_id"]
+    duplicated = [sid for sid, n in Counter(ids).items() if n > 1]
+    return AssetCheckResult(passed=not duplicated, metadata={"duplicates": len(duplicated), "examples": json.dumps(duplicated[:5])})
+
+
+@asset_check(asset="labeled_dataset", blocking=True, description="quarantined share of inputs under the threshold")
+def quarantine_share(labeled_dataset: dict, training: TrainingResource) -> AssetCheckResult:
+    counts = labeled_dataset["summary"]["counts"]
+    share = counts["quarantined"] / max(counts["inputs"], 1)
+    return AssetCheckResult(
+        passed=share < training.max_quarantine_share,
+        metadata={"observed_share": round(share, 4), "threshold": training.max_quarantine_share, "quarantined": counts["quarantined"]},
+    )
+
+
+def _plan(stratified_splits: dict) -> SplitPlan:
+    with open(stratified_splits["path"]) as handle:
+        return SplitPlan.from_dict(json.load(handle))
+
+
+@asset_check(asset="stratified_splits", blocking=True, description="no session in both test and train/val")
+def no_test_leakage(stratified_splits: dict) -> AssetCheckResult:
+    plan = _plan(stratified_splits)
+    test = set(plan.test_ids)
+    leaked = sorted(test & {s for f in plan.folds for s in f.train_ids + f.val_ids})
+    inner = [f.index for f in plan.folds if set(f.train_ids) & set(f.val_ids)]
+    return AssetCheckResult(
+        passed=not leaked and not inner,
+        metadata={"test_sessions_in_training": len(leaked), "examples": json.dumps(leaked[:5]), "folds_with_train_val_overlap": json.dumps(inner)},
+    )
+
+
+@asset_check(
+    asset="stratified_splits",
+    additional_ins={"labeled_dataset": AssetIn("labeled_dataset")},
+    description="per-fold class proportions close to the pool's",
+)
+def fold_class_proportions(stratified_splits: dict, labeled_dataset: dict) -> AssetCheckResult:
+    plan = _plan(stratified_splits)
+    df = read_dataset(labeled_dataset["path"])
+    label_of = dict(zip(df["session_id"], df["label"]))
+    classes = stratified_splits["classes"]
+    pool = [s for f in plan.folds[:1] for s in f.train_ids + f.val_ids]
+    expected = class_proportions(pool, label_of, classes)
+    deviations = [
+        (abs(class_proportions(fold.val_ids, label_of, classes)[c] - expected[c]), f"fold {fold.index}, class {c}")
+        for fold in plan.folds
+        for c in classes
+    ]
+    worst, where = max(deviations)
+    # One session more or less in a small fold moves a share by 1/n: that much is rounding, not bias.
+    tolerance = PROPORTION_TOLERANCE + 1 / max(min(len(f.val_ids) for f in plan.folds), 1)
+    return AssetCheckResult(
+        passed=worst <= tolerance,
+        severity=AssetCheckSeverity.WARN,
+        metadata={"max_abs_deviation": round(worst, 4), "tolerance": round(tolerance, 4), "where": where or "-"},
+    )
+
+
+FOLD_CHECK_SPECS = [
+    AssetCheckSpec("finite_losses", asset="fold_models", blocking=True, description="no NaN/inf loss in any epoch"),
+    AssetCheckSpec("above_chance", asset="fold_models", blocking=True, description="val balanced accuracy > 1/C + margin"),
+]
+
+
+def fold_check_results(results: dict[str, dict], n_classes: int):
+    """The fold checks over the folds trained in this run (yielded by the fold_models asset)."""
+    non_finite = [
+        f"fold {k} epoch {h['epoch']}"
+        for k, r in results.items()
+        for h in r["history"]
+        if not (math.isfinite(h["train_loss"]) and math.isfinite(h["val_loss"]))
+    ]
+    yield AssetCheckResult(
+        check_name="finite_losses", asset_key="fold_models", passed=not non_finite,
+        metadata={"non_finite": json.dumps(non_finite[:10]), "folds_checked": len(results)},
+    )
+    threshold = 1 / n_classes + CHANCE_MARGIN
+    scores = {k: r["best_metrics"]["balanced_accuracy"] for k, r in results.items()}
+    below = {k: round(v, 4) for k, v in scores.items() if not v > threshold}
+    yield AssetCheckResult(
+        check_name="above_chance", asset_key="fold_models", passed=not below,
+        metadata={"threshold": round(threshold, 4), "lowest": round(min(scores.values()), 4), "folds_below": json.dumps(below)},
+    )
+
+
+@asset_check(asset="ensemble_model", blocking=True, description="test balanced accuracy above chance")
+def ensemble_above_chance(ensemble_model: dict) -> AssetCheckResult:
+    observed = ensemble_model["test_metrics"]["balanced_accuracy"]
+    threshold = 1 / len(ensemble_model["labels"]) + CHANCE_MARGIN
+    return AssetCheckResult(passed=observed > threshold, metadata={"observed": round(observed, 4), "threshold": round(threshold, 4)})
+
+
+@asset_check(asset="ensemble_model", description="test balanced accuracy not far below the folds' mean")
+def ensemble_consistent_with_cv(ensemble_model: dict) -> AssetCheckResult:
+    observed = ensemble_model["test_metrics"]["balanced_accuracy"]
+    cv_mean = ensemble_model["cv_balanced_accuracy"]["mean"]
+    return AssetCheckResult(
+        passed=observed >= cv_mean - ENSEMBLE_TOLERANCE,
+        severity=AssetCheckSeverity.WARN,
+        metadata={"test_balanced_accuracy": round(observed, 4), "cv_mean": round(cv_mean, 4), "tolerance": ENSEMBLE_TOLERANCE},
+    )
+
+
+@asset_check(asset="explainability_report", description=f"at least {MIN_CONVERGED_SHARE:.0%} of texts converged")
+def attributions_converged(explainability_report: dict) -> AssetCheckResult:
+    share = explainability_report["share_converged"]
+    return AssetCheckResult(
+        passed=share >= MIN_CONVERGED_SHARE,
+        metadata={"share_converged": round(share, 4), "required": MIN_CONVERGED_SHARE, "mean_steps": explainability_report["mean_steps"]},
+    )
+
+
+ALL_CHECKS = [
+    at_least_two_classes,
+    enough_members_per_class,
+    unique_session_ids,
+    quarantine_share,
+    no_test_leakage,
+    fold_class_proportions,
+    ensemble_above_chance,
+    ensemble_consistent_with_cv,
+    attributions_converged,
+]

@@ -1,0 +1,123 @@
+"""Stage 4: cross-validated metrics, and the softmax-averaging ensemble evaluated on the test set."""
+
+import json
+import time
+
+from dagster import AssetExecutionContext, Failure, MetadataValue, Output, TableColumn, TableRecord, TableSchema, asset
+
+from legolas_ml.artifacts import read_dataset
+from legolas_ml.checkpoint import read_sidecar
+from legolas_ml.cross_validation import MissingFoldsError, StaleFoldError, aggregate_folds, evaluate_ensemble
+from legolas_ml.splits import SplitPlan
+
+from . import plots
+from .resources import GPUResource, TrainingResource
+from .stages import EVALUATION, SINGLE_RUN
+
+
+def _fold_summaries(fold_models: dict) -> dict[int, dict]:
+    return {int(k): v for k, v in fold_models.items()}
+
+
+@asset(group_name=EVALUATION, backfill_policy=SINGLE_RUN)
+def cv_metrics(context: AssetExecutionContext, stratified_splits: dict, fold_models: dict) -> Output[dict]:
+    """Mean ± std across folds of balanced accuracy, accuracy, macro-F1 and per-class recall."""
+    try:
+        cv = aggregate_folds(
+            _fold_summaries(fold_models),
+            stratified_splits["n_folds"],
+            stratified_splits["data_version"],
+            stratified_splits["fingerprint"],
+        )
+    except (MissingFoldsError, StaleFoldError) as exc:
+        raise Failure(description=str(exc)) from None
+    per_fold = MetadataValue.table(
+        records=[TableRecord({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}) for row in cv["per_fold"]],
+        schema=TableSchema(
+            columns=[TableColumn("fold", "int"), TableColumn("balanced_accuracy", "float"), TableColumn("accuracy", "float"),
+                     TableColumn("f1_macro", "float"), TableColumn("best_epoch", "int")]
+        ),
+    )
+    metadata = {
+        "n_folds": cv["n_folds"],
+        "per_fold": per_fold,
+        "per_class_recall": MetadataValue.json(cv["per_class_recall"]),
+        "data_version": cv["data_version"],
+        "split_fingerprint": cv["split_fingerprint"],
+    }
+    for metric in ("balanced_accuracy", "accuracy", "f1_macro"):
+        metadata[f"{metric}_mean"] = round(cv[metric]["mean"], 4)
+        metadata[f"{metric}_std"] = round(cv[metric]["std"], 4)
+    context.log.info(
+        f"CV balanced accuracy {cv['balanced_accuracy']['mean']:.4f} ± {cv['balanced_accuracy']['std']:.4f} over {cv['n_folds']} folds"
+    )
+    return Output(cv, metadata=metadata)
+
+
+@asset(group_name=EVALUATION, backfill_policy=SINGLE_RUN)
+def ensemble_model(
+    context: AssetExecutionContext,
+    labeled_dataset: dict,
+    stratified_splits: dict,
+    fold_models: dict,
+    cv_metrics: dict,
+    training: TrainingResource,
+    gpu: GPUResource,
+) -> Output[dict]:
+    """The K fold models as one classifier (mean softmax), evaluated once on the held-out test set."""
+    if cv_metrics["split_fingerprint"] != stratified_splits["fingerprint"]:
+        raise Failure(description="cv_metrics was computed on another split; re-materialize cv_metrics first")
+    folds = _fold_summaries(fold_models)
+    paths = [folds[k]["checkpoint_path"] for k in range(stratified_splits["n_folds"])]
+    plan = SplitPlan.from_dict(json.loads(open(stratified_splits["path"]).read()))
+    df = read_dataset(labeled_dataset["path"]).set_index("session_id")
+    test = df.loc[plan.test_ids]
+    started = time.perf_counter()
+    metrics, _, ensemble = evaluate_ensemble(paths, test["text"].tolist(), test["label"].tolist(), gpu.device, gpu.precision)
+    seconds = time.perf_counter() - started
+    artifacts = training.artifacts(labeled_dataset["tenant"])
+    plot = plots.confusion_matrix(
+        metrics["confusion_matrix"], ensemble.labels, artifacts.ensemble_manifest.parent / "confusion_matrix.png",
+        f"ensemble of {len(paths)} folds, test set",
+    )
+    manifest = {
+        "tenant": labeled_dataset["tenant"],
+        "checkpoints": paths,
+        "sha256": [read_sidecar(p)["sha256"] for p in paths],
+        "labels": ensemble.labels,
+        "data_version": labeled_dataset["data_version"],
+        "split_fingerprint": stratified_splits["fingerprint"],
+        "mode": labeled_dataset["mode"],
+        "source_counts": labeled_dataset["summary"]["per_source"],
+        "test_metrics": metrics,
+        "cv_balanced_accuracy": cv_metrics["balanced_accuracy"],
+        "run_id": context.run_id,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    # Writing the manifest is what marks the tenant as having a model (next training = retraining).
+    manifest_path = artifacts.write_manifest(manifest)
+    matrix_rows = [
+        TableRecord({"true": c, **{p: metrics["confusion_matrix"][i][j] for j, p in enumerate(ensemble.labels)}})
+        for i, c in enumerate(ensemble.labels)
+    ]
+    metadata = {
+        "tenant": labeled_dataset["tenant"],
+        "n_folds": len(paths),
+        "mode": labeled_dataset["mode"],
+        "source_counts": MetadataValue.json(labeled_dataset["summary"]["per_source"]),
+        "test_n": metrics["n"],
+        "test_balanced_accuracy": round(metrics["balanced_accuracy"], 4),
+        "test_accuracy": round(metrics["accuracy"], 4),
+        "test_f1_macro": round(metrics["f1_macro"], 4),
+        "cv_balanced_accuracy_mean": round(cv_metrics["balanced_accuracy"]["mean"], 4),
+        "per_class": MetadataValue.json(metrics["per_class"]),
+        "confusion_matrix": MetadataValue.table(
+            records=matrix_rows,
+            schema=TableSchema(columns=[TableColumn("true", "string")] + [TableColumn(c, "int") for c in ensemble.labels]),
+        ),
+        "confusion_matrix_plot": plots.embed(plot, "confusion matrix"),
+        "inference_s": round(seconds, 2),
+        "manifest": MetadataValue.path(str(manifest_path)),
+    }
+    context.log.info(f"ensemble test balanced accuracy {metrics['balanced_accuracy']:.4f} on {metrics['n']} sessions")
+    return Output({**manifest, "manifest_path": str(manifest_path)}, metadata=metadata)

@@ -1,0 +1,78 @@
+"""Stage 5: why the ensemble decides what it decides (Integrated Gradients)."""
+
+import json
+import os
+
+from dagster import AssetExecutionContext, MetadataValue, Output, TableColumn, TableRecord, TableSchema, asset
+
+from legolas_ml.artifacts import read_dataset
+from legolas_ml.ensemble import FoldEnsemble
+from legolas_ml.explain import EnsembleExplainer, IGSettings, select_texts, summarise
+from legolas_ml.explain_report import write_report
+from legolas_ml.splits import SplitPlan
+
+from . import plots
+from .resources import GPUResource, TrainingResource
+from .stages import EXPLAINABILITY, SINGLE_RUN
+
+
+@asset(group_name=EXPLAINABILITY, backfill_policy=SINGLE_RUN)
+def explainability_report(
+    context: AssetExecutionContext,
+    ensemble_model: dict,
+    labeled_dataset: dict,
+    stratified_splits: dict,
+    training: TrainingResource,
+    gpu: GPUResource,
+) -> Output[dict]:
+    """Integrated Gradients explanations of held-out test texts, per class top words, as HTML/JSON/PNG."""
+    per_class = int(os.environ.get("LEGOLAS_EXPLAIN_PER_CLASS", "2"))
+    ensemble = FoldEnsemble(ensemble_model["checkpoints"], device=gpu.device, precision="fp32")
+    plan = SplitPlan.from_dict(json.loads(open(stratified_splits["path"]).read()))
+    test = read_dataset(labeled_dataset["path"]).set_index("session_id").loc[plan.test_ids]
+    texts, y_true = test["text"].tolist(), test["label"].tolist()
+    y_pred = ensemble.predict(texts)
+    chosen = select_texts(plan.test_ids, y_true, y_pred, per_class=per_class, seed=training.seed)
+    explainer = EnsembleExplainer(ensemble, IGSettings())
+    explanations = []
+    for n, i in enumerate(chosen):
+        e = explainer.explain(texts[i], y_true[i])
+        explanations.append(e)
+        context.log.info(
+            f"text {n + 1}/{len(chosen)}: predicted {e.predicted} (true {e.true_label}), {e.steps} steps, "
+            f"error {e.completeness_error if e.completeness_error is None else round(e.completeness_error, 4)}, {e.seconds:.1f}s"
+        )
+    summary = summarise(explanations)
+    directory = training.artifacts(labeled_dataset["tenant"]).explainability_dir
+    paths = write_report(explanations, summary, directory, f"LEGOLAS explainability: tenant {labeled_dataset['tenant']}")
+    rows = [
+        TableRecord({"class": label, "rank": r + 1, "word": w["word"], "mean_abs_attribution": round(w["mean_abs"], 5), "count": w["count"]})
+        for label, words in summary.top_words.items()
+        for r, w in enumerate(words)
+    ]
+    metadata = {
+        "texts_explained": summary.n_texts,
+        "share_converged": round(summary.share_converged, 4),
+        "mean_steps": round(summary.mean_steps, 1),
+        "seconds_per_text": round(summary.seconds_per_text, 2),
+        "mean_completeness_error": round(summary.mean_completeness_error, 5) if summary.mean_completeness_error is not None else -1.0,
+        "near_zero_delta_texts": summary.near_zero,
+        "top_words": MetadataValue.table(
+            records=rows,
+            schema=TableSchema(columns=[TableColumn("class", "string"), TableColumn("rank", "int"), TableColumn("word", "string"),
+                                        TableColumn("mean_abs_attribution", "float"), TableColumn("count", "int")]),
+        ),
+        "top_words_plot": plots.embed(paths["png"], "top words per class"),
+        "report": MetadataValue.path(str(paths["html"])),
+        "report_json": MetadataValue.path(str(paths["json"])),
+    }
+    value = {
+        "tenant": labeled_dataset["tenant"],
+        "report": str(paths["html"]),
+        "json": str(paths["json"]),
+        "n_texts": summary.n_texts,
+        "share_converged": summary.share_converged,
+        "mean_steps": summary.mean_steps,
+        "seconds_per_text": summary.seconds_per_text,
+    }
+    return Output(value, metadata=metadata)

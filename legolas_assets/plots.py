@@ -1,0 +1,58 @@
+"""PNG plots written next to the artifacts and embedded in Dagster metadata as Markdown."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+from dagster import MetadataValue  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def embed(path: Path, alt: str) -> MetadataValue:
+    """Markdown with the PNG inlined, so the UI shows it without serving files."""
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return MetadataValue.md(f"![{alt}](data:image/png;base64,{data})")
+
+
+def training_curve(history: list[dict], path: Path, title: str) -> Path:
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
+    ax.plot(epochs, [h["val_loss"] for h in history], "o-", label="val loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    twin = ax.twinx()
+    twin.plot(epochs, [h["val_balanced_accuracy"] for h in history], "s--", color="tab:green", label="val balanced acc")
+    twin.set_ylim(0, 1)
+    twin.set_ylabel("balanced accuracy")
+    ax.set_title(title)
+    lines = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    ax.legend(lines, [l.get_label() for l in lines], fontsize=7, loc="center right")
+    return _save(fig, path)
+
+
+def confusion_matrix(matrix: list[list[int]], classes: list[str], path: Path, title: str) -> Path:
+    fig, ax = plt.subplots(figsize=(1.2 + 0.8 * len(classes), 1.0 + 0.7 * len(classes)))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(classes)), classes, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    peak = max(max(row) for row in matrix) or 1
+    for i, row in enumerate(matrix):
+        for j, value in enumerate(row):
+            ax.text(j, i, str(value), ha="center", va="center", fontsize=8, color="white" if value > peak / 2 else "black")
+    ax.set_title(title)
+    return _save(fig, path)

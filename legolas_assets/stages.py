@@ -1,0 +1,28 @@
+"""Names and layout shared by the asset modules: groups, fold partitions, backfill policy."""
+
+import warnings
+
+from dagster import BackfillPolicy, BetaWarning, StaticPartitionsDefinition
+
+from .resources import preset
+
+DATA = "data"
+TRAINING = "training"
+EVALUATION = "evaluation"
+EXPLAINABILITY = "explainability"
+
+# backfill_policy is beta in Dagster 1.13; it is what makes single-run partition ranges work.
+warnings.filterwarnings("ignore", category=BetaWarning, message=".*backfill_policy.*")
+
+#: Every asset runs a partition range in one run: this is what lets
+#: `dagster asset materialize --select '*' --partition-range 0...K-1` run the whole chain at once.
+SINGLE_RUN = BackfillPolicy.single_run()
+
+
+def n_fold_partitions() -> int:
+    values = preset()
+    return values["n_folds"] if values["kfold"] else 1
+
+
+#: One partition per fold, "0".."K-1"; K comes from LEGOLAS_PRESET / LEGOLAS_N_FOLDS at load time.
+fold_partitions = StaticPartitionsDefinition([str(k) for k in range(n_fold_partitions())])

@@ -1,0 +1,135 @@
+"""The Dagster platform end to end on a tiny model: assets, checks, metadata, CLI paths."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from dagster import AssetKey, DagsterInstance
+
+from dagster_helpers import run_chain
+from synthetic import TINY_OVERRIDES
+from legolas_ml.artifacts import TenantArtifacts
+from legolas_ml.demo_data import generate_demo_data
+from legolas_ml.store import open_tenant_store
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fill_demo(home: Path, tenant="demo", conversations=400, reviews=90):
+    docs, revs = generate_demo_data(conversations, reviews, seed=3)
+    with open_tenant_store(None, home, "legolas", tenant) as store:
+        store.insert_classifications(docs)
+        for r in revs:
+            store.insert_review(r)
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    fill_demo(home)
+    instance = DagsterInstance.ephemeral()
+    result = run_chain(home, instance)
+    return home, instance, result
+
+
+def _metadata(result, asset):
+    mats = [m for m in result.get_asset_materialization_events() if m.asset_key == AssetKey(asset)]
+    return mats[-1].materialization.metadata
+
+
+def test_whole_chain_materializes(chain):
+    home, _, result = chain
+    assert result.success
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert materialized == {"labeled_dataset", "stratified_splits", "fold_models", "cv_metrics", "ensemble_model", "explainability_report"}
+    checks = result.get_asset_check_evaluations()
+    assert len(checks) == 11
+    assert [c.check_name for c in checks if not c.passed and c.severity.value == "ERROR"] == []
+
+
+def test_metadata_users_look_for(chain):
+    home, _, result = chain
+    data = _metadata(result, "labeled_dataset")
+    assert data["mode"].value == "first" and data["from_llm"].value > 0 and data["quarantined"].value > 0
+    cv = _metadata(result, "cv_metrics")
+    assert 0 < cv["balanced_accuracy_mean"].value <= 1 and cv["per_fold"].value.records
+    ens = _metadata(result, "ensemble_model")
+    assert ens["test_balanced_accuracy"].value > 1 / 5 + 0.05  # the blocking check's own threshold
+    assert "data:image/png;base64" in ens["confusion_matrix_plot"].value
+    folds = [m.materialization for m in result.get_asset_materialization_events() if m.asset_key == AssetKey("fold_models")]
+    assert sorted(m.partition for m in folds) == ["0", "1", "2"]
+    xai = _metadata(result, "explainability_report")
+    assert xai["texts_explained"].value >= 5 and Path(xai["report"].value).exists()
+    assert TenantArtifacts(home / "output", "demo").has_model()
+    logs = list((home / "output" / "logs").glob("training_*.log"))
+    assert logs and "fold 2 epoch 0" in logs[0].read_text()
+
+
+def test_second_training_is_a_retraining(chain):
+    home, instance, _ = chain
+    result = run_chain(home, instance, selection=["labeled_dataset"])
+    data = _metadata(result, "labeled_dataset")
+    assert data["mode"].value == "retrain" and data["from_llm"].value == 0
+
+
+def test_blocking_check_stops_downstream(tmp_path):
+    # Only reviews, and a class with 2 members: too small for 3 folds -> the blocking check fails.
+    with open_tenant_store(None, tmp_path, "legolas", "tiny") as store:
+        for i in range(12):
+            label = "rare" if i < 2 else "common" if i % 2 else "other"
+            store.insert_review({"session_id": f"s{i}", "label": label, "text": f"text number {i}", "reviewed_at": f"2026-01-01T00:00:{i:02d}"})
+    from dagster_helpers import resources
+    from dagster import materialize
+    from legolas_assets.definitions import ASSETS
+    from legolas_assets.checks import ALL_CHECKS
+
+    result = materialize(
+        ASSETS + ALL_CHECKS, resources=resources(tmp_path, tenant="tiny"), instance=DagsterInstance.ephemeral(),
+        selection=["labeled_dataset", "stratified_splits"], raise_on_error=False,
+    )
+    assert not result.success
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert materialized == {"labeled_dataset"}  # stratified_splits never ran
+    failed = [c for c in result.get_asset_check_evaluations() if not c.passed]
+    assert [c.check_name for c in failed] == ["enough_members_per_class"]
+    assert failed[0].metadata["needed_per_class"].value == 4  # the numbers are shown, not just "failed"
+
+
+def _cli(home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "LEGOLAS_HOME": str(home),
+        "DAGSTER_HOME": str(home / "dagster"),
+        "LEGOLAS_N_FOLDS": "3",
+        "LEGOLAS_MODEL_INIT": "scratch",
+        "LEGOLAS_MODEL_OVERRIDES": json.dumps(TINY_OVERRIDES),
+        "LEGOLAS_EPOCHS": "6",
+        "LEGOLAS_LR": "0.005",
+        "LEGOLAS_BATCH_SIZE": "8",
+        "LEGOLAS_MAX_LENGTH": "48",
+        "LEGOLAS_PRECISION": "fp32",
+    }
+    (home / "dagster").mkdir(parents=True, exist_ok=True)
+    (home / "dagster" / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+    return subprocess.run(
+        [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "legolas_assets.definitions", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+
+
+def test_cli_single_fold_and_partition_range(tmp_path):
+    fill_demo(tmp_path, conversations=300, reviews=60)
+    up = _cli(tmp_path, "--select", "labeled_dataset,stratified_splits")
+    assert up.returncode == 0, up.stderr[-3000:]
+    one = _cli(tmp_path, "--select", "fold_models", "--partition", "1")
+    assert one.returncode == 0, one.stderr[-3000:]
+    values = tmp_path / "output" / "asset_values" / "fold_models"
+    assert sorted(p.name for p in values.glob("*.json")) == ["1.json"]
+    every = _cli(tmp_path, "--select", "fold_models", "--partition-range", "0...2")
+    assert every.returncode == 0, every.stderr[-3000:]
+    assert sorted(p.name for p in values.glob("*.json")) == ["0.json", "1.json", "2.json"]
+    assert "fold_models" in every.stderr and "RUN_SUCCESS" in every.stderr
