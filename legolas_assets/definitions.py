@@ -1,22 +1,14 @@
 """The LEGOLAS code location: one Definitions object, assembled from the stage modules."""
 
-from dagster import Definitions, define_asset_job, in_process_executor
+from dagster import Definitions, in_process_executor
 
 from legolas_ml import settings
 
 from .checks import ALL_CHECKS
-from .data import labeled_dataset
-from .evaluation import cv_metrics, ensemble_model
-from .explainability import explainability_report
 from .io_manager import JsonIOManager
+from .jobs import ASSETS, training_job
 from .resources import default_resources
-from .splits import stratified_splits
-from .training import fold_models
-
-ASSETS = [labeled_dataset, stratified_splits, fold_models, cv_metrics, ensemble_model, explainability_report]
-
-#: The whole chain as one job (the UI's "Materialize all" does the same).
-training_job = define_asset_job("training_job", selection=ASSETS)
+from .sensors import retrain_on_new_reviews
 
 defs = Definitions(
     assets=ASSETS,
@@ -25,5 +17,6 @@ defs = Definitions(
     executor=in_process_executor,
     asset_checks=ALL_CHECKS,
     jobs=[training_job],
+    sensors=[retrain_on_new_reviews],
     resources={**default_resources(), "io_manager": JsonIOManager(base_dir=str(settings.output_dir() / "asset_values"))},
 )

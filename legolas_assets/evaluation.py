@@ -89,6 +89,7 @@ def ensemble_model(
         "split_fingerprint": stratified_splits["fingerprint"],
         "mode": labeled_dataset["mode"],
         "source_counts": labeled_dataset["summary"]["per_source"],
+        "reviews_cursor": labeled_dataset["summary"].get("reviews_cursor"),  # where the sensor resumes
         "test_metrics": metrics,
         "cv_balanced_accuracy": cv_metrics["balanced_accuracy"],
         "run_id": context.run_id,

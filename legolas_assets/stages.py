@@ -11,8 +11,9 @@ TRAINING = "training"
 EVALUATION = "evaluation"
 EXPLAINABILITY = "explainability"
 
-# backfill_policy is beta in Dagster 1.13; it is what makes single-run partition ranges work.
-warnings.filterwarnings("ignore", category=BetaWarning, message=".*backfill_policy.*")
+# backfill_policy and Output(data_version=) are beta in Dagster 1.13 and used on purpose:
+# single-run partition ranges, and the dataset content hash as data version.
+warnings.filterwarnings("ignore", category=BetaWarning, message=".*(backfill_policy|data_version).*")
 
 #: Every asset runs a partition range in one run: this is what lets
 #: `dagster asset materialize --select '*' --partition-range 0...K-1` run the whole chain at once.

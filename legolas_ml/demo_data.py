@@ -5,7 +5,8 @@ phrases so that no single keyword separates the classes (billing and cancellatio
 subscriptions and charges; technical issues and account access both talk about the app and
 logging in). The LLM labels are wrong ~12% of the time, mostly towards the confusable neighbour,
 with lower confidence when wrong; some documents are flagged ``needs_review``; the
-``classification_method`` values are mixed; a few hundred human reviews correct labels.
+``classification_method`` values are mixed; a few hundred human reviews work through the flagged
+queue and spot-check the rest, so some wrong LLM labels survive into the first training.
 """
 
 from __future__ import annotations
@@ -123,9 +124,10 @@ def _conversation(rng: random.Random, label: str) -> str:
     turns = [f"Customer: {opening}"]
     if rng.random() < 0.7:
         turns += [rng.choice(_AGENT), rng.choice(_FOLLOW)]
-    if rng.random() < 0.25:
-        second = rng.choice(_ISSUES[label])
-        turns.append(f"Customer: Also, {second}.")
+    if rng.random() < 0.3:
+        # A second concern, often from the confusable class: the label follows the main request.
+        other = CONFUSED_WITH[label] if rng.random() < 0.6 else label
+        turns.append(f"Customer: Also, {rng.choice(_ISSUES[other])}.")
     return "\n".join(turns)
 
 
@@ -180,10 +182,10 @@ def generate_demo_data(
             }
         )
 
-    # Reviewers look first at flagged and wrong labels, then at a random few.
+    # Reviewers work through the flagged queue first, then spot-check at random: wrong labels the
+    # LLM was confident about mostly stay uncorrected, as in real logs.
     def priority(doc):
-        flagged = doc["needs_review"] or doc["llm_prediction"] != truth[doc["session_id"]]
-        return (0 if flagged else 1, rng.random())
+        return (0 if doc["needs_review"] else 1, rng.random())
 
     reviewed = sorted(classifications, key=priority)[:n_reviews]
     reviews = []

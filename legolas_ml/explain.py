@@ -12,8 +12,12 @@ the folds' IGs of ``softmax(f_k)_c / K``, computed one model at a time, and comp
 the ensemble itself (``completeness_error`` checks it).
 
 Quadrature is captum's ``riemann_trapezoid`` (Gauss-Legendre recomputes its nodes on the CPU on
-every call). Steps start small and double until the relative completeness error is below the
-tolerance or the maximum is reached.
+every call), corrected: captum places n nodes 1/(n-1) apart on [0, 1] but weighs them 1/n (ends
+halved), so its weights sum to (n-1)/n and every attribution comes out (n-1)/n too small, a
+relative completeness error of ~1/n that no integrand can remove. All weights share that factor,
+so scaling by n/(n-1) gives the true trapezoid rule, whose error falls as 1/n^2: measured on the
+demo ensemble, 0.031 -> 0.0001 at 32 steps (``bench/ig_convergence.py``). Steps start small and
+double until the relative completeness error is below the tolerance or the maximum is reached.
 """
 
 from __future__ import annotations
@@ -78,7 +82,7 @@ class IGSettings:
         internal_batch_size: interpolation steps evaluated per forward pass.
     """
 
-    start_steps: int = 32
+    start_steps: int = 16
     max_steps: int = 512
     tolerance: float = 0.05
     internal_batch_size: int = 32
@@ -133,6 +137,8 @@ class EnsembleExplainer:
                 internal_batch_size=self.settings.internal_batch_size,
             )  # (1, seq, hidden)
             total += attr.sum(-1)[0].double().cpu()
+        if self.settings.method == "riemann_trapezoid":
+            total *= n_steps / (n_steps - 1)  # captum's trapezoid weights sum to (n-1)/n: see module doc
         return total  # (seq,)
 
     def explain(self, text: str, true_label: str | None = None) -> Explanation:

@@ -29,6 +29,8 @@ from typing import Any
 
 import pandas as pd
 
+from .retraining import ReviewCursor
+
 MODES = ("auto", "first", "retrain")
 QUARANTINE_REASONS = (
     "missing_session_id",
@@ -78,6 +80,7 @@ class GateResult:
     superseded: dict[str, int]
     quarantine_samples: list[dict[str, Any]] = field(default_factory=list)
     content_hash: str = ""
+    reviews_cursor: str | None = None  # the newest review read, as a serialized ReviewCursor
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -90,6 +93,7 @@ class GateResult:
             "superseded": self.superseded,
             "quarantine_samples": self.quarantine_samples,
             "content_hash": self.content_hash,
+            "reviews_cursor": self.reviews_cursor,
         }
 
 
@@ -325,4 +329,8 @@ def gate_from_store(store, has_model: bool, requested_mode: str = "auto", settin
     llm_docs = list(store.trusted_llm_classifications()) if mode == "first" else None
     textless = [r.get("session_id") for r in reviews if not isinstance(r.get("text"), str) or not r["text"].strip()]
     texts = store.texts_for(textless) if textless else {}
-    return run_gate(reviews, llm_docs, texts, mode, reason, settings)
+    result = run_gate(reviews, llm_docs, texts, mode, reason, settings)
+    dated = [r for r in reviews if isinstance(r.get("reviewed_at"), datetime) and "_id" in r]
+    if dated:
+        result.reviews_cursor = max(ReviewCursor.of(r) for r in dated).serialize()
+    return result

@@ -24,7 +24,7 @@ def test_demo_data_is_reproducible_imbalanced_and_noisy():
     assert len(shares) >= 4 and 0.02 < shares["cancellation"] < 0.09 and shares["billing"] > 0.25
     by_sid = {d["session_id"]: d for d in docs}
     corrected = sum(1 for r in reviews if r["session_id"] in by_sid and r["label"] != by_sid[r["session_id"]]["llm_prediction"])
-    assert 100 < corrected < 300  # the reviews correct a good share of the ~12% wrong LLM labels
+    assert 30 < corrected < 150  # reviews fix part of the ~12% wrong LLM labels; the rest stay noisy
     assert any(d["needs_review"] for d in docs) and len({d["classification_method"] for d in docs}) >= 5
 
 

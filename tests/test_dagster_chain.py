@@ -133,3 +133,47 @@ def test_cli_single_fold_and_partition_range(tmp_path):
     assert every.returncode == 0, every.stderr[-3000:]
     assert sorted(p.name for p in values.glob("*.json")) == ["0.json", "1.json", "2.json"]
     assert "fold_models" in every.stderr and "RUN_SUCCESS" in every.stderr
+
+
+def test_sensor_retrains_on_imported_reviews(chain, tmp_path, monkeypatch):
+    """First training -> import reviews with the CLI -> the sensor requests the chain -> retrained on humans only."""
+    from dagster import build_sensor_context
+
+    from dagster_helpers import resources
+    from legolas_assets.jobs import training_job
+    from legolas_assets.sensors import retrain_on_new_reviews
+    from legolas_ml.cli import main
+
+    home, instance, _ = chain
+    monkeypatch.setenv("LEGOLAS_HOME", str(home))
+    monkeypatch.setenv("LEGOLAS_RETRAIN_THRESHOLD", "50")
+    docs, _ = generate_demo_data(400, 0, seed=3)
+    lines = [
+        json.dumps({"session_id": d["session_id"], "label": d["llm_prediction"], "text": d["text"],
+                    "reviewed_at": f"2027-01-01T10:{k // 60:02d}:{k % 60:02d}Z", "reviewer": "qa"})
+        for k, d in enumerate(docs[:60])
+    ]
+    (tmp_path / "new.jsonl").write_text("\n".join(lines) + "\n")
+    assert main(["import-reviews", str(tmp_path / "new.jsonl"), "--tenant", "demo"]) == 0
+
+    res = resources(home)
+    context = build_sensor_context(instance=instance, resources={"mongo": res["mongo"], "training": res["training"]})
+    result = retrain_on_new_reviews(context)
+    request = result.run_requests[0]
+    assert set(training_job.selection.resolve(build_defs_graph())) == {
+        AssetKey(a) for a in ("labeled_dataset", "stratified_splits", "fold_models", "cv_metrics", "ensemble_model", "explainability_report")
+    }
+    run = run_chain(home, instance)  # what the daemon launches for the request: every asset, folds 0..K-1
+    assert request.tags["dagster/asset_partition_range_end"] == "2" and run.success
+    manifest = TenantArtifacts(home / "output", "demo").read_manifest()
+    assert manifest["mode"] == "retrain" and manifest["source_counts"]["llm"] == 0
+    assert manifest["source_counts"]["human"] >= 60
+    # The new model consumed those reviews: a fresh sensor (no cursor) starts after them.
+    fresh = build_sensor_context(instance=instance, resources={"mongo": res["mongo"], "training": res["training"]})
+    assert "0 new reviews" in retrain_on_new_reviews(fresh).skip_message
+
+
+def build_defs_graph():
+    from legolas_assets.definitions import defs
+
+    return defs.get_repository_def().asset_graph
