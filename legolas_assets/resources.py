@@ -98,6 +98,9 @@ class TrainingResource(ConfigurableResource):
     dataset_mode: str = Field(default="auto", description="'auto', 'first' or 'retrain' (operator override)")
     max_text_chars: int = Field(default=20_000, description="longer texts are quarantined")
     max_quarantine_share: float = Field(default=0.2, description="check: quarantined share of inputs must stay below")
+    reuse_finished_folds: bool = Field(
+        default=True, description="reuse a fold that finished with the same data, split and config (checksum verified)"
+    )
 
     def output_root(self) -> str:
         return self.output_dir or str(settings.output_dir())

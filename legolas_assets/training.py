@@ -62,7 +62,8 @@ def fold_models(
             logger.info(f"fold {key}: start ({len(plan.folds[int(key)].train_ids)} train / {len(plan.folds[int(key)].val_ids)} val)")
             try:
                 result = train_plan_fold(
-                    data, plan, int(key), config, folds_dir, data_version=labeled_dataset["data_version"], on_epoch=progress
+                    data, plan, int(key), config, folds_dir, data_version=labeled_dataset["data_version"],
+                    on_epoch=progress, reuse_finished=training.reuse_finished_folds,
                 )
             except NonFiniteLossError as exc:
                 logger.error(str(exc))
@@ -75,7 +76,9 @@ def fold_models(
                 "curve_path": str(curve),
                 "log_path": str(log_path),
             }
-            logger.info(f"fold {key}: done, best epoch {result.best_epoch}, {result.stop_reason}")
+            if result.reused:
+                context.log.info(f"fold {key}: finished earlier with the same data, split and config; checkpoint verified and reused")
+            logger.info(f"fold {key}: done, best epoch {result.best_epoch}, {result.stop_reason}, reused={result.reused}")
     finally:
         close_training_log(logger)
 
@@ -86,6 +89,7 @@ def fold_models(
             "trigger_epoch": r["trigger_epoch"] if r["trigger_epoch"] is not None else -1,
             "restored_epoch": r["restored_epoch"] if r["restored_epoch"] is not None else -1,
             "stop_reason": r["stop_reason"],
+            "reused_finished_fold": r["reused"],
             "val_balanced_accuracy": r["best_metrics"]["balanced_accuracy"],
             "val_accuracy": r["best_metrics"]["accuracy"],
             "val_f1_macro": r["best_metrics"]["f1_macro"],

@@ -20,7 +20,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import CheckpointError, read_sidecar
 
 _TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -111,6 +110,8 @@ class TenantArtifacts:
 
     def read_manifest(self) -> dict[str, Any] | None:
         """The current ensemble manifest, or ``None`` if the tenant has never finished a training."""
+        from .checkpoint import CheckpointError  # lazily: the CLI reads manifests without importing torch
+
         if not self.ensemble_manifest.exists():
             return None
         try:
@@ -126,6 +127,8 @@ class TenantArtifacts:
 
         This is what decides first training vs retraining: the artifacts, not log sizes.
         """
+        from .checkpoint import CheckpointError, read_sidecar
+
         manifest = self.read_manifest()
         if manifest is None:
             return False

@@ -148,6 +148,12 @@ class BestCheckpoint:
         if self.path.suffix != ".safetensors":
             raise ValueError(f"checkpoint path must end in .safetensors, got {str(self.path)!r}")
         self.monitor = monitor
+        # A process killed mid-write leaves its temp file behind (never the checkpoint itself);
+        # this fold's writer is the only one (the `gpu` pool serialises folds), so clean them up.
+        for stale in self.path.parent.glob(f".{self.path.name}.*.tmp") if self.path.parent.exists() else ():
+            stale.unlink(missing_ok=True)
+        for stale in self.path.parent.glob(f".{sidecar_path(self.path).name}.*.tmp") if self.path.parent.exists() else ():
+            stale.unlink(missing_ok=True)
         self.best_score = -math.inf
         self.best_epoch: int | None = None
         self.best_metrics: dict[str, Any] | None = None

@@ -6,6 +6,7 @@ The Dagster assets call these functions one stage at a time (one fold per partit
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from .batching import encode_cached
-from .checkpoint import checkpoint_filename
+from .artifacts import write_json_atomic
+from .checkpoint import CheckpointError, checkpoint_filename, load_checkpoint, read_sidecar
 from .config import TrainingConfig
 from .ensemble import FoldEnsemble, check_probabilities
 from .metrics import classification_metrics, mean_std
@@ -84,6 +86,33 @@ def plan_splits(df: pd.DataFrame, config: TrainingConfig) -> SplitPlan:
     )
 
 
+def _result_path(checkpoint: Path) -> Path:
+    return checkpoint.with_name(checkpoint.stem + ".result.json")
+
+
+def finished_fold(checkpoint: Path, data_version: str, split_fingerprint: str, config: TrainingConfig) -> FoldResult | None:
+    """The stored result of a fold that finished with exactly these inputs, else ``None``.
+
+    A result record is written only after a fold finishes, and it names the SHA-256 of the
+    checkpoint it produced; a fold killed mid-training has none (it is deleted before training
+    starts), and a checkpoint overwritten since then no longer matches it.
+    """
+    record_path = _result_path(checkpoint)
+    try:
+        record = json.loads(record_path.read_text())
+        sidecar = read_sidecar(checkpoint)
+    except (OSError, ValueError, CheckpointError):
+        return None
+    expected = {"data_version": data_version, "split_fingerprint": split_fingerprint, "training_config": config.to_dict()}
+    if any(record.get(k) != v for k, v in expected.items()) or record.get("sha256") != sidecar["sha256"]:
+        return None
+    try:
+        load_checkpoint(checkpoint)  # verifies the checksum of the weights themselves
+    except CheckpointError:
+        return None
+    return FoldResult(**record["result"])
+
+
 def train_plan_fold(
     data: EncodedDataset,
     plan: SplitPlan,
@@ -93,13 +122,25 @@ def train_plan_fold(
     *,
     data_version: str,
     on_epoch: EpochCallback | None = None,
+    reuse_finished: bool = True,
 ) -> FoldResult:
-    """Train fold ``fold`` of ``plan``; the sidecar records the dataset version and split fingerprint."""
+    """Train fold ``fold`` of ``plan``; the sidecar records the dataset version and split fingerprint.
+
+    With ``reuse_finished``, a fold that already finished with the same data, split and config
+    (checksum verified) is returned as it is instead of retrained: re-running a partly failed
+    K-fold run retrains only the folds that are missing.
+    """
     if not 0 <= fold < plan.n_folds:
         raise ValueError(f"fold must be in 0..{plan.n_folds - 1}, got {fold}")
     spec = plan.folds[fold]
     path = Path(folds_dir) / checkpoint_filename(config.text_format, config.model_name, fold)
-    return train_fold(
+    if reuse_finished:
+        done = finished_fold(path, data_version, plan.fingerprint(), config)
+        if done is not None:
+            done.reused = True
+            return done
+    _result_path(path).unlink(missing_ok=True)
+    result = train_fold(
         config,
         data.labels,
         data.subset(spec.train_ids),
@@ -110,6 +151,15 @@ def train_plan_fold(
         sidecar={"data_version": data_version, "split_fingerprint": plan.fingerprint(), "n_folds": plan.n_folds},
         on_epoch=on_epoch,
     )
+    record = {
+        "data_version": data_version,
+        "split_fingerprint": plan.fingerprint(),
+        "training_config": config.to_dict(),
+        "sha256": read_sidecar(path)["sha256"],
+        "result": result.to_dict(),
+    }
+    write_json_atomic(_result_path(path), record)
+    return result
 
 
 def aggregate_folds(

@@ -117,7 +117,17 @@ _FOLLOW = [
 _REVIEWERS = ["anna", "marco", "giulia", "luca", "sara"]
 
 
-def _conversation(rng: random.Random, label: str) -> str:
+_LATER = [
+    "Agent: Could you tell me when this started and what you have tried so far?",
+    "Customer: It started a few days ago, I tried again this morning and nothing changed.",
+    "Agent: Thanks, I have escalated this to the team that handles these cases.",
+    "Customer: How long will that take? I need this sorted before the weekend.",
+    "Agent: Usually one or two working days; you will get an email with the updates.",
+    "Customer: Ok, but please make sure someone actually follows up this time.",
+]
+
+
+def _conversation(rng: random.Random, label: str, extra_turns: float = 0.0) -> str:
     issue = rng.choice(_ISSUES[label])
     extras = rng.sample(_SHARED[label], k=rng.randint(0, 2))
     opening = " ".join(p for p in [rng.choice(_OPEN), issue + ".", *[e + "." for e in extras], rng.choice(_CLOSE)] if p)
@@ -128,6 +138,9 @@ def _conversation(rng: random.Random, label: str) -> str:
         # A second concern, often from the confusable class: the label follows the main request.
         other = CONFUSED_WITH[label] if rng.random() < 0.6 else label
         turns.append(f"Customer: Also, {rng.choice(_ISSUES[other])}.")
+    # Long conversations: a geometric number of extra exchanges (mean `extra_turns`) gives the long tail.
+    while extra_turns > 0 and rng.random() < extra_turns / (1 + extra_turns):
+        turns.append(rng.choice(_LATER))
     return "\n".join(turns)
 
 
@@ -137,7 +150,11 @@ def _weighted(rng: random.Random, pairs) -> str:
 
 
 def generate_demo_data(
-    n_conversations: int = 1500, n_reviews: int = 300, seed: int = 7, start: datetime | None = None
+    n_conversations: int = 1500,
+    n_reviews: int = 300,
+    seed: int = 7,
+    start: datetime | None = None,
+    extra_turns: float = 0.0,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Classification documents and human review documents (without the ``tenant`` field).
 
@@ -146,6 +163,8 @@ def generate_demo_data(
         n_reviews: number of human reviews, drawn mostly among wrong or flagged LLM labels.
         seed: the same seed gives the same data.
         start: timestamp of the first document (default 2026-01-05 09:00).
+        extra_turns: mean number of extra agent/customer turns per conversation (longer, more
+            variable texts, for benchmarks; the demo keeps 0 so it trains in minutes).
 
     Returns:
         ``(classifications, reviews)``.
@@ -173,7 +192,7 @@ def generate_demo_data(
         classifications.append(
             {
                 "session_id": session_id,
-                "text": _conversation(rng, label),
+                "text": _conversation(rng, label, extra_turns),
                 "llm_prediction": predicted,
                 "llm_confidence": confidence,
                 "classification_method": _weighted(rng, METHODS),

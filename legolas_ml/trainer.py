@@ -68,6 +68,7 @@ class FoldResult:
     precision: str
     peak_memory_mb: float
     timings_s: dict[str, float] = field(default_factory=dict)
+    reused: bool = False  # True when a finished fold was reused instead of retrained
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -24,21 +24,21 @@ TINY_TRAINING = dict(
 )
 
 
-def resources(home: Path, tenant: str = "demo", **training) -> dict:
+def resources(home: Path, tenant: str = "demo", mongo: MongoResource | None = None, **training) -> dict:
     return {
-        "mongo": MongoResource(tenant=tenant, data_dir=str(home)),
+        "mongo": mongo or MongoResource(tenant=tenant, data_dir=str(home)),
         "gpu": GPUResource(device="cpu", precision="fp32"),
         "training": TrainingResource(output_dir=str(home / "output"), **{**TINY_TRAINING, **training}),
         "io_manager": JsonIOManager(base_dir=str(home / "output" / "asset_values")),
     }
 
 
-def run_chain(home: Path, instance: DagsterInstance, n_folds: int = 3, selection=None, raise_on_error=True, **training):
+def run_chain(home: Path, instance: DagsterInstance, n_folds: int = 3, selection=None, raise_on_error=True, mongo=None, **training):
     """Materialize the chain (all fold partitions in one run, as the CLI's --partition-range does)."""
     return materialize(
         ASSETS + ALL_CHECKS,
         selection=selection,
-        resources=resources(home, **training),
+        resources=resources(home, mongo=mongo, **training),
         instance=instance,
         tags={"dagster/asset_partition_range_start": "0", "dagster/asset_partition_range_end": str(n_folds - 1)},
         raise_on_error=raise_on_error,
