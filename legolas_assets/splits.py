@@ -2,7 +2,8 @@
 
 from dagster import AssetExecutionContext, MetadataValue, Output, TableColumn, TableRecord, TableSchema, asset
 
-from legolas_ml.artifacts import read_dataset, write_json_atomic
+from legolas_ml.artifacts import read_dataset
+from legolas_ml.atomic_io import write_json_atomic
 from legolas_ml.cross_validation import plan_splits
 from legolas_ml.splits import class_proportions
 

@@ -14,11 +14,11 @@ the ensemble that is currently serving; the manifest switches atomically once th
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from .atomic_io import write_json_atomic, write_text_atomic
 
 
 _TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -34,37 +34,11 @@ def validate_tenant(tenant: str) -> str:
     return tenant
 
 
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON through a temp file and rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True, default=str)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_dataset(path: Path, rows) -> Path:
     """Write a dataset (a DataFrame or records) as JSON lines, atomically."""
     records = rows.to_dict("records") if hasattr(rows, "to_dict") else list(rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for record in records:
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    lines = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+    return write_text_atomic(path, lines)
 
 
 def read_dataset(path: str | Path):

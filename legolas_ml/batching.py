@@ -9,14 +9,14 @@ of each batch.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .atomic_io import atomic_write
 
 
 @dataclass
@@ -84,14 +84,11 @@ def encode_cached(
         except (OSError, ValueError, KeyError):
             pass
     encoded = encode_texts(tokenizer, texts, max_length, truncation_side)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tokens.", suffix=".npz", dir=path.parent)
-    os.close(fd)
-    try:
-        np.savez(tmp, flat=encoded.flat, offsets=encoded.offsets)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:  # a file object: np.savez would append ".npz" to a name
+            np.savez(handle, flat=encoded.flat, offsets=encoded.offsets)
+
+    atomic_write(path, save)
     return encoded
 
 

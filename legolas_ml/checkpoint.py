@@ -11,14 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from .atomic_io import atomic_write
 
 SIDECAR_VERSION = 1
 REQUIRED_SIDECAR_KEYS = ("format_version", "sha256", "epoch", "metrics", "labels", "model_config", "training_config")
@@ -51,21 +51,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temp file in the same directory, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], sidecar: dict[str, Any]) -> Path:
     """Save weights and sidecar atomically; return the weights path.
 
@@ -81,10 +66,10 @@ def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], sidec
             raise ValueError(f"refusing to write checkpoint {path}: weight {name!r} has NaN or inf values")
         tensors[name] = tensor.clone()  # clone breaks shared storage, which safetensors refuses
     try:
-        _atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
         meta = {**sidecar, "format_version": SIDECAR_VERSION, "sha256": _sha256(path), "weights_file": path.name}
         text = json.dumps(meta, indent=2, sort_keys=True, default=_json_default)
-        _atomic_write(sidecar_path(path), lambda tmp: tmp.write_text(text))
+        atomic_write(sidecar_path(path), lambda tmp: tmp.write_text(text))
     except OSError as exc:
         raise OSError(exc.errno, f"cannot write checkpoint under {path.parent}: {exc.strerror or exc}") from exc
     return path

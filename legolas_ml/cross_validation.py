@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .batching import encode_cached
-from .artifacts import write_json_atomic
+from .atomic_io import write_json_atomic
 from .checkpoint import CheckpointError, checkpoint_filename, load_checkpoint, read_sidecar
 from .config import TrainingConfig
 from .ensemble import FoldEnsemble, check_probabilities

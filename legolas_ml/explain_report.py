@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from .artifacts import write_json_atomic
+from .atomic_io import write_json_atomic, write_text_atomic
 from .explain import Explanation, ExplanationSummary
 
 _CSS = """
@@ -106,10 +106,7 @@ def write_report(
 ) -> dict[str, Path]:
     """Write ``report.html``, ``report.json`` and ``top_words.png`` into ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
-    html_path = directory / "report.html"
-    tmp = directory / ".report.html.tmp"
-    tmp.write_text(render_html(explanations, summary, title), encoding="utf-8")
-    tmp.replace(html_path)
+    html_path = write_text_atomic(directory / "report.html", render_html(explanations, summary, title))
     json_path = directory / "report.json"
     write_json_atomic(json_path, {"summary": asdict(summary), "explanations": [e.to_dict() for e in explanations]})
     png_path = top_words_png(summary, directory / "top_words.png")

@@ -1,7 +1,6 @@
 """Faults and hostile input: killed training, store outages, unwritable output, fuzzed documents."""
 
 import json
-import math
 import random
 import re
 import signal
@@ -12,7 +11,6 @@ import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import pytest
 from dagster import DagsterInstance, materialize
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

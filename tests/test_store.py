@@ -1,4 +1,3 @@
-import os
 import subprocess
 import sys
 import textwrap
@@ -9,7 +8,6 @@ import pytest
 
 from legolas_ml.store import (
     StoreUnavailableError,
-    TenantStore,
     connect,
     open_tenant_store,
     redact_uri,
