@@ -216,15 +216,22 @@ def top_words(explanations: Sequence[Explanation], k: int = 10) -> dict[str, lis
 def select_texts(
     session_ids: Sequence[str], y_true: Sequence[str], y_pred: Sequence[str], per_class: int = 3, seed: int = 0
 ) -> list[int]:
-    """Indices of texts to explain: up to ``per_class`` per predicted class, misclassified ones first."""
+    """Indices of texts to explain: up to ``per_class`` per predicted class, about half misclassified.
+
+    Mistakes are what a reviewer most wants explained, but a report of mistakes only hides what the
+    ensemble gets right: up to ``ceil(per_class / 2)`` misclassified texts per class come first, and
+    correct ones fill the rest (or more mistakes when there are too few correct ones).
+    """
     rng = np.random.default_rng(seed)
     by_class: dict[str, list[int]] = defaultdict(list)
     for i in rng.permutation(len(session_ids)):
         by_class[y_pred[i]].append(int(i))
     chosen = []
     for label in sorted(by_class):
-        candidates = sorted(by_class[label], key=lambda i: (y_true[i] == y_pred[i],))  # wrong first, order stable
-        chosen.extend(candidates[:per_class])
+        wrong = [i for i in by_class[label] if y_true[i] != y_pred[i]]
+        right = [i for i in by_class[label] if y_true[i] == y_pred[i]]
+        take_wrong = min(len(wrong), max(-(-per_class // 2), per_class - len(right)))
+        chosen.extend(wrong[:take_wrong] + right[: per_class - take_wrong])
     return sorted(chosen)
 
 

@@ -109,3 +109,14 @@ def test_unwritable_directory_names_the_path(tmp_path):
         path = locked / "m.safetensors"
     with pytest.raises(OSError, match=str(path.parent)):
         save_checkpoint(path, {"w": torch.ones(1)}, SIDE)
+
+
+def test_atomic_writes_follow_the_umask(tmp_path):
+    import os
+
+    from legolas_ml.atomic_io import write_text_atomic
+
+    path = write_text_atomic(tmp_path / "report.html", "<p>hi</p>")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
