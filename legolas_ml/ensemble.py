@@ -60,9 +60,8 @@ class FoldEnsemble:
         self.sidecars = [read_sidecar(p) for p in self.paths]
         first = self.sidecars[0]
         for path, meta in zip(self.paths[1:], self.sidecars[1:]):
-            for key in ("labels",):
-                if meta[key] != first[key]:
-                    raise CheckpointError(f"{path} has {key}={meta[key]!r}, but {self.paths[0]} has {first[key]!r}")
+            if meta["labels"] != first["labels"]:
+                raise CheckpointError(f"{path} has labels {meta['labels']!r}, but {self.paths[0]} has {first['labels']!r}")
             for key in ("model_name", "max_length", "truncation_side"):
                 if meta["training_config"][key] != first["training_config"][key]:
                     raise CheckpointError(
