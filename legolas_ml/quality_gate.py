@@ -215,16 +215,27 @@ def run_gate(
         if sum(1 for s in samples if s["reason"] == reason) < settings.samples_per_reason:
             samples.append(_sample(doc, reason, source))
 
+    def session_of(doc: Any, source: str) -> str | None:
+        """The document's session id, or None after quarantining a document that has none."""
+        sid = _session_id(doc) if isinstance(doc, Mapping) else None
+        if sid is None:
+            quarantine(doc if isinstance(doc, Mapping) else {}, "missing_session_id", source)
+        return sid
+
+    def keep_latest(best: dict, sid: str, key: tuple, text: str, label: str, counter: str) -> None:
+        """Keep the document with the larger key per session; the other one is superseded."""
+        if sid in best:
+            superseded[counter] += 1
+            if key <= best[sid][0]:
+                return
+        best[sid] = (key, text, label)
+
     # --- human reviews: validate, then keep the latest valid review of each session ---
     best_review: dict[str, tuple[tuple, str, str]] = {}
     for position, doc in enumerate(reviews):
         inputs["human"] += 1
-        if not isinstance(doc, Mapping):
-            quarantine({}, "missing_session_id", "human")
-            continue
-        sid = _session_id(doc)
+        sid = session_of(doc, "human")
         if sid is None:
-            quarantine(doc, "missing_session_id", "human")
             continue
         raw_text = doc.get("text")
         if raw_text is None or (isinstance(raw_text, str) and not raw_text.strip() and sid in texts_by_session):
@@ -239,24 +250,15 @@ def run_gate(
             quarantine(doc, problem, "human")
             continue
         # Ties on reviewed_at are broken by _id, then input position: deterministic either way.
-        key = (ts, str(doc.get("_id", "")), position)
-        if sid in best_review:
-            superseded["reviews_by_later_review"] += 1
-            if key <= best_review[sid][0]:
-                continue
-        best_review[sid] = (key, text, label)
+        keep_latest(best_review, sid, (ts, str(doc.get("_id", "")), position), text, label, "reviews_by_later_review")
 
     # --- trusted LLM labels (first training only): a human review of the session wins ---
     best_llm: dict[str, tuple[tuple, str, str]] = {}
     if mode == "first" and llm_docs is not None:
         for position, doc in enumerate(llm_docs):
             inputs["llm"] += 1
-            if not isinstance(doc, Mapping):
-                quarantine({}, "missing_session_id", "llm")
-                continue
-            sid = _session_id(doc)
+            sid = session_of(doc, "llm")
             if sid is None:
-                quarantine(doc, "missing_session_id", "llm")
                 continue
             text, problem = check_text(doc.get("text"), settings.max_text_chars)
             if problem is None:
@@ -268,11 +270,7 @@ def run_gate(
                 superseded["llm_by_human_review"] += 1
                 continue
             key = (parse_timestamp(doc.get("created_at")) or datetime.min, str(doc.get("_id", "")), position)
-            if sid in best_llm:
-                superseded["llm_by_later_llm"] += 1
-                if key <= best_llm[sid][0]:
-                    continue
-            best_llm[sid] = (key, text, label)
+            keep_latest(best_llm, sid, key, text, label, "llm_by_later_llm")
 
     rows = [(sid, text, label, "human") for sid, (_, text, label) in best_review.items()]
     rows += [(sid, text, label, "llm") for sid, (_, text, label) in best_llm.items()]
