@@ -24,12 +24,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from legolas_ml.checkpoint import save_checkpoint  # noqa: E402
-from legolas_ml.config import TrainingConfig  # noqa: E402
-from legolas_ml.demo_data import generate_demo_data  # noqa: E402
-from legolas_ml.ensemble import FoldEnsemble  # noqa: E402
-from legolas_ml.modeling import build_model, load_tokenizer, model_from_state  # noqa: E402
-from legolas_ml.checkpoint import load_checkpoint  # noqa: E402
+from legolas_ml.training.checkpoint import save_checkpoint  # noqa: E402
+from legolas_ml.training.config import TrainingConfig  # noqa: E402
+from legolas_ml.data.demo_data import generate_demo_data  # noqa: E402
+from legolas_ml.evaluation.ensemble import FoldEnsemble  # noqa: E402
+from legolas_ml.training.modeling import build_model, load_tokenizer, model_from_state  # noqa: E402
+from legolas_ml.training.checkpoint import load_checkpoint  # noqa: E402
 
 
 def make_folds(k: int, directory: Path, labels: list[str]) -> list[Path]:

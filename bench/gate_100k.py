@@ -18,9 +18,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from legolas_ml.demo_data import generate_demo_data  # noqa: E402
-from legolas_ml.quality_gate import gate_from_store  # noqa: E402
-from legolas_ml.store import open_tenant_store  # noqa: E402
+from legolas_ml.data.demo_data import generate_demo_data  # noqa: E402
+from legolas_ml.data.quality_gate import gate_from_store  # noqa: E402
+from legolas_ml.data.store import open_tenant_store  # noqa: E402
 
 
 def main() -> None:

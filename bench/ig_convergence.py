@@ -26,10 +26,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 
 from legolas_ml import settings  # noqa: E402
-from legolas_ml.artifacts import TenantArtifacts, read_dataset  # noqa: E402
-from legolas_ml.ensemble import FoldEnsemble  # noqa: E402
-from legolas_ml.explain import EnsembleExplainer, IGSettings, baseline_ids, relative_completeness_error  # noqa: E402
-from legolas_ml.splits import SplitPlan  # noqa: E402
+from legolas_ml.lifecycle.artifacts import TenantArtifacts, read_dataset  # noqa: E402
+from legolas_ml.evaluation.ensemble import FoldEnsemble  # noqa: E402
+from legolas_ml.explain.attributions import EnsembleExplainer, IGSettings, baseline_ids, relative_completeness_error  # noqa: E402
+from legolas_ml.data.splits import SplitPlan  # noqa: E402
 
 
 def fixed(explainer: EnsembleExplainer, text: str, steps: int, method: str, correct: bool) -> tuple[float, float]:

@@ -31,10 +31,10 @@ VARIANTS = ("legolas", "hf_default", "hf_bf16")
 
 def fold_data(args):
     """Fold 0 of the demo tenant's first-training dataset (the gate applied to generated documents)."""
-    from legolas_ml.config import TrainingConfig
-    from legolas_ml.cross_validation import encode_dataset, plan_splits
-    from legolas_ml.demo_data import generate_demo_data
-    from legolas_ml.quality_gate import run_gate
+    from legolas_ml.training.config import TrainingConfig
+    from legolas_ml.training.cross_validation import encode_dataset, plan_splits
+    from legolas_ml.data.demo_data import generate_demo_data
+    from legolas_ml.data.quality_gate import run_gate
 
     docs, reviews = generate_demo_data(args.conversations, args.conversations // 5, seed=7, extra_turns=args.extra_turns)
     trusted = [d for d in docs if d["classification_method"] in ("llm", "LLM", "llm_long_text") and not d["needs_review"]]
@@ -46,8 +46,8 @@ def fold_data(args):
 
 
 def non_embedding_params() -> int:
-    from legolas_ml.config import TrainingConfig
-    from legolas_ml.modeling import build_model
+    from legolas_ml.training.config import TrainingConfig
+    from legolas_ml.training.modeling import build_model
 
     model = build_model(TrainingConfig(), ["a", "b"])
     embedding = sum(p.numel() for n, p in model.named_parameters() if "embeddings" in n)
@@ -62,7 +62,7 @@ def run_variant(name: str, args) -> dict:
     print(f"LENGTHS mean {lengths.mean():.0f} p95 {np.percentile(lengths, 95):.0f} n_train {len(lengths)}", file=sys.stderr)
     real_tokens = int(train.encoded.lengths.sum()) * args.epochs
     if name == "legolas":
-        from legolas_ml.trainer import train_fold
+        from legolas_ml.training.trainer import train_fold
 
         with tempfile.TemporaryDirectory() as tmp:
             started = time.perf_counter()
@@ -80,8 +80,8 @@ def run_variant(name: str, args) -> dict:
     import torch
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
-    from legolas_ml.metrics import classification_metrics
-    from legolas_ml.modeling import build_model, load_tokenizer
+    from legolas_ml.evaluation.metrics import classification_metrics
+    from legolas_ml.training.modeling import build_model, load_tokenizer
 
     class Rows(torch.utils.data.Dataset):
         def __init__(self, split):

@@ -12,8 +12,8 @@ from collections import Counter
 
 from dagster import AssetCheckResult, AssetIn, AssetCheckSeverity, AssetCheckSpec, asset_check
 
-from legolas_ml.artifacts import read_dataset
-from legolas_ml.splits import SplitPlan, class_proportions
+from legolas_ml.lifecycle.artifacts import read_dataset
+from legolas_ml.data.splits import SplitPlan, class_proportions
 
 from .resources import TrainingResource, preset
 

@@ -2,9 +2,9 @@
 
 from dagster import AssetExecutionContext, DataVersion, Failure, MetadataValue, Output, asset
 
-from legolas_ml.artifacts import write_dataset
-from legolas_ml.quality_gate import GateSettings, gate_from_store
-from legolas_ml.store import StoreUnavailableError
+from legolas_ml.lifecycle.artifacts import write_dataset
+from legolas_ml.data.quality_gate import GateSettings, gate_from_store
+from legolas_ml.data.store import StoreUnavailableError
 
 from .resources import MongoResource, TrainingResource
 from .stages import DATA, SINGLE_RUN

@@ -5,10 +5,10 @@ import time
 
 from dagster import AssetExecutionContext, Failure, MetadataValue, Output, TableColumn, TableRecord, TableSchema, asset
 
-from legolas_ml.artifacts import read_dataset
-from legolas_ml.checkpoint import read_sidecar
-from legolas_ml.cross_validation import MissingFoldsError, StaleFoldError, aggregate_folds, evaluate_ensemble
-from legolas_ml.splits import SplitPlan
+from legolas_ml.lifecycle.artifacts import read_dataset
+from legolas_ml.training.checkpoint import read_sidecar
+from legolas_ml.training.cross_validation import MissingFoldsError, StaleFoldError, aggregate_folds, evaluate_ensemble
+from legolas_ml.data.splits import SplitPlan
 
 from . import plots
 from .resources import GPUResource, TrainingResource

@@ -5,11 +5,11 @@ import os
 
 from dagster import AssetExecutionContext, MetadataValue, Output, TableColumn, TableRecord, TableSchema, asset
 
-from legolas_ml.artifacts import read_dataset
-from legolas_ml.ensemble import FoldEnsemble
-from legolas_ml.explain import EnsembleExplainer, IGSettings, select_texts, summarise
-from legolas_ml.explain_report import write_report
-from legolas_ml.splits import SplitPlan
+from legolas_ml.lifecycle.artifacts import read_dataset
+from legolas_ml.evaluation.ensemble import FoldEnsemble
+from legolas_ml.explain.attributions import EnsembleExplainer, IGSettings, select_texts, summarise
+from legolas_ml.explain.report import write_report
+from legolas_ml.data.splits import SplitPlan
 
 from . import plots
 from .resources import GPUResource, TrainingResource

@@ -14,10 +14,10 @@ from dagster import ConfigurableResource, EnvVar
 from pydantic import Field
 
 from legolas_ml import settings
-from legolas_ml.artifacts import TenantArtifacts, validate_tenant
-from legolas_ml.config import DEFAULT_MODEL, TrainingConfig
-from legolas_ml.modeling import device_description, resolve_device, resolve_precision
-from legolas_ml.store import open_tenant_store, redact_uri
+from legolas_ml.lifecycle.artifacts import TenantArtifacts, validate_tenant
+from legolas_ml.training.config import DEFAULT_MODEL, TrainingConfig
+from legolas_ml.training.modeling import device_description, resolve_device, resolve_precision
+from legolas_ml.data.store import open_tenant_store, redact_uri
 
 #: Training presets, picked with LEGOLAS_PRESET. "default" is real use (K=10); "demo" makes the
 #: README's main job finish in minutes on a 2-core CPU; "dev" is one train/val split for iterating.

@@ -7,8 +7,8 @@ from datetime import datetime, timedelta, timezone
 
 from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
-from legolas_ml.retraining import RetrainPolicy, ReviewCursor
-from legolas_ml.store import StoreUnavailableError
+from legolas_ml.lifecycle.retraining import RetrainPolicy, ReviewCursor
+from legolas_ml.data.store import StoreUnavailableError
 
 from .jobs import training_job
 from .resources import MongoResource, TrainingResource

@@ -2,10 +2,10 @@
 
 from dagster import AssetExecutionContext, MetadataValue, Output, TableColumn, TableRecord, TableSchema, asset
 
-from legolas_ml.artifacts import read_dataset
+from legolas_ml.lifecycle.artifacts import read_dataset
 from legolas_ml.atomic_io import write_json_atomic
-from legolas_ml.cross_validation import plan_splits
-from legolas_ml.splits import class_proportions
+from legolas_ml.training.cross_validation import plan_splits
+from legolas_ml.data.splits import class_proportions
 
 from .resources import GPUResource, TrainingResource
 from .stages import DATA, SINGLE_RUN

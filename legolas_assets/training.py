@@ -4,11 +4,11 @@ import json
 
 from dagster import AssetExecutionContext, Failure, MetadataValue, Output, asset
 
-from legolas_ml.artifacts import read_dataset
-from legolas_ml.cross_validation import encode_dataset, train_plan_fold
-from legolas_ml.splits import SplitPlan
-from legolas_ml.trainer import NonFiniteLossError
-from legolas_ml.training_log import close_training_log, open_training_log
+from legolas_ml.lifecycle.artifacts import read_dataset
+from legolas_ml.training.cross_validation import encode_dataset, train_plan_fold
+from legolas_ml.data.splits import SplitPlan
+from legolas_ml.training.trainer import NonFiniteLossError
+from legolas_ml.training.training_log import close_training_log, open_training_log
 
 from . import plots
 from .checks import FOLD_CHECK_SPECS, fold_check_results

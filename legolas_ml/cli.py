@@ -10,11 +10,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import settings
-from .artifacts import TenantArtifacts, validate_tenant
-from .demo_data import generate_demo_data
-from .review_import import import_reviews
-from .store import StoreUnavailableError, list_tenants, open_tenant_store, scrub
+from legolas_ml import settings
+from legolas_ml.lifecycle.artifacts import TenantArtifacts, validate_tenant
+from legolas_ml.data.demo_data import generate_demo_data
+from legolas_ml.data.review_import import import_reviews
+from legolas_ml.data.store import StoreUnavailableError, list_tenants, open_tenant_store, scrub
 
 
 def _store(args):
@@ -55,7 +55,7 @@ def cmd_import_reviews(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from .store import connect
+    from legolas_ml.data.store import connect
 
     client = connect(settings.mongo_uri(), settings.data_dir())
     try:

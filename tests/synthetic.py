@@ -6,7 +6,7 @@ import random
 
 import pandas as pd
 
-from legolas_ml.config import TrainingConfig
+from legolas_ml.training.config import TrainingConfig
 
 # A 2-layer, hidden-32 BERT built from the bundled model's config: trains in seconds on a CPU.
 TINY_OVERRIDES = {

@@ -9,8 +9,8 @@ import time
 import pytest
 import torch
 
-from legolas_ml import checkpoint as ckpt_mod
-from legolas_ml.checkpoint import (
+from legolas_ml.training import checkpoint as ckpt_mod
+from legolas_ml.training.checkpoint import (
     BestCheckpoint,
     CheckpointError,
     checkpoint_filename,
@@ -66,7 +66,7 @@ def test_sigkill_during_writes_never_leaves_a_loadable_corrupt_file(tmp_path):
     path = tmp_path / "m.safetensors"
     script = textwrap.dedent(f"""
         import torch
-        from legolas_ml.checkpoint import save_checkpoint
+        from legolas_ml.training.checkpoint import save_checkpoint
         side = {SIDE!r}
         i = 0
         while True:

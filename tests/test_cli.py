@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from legolas_ml.cli import main
-from legolas_ml.demo_data import CLASS_SHARES, generate_demo_data
+from legolas_ml.data.demo_data import CLASS_SHARES, generate_demo_data
 
 
 @pytest.fixture(autouse=True)

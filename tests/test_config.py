@@ -1,6 +1,6 @@
 import pytest
 
-from legolas_ml.config import TrainingConfig
+from legolas_ml.training.config import TrainingConfig
 
 
 def test_defaults_match_the_design():

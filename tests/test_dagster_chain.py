@@ -11,9 +11,9 @@ from dagster import AssetKey, DagsterInstance
 
 from dagster_helpers import run_chain
 from synthetic import TINY_OVERRIDES
-from legolas_ml.artifacts import TenantArtifacts
-from legolas_ml.demo_data import generate_demo_data
-from legolas_ml.store import open_tenant_store
+from legolas_ml.lifecycle.artifacts import TenantArtifacts
+from legolas_ml.data.demo_data import generate_demo_data
+from legolas_ml.data.store import open_tenant_store
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

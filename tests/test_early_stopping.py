@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from legolas_ml.early_stopping import RewindEarlyStopping
+from legolas_ml.training.early_stopping import RewindEarlyStopping
 
 
 def _model_with(value: float) -> torch.nn.Module:

@@ -5,9 +5,9 @@ import re
 import pytest
 import torch
 
-from legolas_ml.cross_validation import run_cross_validation
-from legolas_ml.ensemble import FoldEnsemble
-from legolas_ml.explain import (
+from legolas_ml.training.cross_validation import run_cross_validation
+from legolas_ml.evaluation.ensemble import FoldEnsemble
+from legolas_ml.explain.attributions import (
     EnsembleExplainer,
     IGSettings,
     baseline_ids,
@@ -16,7 +16,7 @@ from legolas_ml.explain import (
     summarise,
     top_words,
 )
-from legolas_ml.explain_report import render_html, write_report
+from legolas_ml.explain.report import render_html, write_report
 from synthetic import separable_frame, tiny_config
 
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from legolas_ml.losses import FocalLoss, balanced_class_weights, build_loss, default_focal_alpha
+from legolas_ml.training.losses import FocalLoss, balanced_class_weights, build_loss, default_focal_alpha
 
 
 def test_reference_values():

@@ -1,6 +1,6 @@
 import pytest
 
-from legolas_ml.metrics import classification_metrics, mean_std
+from legolas_ml.evaluation.metrics import classification_metrics, mean_std
 
 
 def test_multiclass_string_labels():

@@ -2,8 +2,8 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from legolas_ml.quality_gate import GateSettings, content_hash, decide_mode, gate_from_store, normalise_label, run_gate
-from legolas_ml.store import TenantStore, connect
+from legolas_ml.data.quality_gate import GateSettings, content_hash, decide_mode, gate_from_store, normalise_label, run_gate
+from legolas_ml.data.store import TenantStore, connect
 
 T0 = datetime(2026, 3, 1, 12, 0)
 

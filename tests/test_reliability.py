@@ -15,9 +15,9 @@ from dagster import DagsterInstance, materialize
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from legolas_ml.checkpoint import CheckpointError, load_checkpoint
-from legolas_ml.cross_validation import encode_dataset, finished_fold, plan_splits, train_plan_fold
-from legolas_ml.quality_gate import QUARANTINE_REASONS, run_gate
+from legolas_ml.training.checkpoint import CheckpointError, load_checkpoint
+from legolas_ml.training.cross_validation import encode_dataset, finished_fold, plan_splits, train_plan_fold
+from legolas_ml.data.quality_gate import QUARANTINE_REASONS, run_gate
 from synthetic import separable_frame, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +28,7 @@ KILL_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from pathlib import Path
     from synthetic import separable_frame, tiny_config
-    from legolas_ml.cross_validation import encode_dataset, plan_splits, train_plan_fold
+    from legolas_ml.training.cross_validation import encode_dataset, plan_splits, train_plan_fold
     df = separable_frame(20)
     cfg = tiny_config(n_folds=2, epochs=400, patience=400, batch_size=4)
     data, plan = encode_dataset(df, cfg), plan_splits(df, cfg)
@@ -98,7 +98,7 @@ def test_outage_then_recovery_counts_every_review_once(tmp_path, monkeypatch):
 
     from legolas_assets.resources import MongoResource, TrainingResource
     from legolas_assets.sensors import retrain_on_new_reviews
-    from legolas_ml.store import open_tenant_store
+    from legolas_ml.data.store import open_tenant_store
 
     monkeypatch.setenv("LEGOLAS_RETRAIN_THRESHOLD", "40")
     monkeypatch.setenv("LEGOLAS_RETRAIN_MAX_AGE_HOURS", "0")
@@ -120,7 +120,7 @@ def test_unwritable_output_dir_is_a_clear_error(tmp_path):
     from dagster_helpers import resources
     from legolas_assets.definitions import ASSETS
     from legolas_assets.resources import TrainingResource
-    from legolas_ml.store import open_tenant_store
+    from legolas_ml.data.store import open_tenant_store
 
     with open_tenant_store(None, tmp_path, "legolas", "demo") as store:
         store.insert_review({"session_id": "s1", "label": "x", "text": "hello", "reviewed_at": datetime(2026, 1, 1)})
@@ -236,7 +236,7 @@ def test_password_never_leaks_in_a_full_run(tmp_path, monkeypatch):
     """A whole chain with a password in the URI: no log line, metadata value, file or error contains it."""
     from dagster_helpers import run_chain
     from legolas_assets.resources import MongoResource
-    from legolas_ml import store as store_module
+    from legolas_ml.data import store as store_module
     from test_dagster_chain import fill_demo
 
     fill_demo(tmp_path, conversations=300, reviews=60)

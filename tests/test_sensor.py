@@ -7,9 +7,9 @@ from dagster import DagsterInstance, SensorResult, SkipReason, build_sensor_cont
 
 from legolas_assets.resources import MongoResource, TrainingResource
 from legolas_assets.sensors import retrain_on_new_reviews
-from legolas_ml.artifacts import TenantArtifacts
-from legolas_ml.retraining import RetrainPolicy, ReviewCursor
-from legolas_ml.store import open_tenant_store
+from legolas_ml.lifecycle.artifacts import TenantArtifacts
+from legolas_ml.lifecycle.retraining import RetrainPolicy, ReviewCursor
+from legolas_ml.data.store import open_tenant_store
 
 T0 = datetime(2026, 5, 1, 9, 0)
 

@@ -3,7 +3,7 @@ from collections import Counter
 
 import pytest
 
-from legolas_ml.splits import SplitPlan, make_splits
+from legolas_ml.data.splits import SplitPlan, make_splits
 
 
 def _data(n_per_class=(50, 30, 12)):

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from legolas_ml.store import (
+from legolas_ml.data.store import (
     StoreUnavailableError,
     connect,
     open_tenant_store,
@@ -66,7 +66,7 @@ def test_cross_process_writer_and_reader(tmp_path):
     """One process writes reviews while this one reads: every review is visible, none duplicated."""
     writer = textwrap.dedent(f"""
         from datetime import datetime, timedelta
-        from legolas_ml.store import open_tenant_store
+        from legolas_ml.data.store import open_tenant_store
         with open_tenant_store(None, {str(tmp_path)!r}, "legolas", "acme") as store:
             for k in range(50):
                 store.insert_review({{"session_id": f"s{{k}}", "label": "x",

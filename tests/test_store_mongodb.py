@@ -11,8 +11,8 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from legolas_ml.quality_gate import gate_from_store
-from legolas_ml.store import connect, open_tenant_store
+from legolas_ml.data.quality_gate import gate_from_store
+from legolas_ml.data.store import connect, open_tenant_store
 
 URI = os.environ.get("LEGOLAS_MONGO_URI")
 pytestmark = [pytest.mark.mongo, pytest.mark.skipif(not URI, reason="LEGOLAS_MONGO_URI is not set")]

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from legolas_ml.checkpoint import load_checkpoint
-from legolas_ml.cross_validation import (
+from legolas_ml.training.checkpoint import load_checkpoint
+from legolas_ml.training.cross_validation import (
     MissingFoldsError,
     StaleFoldError,
     aggregate_folds,
@@ -15,8 +15,8 @@ from legolas_ml.cross_validation import (
     plan_splits,
     run_cross_validation,
 )
-from legolas_ml.ensemble import FoldEnsemble, check_probabilities
-from legolas_ml.trainer import NonFiniteLossError, train_fold
+from legolas_ml.evaluation.ensemble import FoldEnsemble, check_probabilities
+from legolas_ml.training.trainer import NonFiniteLossError, train_fold
 from synthetic import separable_frame, tiny_config
 
 
@@ -99,7 +99,7 @@ def test_nan_loss_fails_the_fold_and_writes_nothing(tmp_path):
             out.logits = out.logits * float("nan")
             return out
 
-    from legolas_ml.modeling import build_model
+    from legolas_ml.training.modeling import build_model
 
     model = PoisonedModel(build_model(cfg, data.labels))
     path = tmp_path / "fold0.safetensors"

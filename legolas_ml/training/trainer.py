@@ -20,13 +20,13 @@ import torch
 import transformers
 from transformers import get_linear_schedule_with_warmup
 
-from .batching import EncodedTexts, collate, length_grouped_batches
-from .checkpoint import BestCheckpoint
-from .config import TrainingConfig, legolas_version
-from .early_stopping import RewindEarlyStopping
-from .losses import build_loss
-from .metrics import classification_metrics
-from .modeling import autocast, build_model, device_description, resolve_device, resolve_precision
+from legolas_ml.training.batching import EncodedTexts, collate, length_grouped_batches
+from legolas_ml.training.checkpoint import BestCheckpoint
+from legolas_ml.training.config import TrainingConfig, legolas_version
+from legolas_ml.training.early_stopping import RewindEarlyStopping
+from legolas_ml.training.losses import build_loss
+from legolas_ml.evaluation.metrics import classification_metrics
+from legolas_ml.training.modeling import autocast, build_model, device_description, resolve_device, resolve_precision
 
 
 class NonFiniteLossError(FloatingPointError):

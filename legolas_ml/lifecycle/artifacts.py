@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .atomic_io import write_json_atomic, write_text_atomic
+from legolas_ml.atomic_io import write_json_atomic, write_text_atomic
 
 
 _TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -84,7 +84,7 @@ class TenantArtifacts:
 
     def read_manifest(self) -> dict[str, Any] | None:
         """The current ensemble manifest, or ``None`` if the tenant has never finished a training."""
-        from .checkpoint import CheckpointError  # lazily: the CLI reads manifests without importing torch
+        from legolas_ml.training.checkpoint import CheckpointError  # lazily: the CLI reads manifests without importing torch
 
         if not self.ensemble_manifest.exists():
             return None
@@ -101,7 +101,7 @@ class TenantArtifacts:
 
         This is what decides first training vs retraining: the artifacts, not log sizes.
         """
-        from .checkpoint import CheckpointError, read_sidecar
+        from legolas_ml.training.checkpoint import CheckpointError, read_sidecar
 
         manifest = self.read_manifest()
         if manifest is None:

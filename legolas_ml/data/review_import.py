@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .quality_gate import parse_timestamp
+from legolas_ml.data.quality_gate import parse_timestamp
 
 MAX_LINE_BYTES = 2 * 1024 * 1024
 OPTIONAL_STRINGS = ("text", "reviewer", "notes")

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from captum.attr import LayerIntegratedGradients
 
-from .ensemble import FoldEnsemble
+from legolas_ml.evaluation.ensemble import FoldEnsemble
 
 
 @dataclass

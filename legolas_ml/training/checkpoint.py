@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .atomic_io import atomic_write
+from legolas_ml.atomic_io import atomic_write
 
 SIDECAR_VERSION = 1
 REQUIRED_SIDECAR_KEYS = ("format_version", "sha256", "epoch", "metrics", "labels", "model_config", "training_config")

@@ -16,16 +16,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .batching import encode_cached
-from .atomic_io import write_json_atomic
-from .checkpoint import CheckpointError, checkpoint_filename, load_checkpoint, read_sidecar
-from .config import TrainingConfig
-from .ensemble import FoldEnsemble, check_probabilities
-from .metrics import classification_metrics, mean_std
-from .modeling import load_tokenizer
-from .quality_gate import content_hash
-from .splits import SplitPlan, make_splits
-from .trainer import EpochCallback, FoldData, FoldResult, train_fold
+from legolas_ml.training.batching import encode_cached
+from legolas_ml.atomic_io import write_json_atomic
+from legolas_ml.training.checkpoint import CheckpointError, checkpoint_filename, load_checkpoint, read_sidecar
+from legolas_ml.training.config import TrainingConfig
+from legolas_ml.evaluation.ensemble import FoldEnsemble, check_probabilities
+from legolas_ml.evaluation.metrics import classification_metrics, mean_std
+from legolas_ml.training.modeling import load_tokenizer
+from legolas_ml.data.quality_gate import content_hash
+from legolas_ml.data.splits import SplitPlan, make_splits
+from legolas_ml.training.trainer import EpochCallback, FoldData, FoldResult, train_fold
 
 class StaleFoldError(ValueError):
     """A fold was trained on another dataset version or split than the one being aggregated."""

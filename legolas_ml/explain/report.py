@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from .atomic_io import write_json_atomic, write_text_atomic
-from .explain import Explanation, ExplanationSummary
+from legolas_ml.atomic_io import write_json_atomic, write_text_atomic
+from legolas_ml.explain.attributions import Explanation, ExplanationSummary
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:70em;color:#222}

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .batching import EncodedTexts, collate, encode_texts, length_grouped_batches
-from .checkpoint import CheckpointError, load_checkpoint, read_sidecar
-from .modeling import autocast, load_tokenizer, model_from_state, resolve_device, resolve_precision
+from legolas_ml.training.batching import EncodedTexts, collate, encode_texts, length_grouped_batches
+from legolas_ml.training.checkpoint import CheckpointError, load_checkpoint, read_sidecar
+from legolas_ml.training.modeling import autocast, load_tokenizer, model_from_state, resolve_device, resolve_precision
 
 
 def available_memory_bytes(device: torch.device) -> int:

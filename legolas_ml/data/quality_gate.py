@@ -29,7 +29,7 @@ from typing import Any
 
 import pandas as pd
 
-from .retraining import ReviewCursor
+from legolas_ml.lifecycle.retraining import ReviewCursor
 
 MODES = ("auto", "first", "retrain")
 QUARANTINE_REASONS = (

@@ -1,0 +1,1 @@
+"""Stage 4: metrics and the fold ensemble."""

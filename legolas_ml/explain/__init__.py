@@ -1,0 +1,1 @@
+"""Stage 5: Integrated Gradients over the ensemble and the report."""

@@ -1,0 +1,1 @@
+"""The model lifecycle: artifacts on disk, retraining decisions, candidates and promotion."""

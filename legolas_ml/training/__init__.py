@@ -1,0 +1,1 @@
+"""Stage 3: the training config, losses, early stopping, checkpoints, batching and the fold trainer."""
