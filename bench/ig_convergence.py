@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 
 from legolas_ml import settings  # noqa: E402
 from legolas_ml.lifecycle.artifacts import TenantArtifacts, read_dataset  # noqa: E402
+from legolas_ml.lifecycle.registry import ModelRegistry  # noqa: E402
 from legolas_ml.evaluation.ensemble import FoldEnsemble  # noqa: E402
 from legolas_ml.explain.attributions import EnsembleExplainer, IGSettings, baseline_ids, relative_completeness_error  # noqa: E402
 from legolas_ml.data.splits import SplitPlan  # noqa: E402
@@ -62,11 +63,11 @@ def main() -> None:
     args = parser.parse_args()
 
     artifacts = TenantArtifacts(settings.output_dir(), args.tenant)
-    manifest = artifacts.read_manifest()
+    manifest = ModelRegistry(artifacts).champion()
     if manifest is None:
         sys.exit(f"no ensemble for tenant {args.tenant!r} under {settings.output_dir()}: run `make demo` first")
     ensemble = FoldEnsemble(manifest["checkpoints"][: args.max_folds], device="cpu", precision="fp32")
-    plan_path = artifacts.splits_path(manifest["split_fingerprint"])
+    plan_path = artifacts.splits_path(manifest["data_version"], manifest["split_fingerprint"])
     plan = SplitPlan.from_dict(json.loads(plan_path.read_text()))
     data = read_dataset(artifacts.dataset_path(manifest["data_version"])).set_index("session_id")
     texts = data.loc[plan.test_ids[: args.texts], "text"].tolist()

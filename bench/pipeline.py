@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from legolas_ml.lifecycle.artifacts import TenantArtifacts  # noqa: E402
+from legolas_ml.lifecycle.artifacts import TenantArtifacts, training_key  # noqa: E402
 from legolas_ml.training.config import TrainingConfig  # noqa: E402
 from legolas_ml.training.cross_validation import aggregate_folds, encode_dataset, evaluate_ensemble, plan_splits, train_plan_fold  # noqa: E402
 from legolas_ml.data.demo_data import generate_demo_data  # noqa: E402
@@ -63,7 +63,7 @@ def main() -> None:
         breakdown["tokenisation"] = time.perf_counter() - started
         results = {}
         for k in range(plan.n_folds):
-            result = train_plan_fold(data, plan, k, config, artifacts.folds_dir(plan.fingerprint()), data_version=gate.content_hash)
+            result = train_plan_fold(data, plan, k, config, artifacts.folds_dir(training_key(gate.content_hash, plan.fingerprint(), config.to_dict())), data_version=gate.content_hash)
             results[k] = {**result.to_dict(), "data_version": gate.content_hash, "split_fingerprint": plan.fingerprint()}
             for key in ("train", "evaluate", "checkpoint"):
                 breakdown[key] += result.timings_s[key]

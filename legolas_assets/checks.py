@@ -10,12 +10,22 @@ import json
 import math
 from collections import Counter
 
-from dagster import AssetCheckResult, AssetIn, AssetCheckSeverity, AssetCheckSpec, asset_check
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetIn,
+    MetadataValue,
+    TableColumn,
+    TableRecord,
+    TableSchema,
+    asset_check,
+)
 
 from legolas_ml.lifecycle.artifacts import read_dataset
 from legolas_ml.data.splits import SplitPlan, class_proportions
 
-from .resources import TrainingResource, preset
+from .resources import LifecycleResource, TrainingResource, preset
 
 CHANCE_MARGIN = 0.05  # a model must beat 1/C by this much
 ENSEMBLE_TOLERANCE = 0.10  # test balanced accuracy may sit this far below the folds' mean
@@ -136,10 +146,45 @@ def fold_check_results(results: dict[str, dict], n_classes: int):
 
 
 @asset_check(asset="ensemble_model", blocking=True, description="test balanced accuracy above chance")
-def ensemble_above_chance(ensemble_model: dict) -> AssetCheckResult:
+def ensemble_above_chance(ensemble_model: dict, training: TrainingResource, lifecycle: LifecycleResource) -> AssetCheckResult:
     observed = ensemble_model["test_metrics"]["balanced_accuracy"]
     threshold = 1 / len(ensemble_model["labels"]) + CHANCE_MARGIN
-    return AssetCheckResult(passed=observed > threshold, metadata={"observed": round(observed, 4), "threshold": round(threshold, 4)})
+    passed = observed > threshold
+    if not passed:
+        # The candidate never reaches promotion (downstream is skipped): record the rejection, so the
+        # version keeps its reason on disk and the sensor does not retrain the same reviews again.
+        registry = lifecycle.registry(training, ensemble_model["tenant"])
+        if registry.decision_for(ensemble_model["version"]) is None:
+            registry.reject(
+                ensemble_model["version"], actor=f"check ensemble_above_chance (run {ensemble_model.get('run_id')})",
+                reason=f"test balanced accuracy {observed:.4f} is not above chance + margin {threshold:.4f}",
+            )
+    return AssetCheckResult(passed=passed, metadata={"observed": round(observed, 4), "threshold": round(threshold, 4)})
+
+
+@asset_check(asset="labeled_dataset", description="the training set did not shrink by more than half against the champion's")
+def training_set_not_halved(labeled_dataset: dict) -> AssetCheckResult:
+    before = labeled_dataset.get("champion_dataset")
+    summary = labeled_dataset["summary"]
+    now = {"rows": summary["rows"], "per_source": summary["per_source"], "per_class": summary["per_class"]}
+    if not before or not before.get("rows"):
+        return AssetCheckResult(passed=True, metadata={"rows": now["rows"], "champion_rows": "no champion"})
+    ratio = now["rows"] / before["rows"]
+    classes = sorted(set(before["per_class"]) | set(now["per_class"]))
+    table = MetadataValue.table(
+        records=[
+            TableRecord({"part": f"class {c}", "champion": before["per_class"].get(c, 0), "now": now["per_class"].get(c, 0)}) for c in classes
+        ] + [
+            TableRecord({"part": f"source {s}", "champion": before["per_source"].get(s, 0), "now": now["per_source"].get(s, 0)})
+            for s in ("human", "llm")
+        ],
+        schema=TableSchema(columns=[TableColumn("part", "string"), TableColumn("champion", "int"), TableColumn("now", "int")]),
+    )
+    return AssetCheckResult(
+        passed=ratio >= 0.5,
+        severity=AssetCheckSeverity.WARN,
+        metadata={"rows": now["rows"], "champion_rows": before["rows"], "ratio": round(ratio, 4), "by_class_and_source": table},
+    )
 
 
 @asset_check(asset="ensemble_model", description="test balanced accuracy not far below the folds' mean")
@@ -167,6 +212,7 @@ ALL_CHECKS = [
     enough_members_per_class,
     unique_session_ids,
     quarantine_share,
+    training_set_not_halved,
     no_test_leakage,
     fold_class_proportions,
     ensemble_above_chance,

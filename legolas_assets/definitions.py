@@ -6,8 +6,8 @@ from legolas_ml import settings
 
 from .checks import ALL_CHECKS
 from .io_manager import JsonIOManager
-from .jobs import ASSETS, training_job
-from .resources import default_resources
+from .jobs import ASSETS, promote_job, rollback_job, training_job
+from .resources import LifecycleResource, default_resources
 from .sensors import retrain_on_new_reviews
 
 defs = Definitions(
@@ -16,7 +16,7 @@ defs = Definitions(
     # and a process per step would re-import torch ~15 times per run for no parallelism.
     executor=in_process_executor,
     asset_checks=ALL_CHECKS,
-    jobs=[training_job],
+    jobs=[training_job, promote_job, rollback_job],
     sensors=[retrain_on_new_reviews],
-    resources={**default_resources(), "io_manager": JsonIOManager(base_dir=str(settings.output_dir() / "asset_values"))},
+    resources={**default_resources(), "lifecycle": LifecycleResource(), "io_manager": JsonIOManager(base_dir=str(settings.output_dir() / "asset_values"))},
 )

@@ -5,13 +5,14 @@ import time
 
 from dagster import AssetExecutionContext, Failure, MetadataValue, Output, TableColumn, TableRecord, TableSchema, asset
 
+from legolas_ml.evaluation.ensemble import EVAL_PRECISION
 from legolas_ml.lifecycle.artifacts import read_dataset
 from legolas_ml.training.checkpoint import read_sidecar
 from legolas_ml.training.cross_validation import MissingFoldsError, StaleFoldError, aggregate_folds, evaluate_ensemble
 from legolas_ml.data.splits import SplitPlan
 
 from . import plots
-from .resources import GPUResource, TrainingResource
+from .resources import GPUResource, LifecycleResource, TrainingResource
 from .stages import EVALUATION, SINGLE_RUN
 
 
@@ -62,25 +63,35 @@ def ensemble_model(
     fold_models: dict,
     cv_metrics: dict,
     training: TrainingResource,
+    lifecycle: LifecycleResource,
     gpu: GPUResource,
 ) -> Output[dict]:
-    """The K fold models as one classifier (mean softmax), evaluated once on the held-out test set."""
+    """A candidate: the K fold models as one classifier (mean softmax), evaluated once on the held-out
+    test set. It serves nothing until `promoted_ensemble` promotes it."""
     if cv_metrics["split_fingerprint"] != stratified_splits["fingerprint"]:
         raise Failure(description="cv_metrics was computed on another split; re-materialize cv_metrics first")
     folds = _fold_summaries(fold_models)
+    keys = {f.get("training_key") for f in folds.values()}
+    if len(keys) != 1 or None in keys:
+        raise Failure(description=f"the folds come from different trainings {sorted(map(str, keys))}; re-materialize fold_models")
+    version = keys.pop()
     paths = [folds[k]["checkpoint_path"] for k in range(stratified_splits["n_folds"])]
     plan = SplitPlan.from_dict(json.loads(open(stratified_splits["path"]).read()))
     df = read_dataset(labeled_dataset["path"]).set_index("session_id")
     test = df.loc[plan.test_ids]
     started = time.perf_counter()
-    metrics, _, ensemble = evaluate_ensemble(paths, test["text"].tolist(), test["label"].tolist(), gpu.device, gpu.precision)
+    # Every reported number is computed in fp32 (training may use bf16): the mistakes explained by
+    # Integrated Gradients, which run in fp32, are then the ones evaluated here.
+    metrics, _, ensemble = evaluate_ensemble(paths, test["text"].tolist(), test["label"].tolist(), gpu.device, EVAL_PRECISION)
     seconds = time.perf_counter() - started
-    artifacts = training.artifacts(labeled_dataset["tenant"])
+    registry = lifecycle.registry(training, labeled_dataset["tenant"])
     plot = plots.confusion_matrix(
-        metrics["confusion_matrix"], ensemble.labels, artifacts.ensemble_manifest.parent / "confusion_matrix.png",
+        metrics["confusion_matrix"], ensemble.labels, registry.version_dir(version) / "confusion_matrix.png",
         f"ensemble of {len(paths)} folds, test set",
     )
+    summary = labeled_dataset["summary"]
     manifest = {
+        "version": version,
         "tenant": labeled_dataset["tenant"],
         "checkpoints": paths,
         "sha256": [read_sidecar(p)["sha256"] for p in paths],
@@ -88,24 +99,28 @@ def ensemble_model(
         "data_version": labeled_dataset["data_version"],
         "split_fingerprint": stratified_splits["fingerprint"],
         "mode": labeled_dataset["mode"],
-        "source_counts": labeled_dataset["summary"]["per_source"],
-        "reviews_cursor": labeled_dataset["summary"].get("reviews_cursor"),  # where the sensor resumes
+        "source_counts": summary["per_source"],
+        "dataset_summary": {"rows": summary.get("rows"), "per_source": summary["per_source"], "per_class": summary["per_class"]},
+        "reviews_cursor": summary.get("reviews_cursor"),  # the reviews this training read: consumed once decided
+        "holdout": summary.get("holdout"),
         "test_metrics": metrics,
+        "eval_precision": EVAL_PRECISION,
         "cv_balanced_accuracy": cv_metrics["balanced_accuracy"],
         "run_id": context.run_id,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    # Writing the manifest is what marks the tenant as having a model (next training = retraining).
-    manifest_path = artifacts.write_manifest(manifest)
+    # A version on disk, not the model in service: promotion is a separate, checked decision.
+    manifest_path = registry.write_candidate(manifest)
     matrix_rows = [
         TableRecord({"true": c, **{p: metrics["confusion_matrix"][i][j] for j, p in enumerate(ensemble.labels)}})
         for i, c in enumerate(ensemble.labels)
     ]
     metadata = {
+        "version": version,
         "tenant": labeled_dataset["tenant"],
         "n_folds": len(paths),
         "mode": labeled_dataset["mode"],
-        "source_counts": MetadataValue.json(labeled_dataset["summary"]["per_source"]),
+        "source_counts": MetadataValue.json(summary["per_source"]),
         "test_n": metrics["n"],
         "test_balanced_accuracy": round(metrics["balanced_accuracy"], 4),
         "test_accuracy": round(metrics["accuracy"], 4),
@@ -120,5 +135,7 @@ def ensemble_model(
         "inference_s": round(seconds, 2),
         "manifest": MetadataValue.path(str(manifest_path)),
     }
-    context.log.info(f"ensemble test balanced accuracy {metrics['balanced_accuracy']:.4f} on {metrics['n']} sessions")
+    context.log.info(
+        f"candidate {version}: test balanced accuracy {metrics['balanced_accuracy']:.4f} on {metrics['n']} sessions"
+    )
     return Output({**manifest, "manifest_path": str(manifest_path)}, metadata=metadata)

@@ -1,12 +1,13 @@
 """Stage 5: why the ensemble decides what it decides (Integrated Gradients)."""
 
 import json
-import os
+from pathlib import Path
 
 from dagster import AssetExecutionContext, MetadataValue, Output, TableColumn, TableRecord, TableSchema, asset
 
 from legolas_ml.lifecycle.artifacts import read_dataset
-from legolas_ml.evaluation.ensemble import FoldEnsemble
+from legolas_ml import settings
+from legolas_ml.evaluation.ensemble import EVAL_PRECISION, FoldEnsemble
 from legolas_ml.explain.attributions import EnsembleExplainer, IGSettings, select_texts, summarise
 from legolas_ml.explain.report import write_report
 from legolas_ml.data.splits import SplitPlan
@@ -26,8 +27,8 @@ def explainability_report(
     gpu: GPUResource,
 ) -> Output[dict]:
     """Integrated Gradients explanations of held-out test texts, per class top words, as HTML/JSON/PNG."""
-    per_class = int(os.environ.get("LEGOLAS_EXPLAIN_PER_CLASS", "2"))
-    ensemble = FoldEnsemble(ensemble_model["checkpoints"], device=gpu.device, precision="fp32")
+    per_class = settings.explain_per_class()
+    ensemble = FoldEnsemble(ensemble_model["checkpoints"], device=gpu.device, precision=EVAL_PRECISION)
     plan = SplitPlan.from_dict(json.loads(open(stratified_splits["path"]).read()))
     test = read_dataset(labeled_dataset["path"]).set_index("session_id").loc[plan.test_ids]
     texts, y_true = test["text"].tolist(), test["label"].tolist()
@@ -43,8 +44,11 @@ def explainability_report(
             f"error {e.completeness_error if e.completeness_error is None else round(e.completeness_error, 4)}, {e.seconds:.1f}s"
         )
     summary = summarise(explanations)
-    directory = training.artifacts(labeled_dataset["tenant"]).explainability_dir
-    paths = write_report(explanations, summary, directory, f"LEGOLAS explainability: tenant {labeled_dataset['tenant']}")
+    # Beside the candidate's manifest: every version keeps its own report, never overwritten by a later one.
+    directory = Path(ensemble_model["manifest_path"]).parent / "explainability"
+    paths = write_report(
+        explanations, summary, directory, f"LEGOLAS explainability: tenant {labeled_dataset['tenant']}, version {ensemble_model['version']}"
+    )
     rows = [
         TableRecord({"class": label, "rank": r + 1, "word": w["word"], "mean_abs_attribution": round(w["mean_abs"], 5), "count": w["count"]})
         for label, words in summary.top_words.items()

@@ -5,10 +5,13 @@ from dagster import define_asset_job
 from .data import labeled_dataset
 from .evaluation import cv_metrics, ensemble_model
 from .explainability import explainability_report
+from .lifecycle import promote_job, promoted_ensemble, rollback_job
 from .splits import stratified_splits
 from .training import fold_models
 
-ASSETS = [labeled_dataset, stratified_splits, fold_models, cv_metrics, ensemble_model, explainability_report]
+ASSETS = [labeled_dataset, stratified_splits, fold_models, cv_metrics, ensemble_model, promoted_ensemble, explainability_report]
+
+__all__ = ["ASSETS", "training_job", "promote_job", "rollback_job"]
 
 training_job = define_asset_job(
     "training_job",

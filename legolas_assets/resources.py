@@ -7,43 +7,28 @@ variable, so a fresh clone trains on demo data in the embedded store with no con
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
-from dagster import ConfigurableResource, EnvVar
+from dagster import ConfigurableResource, InitResourceContext, ResourceDefinition, ScalarUnion, Selector, StringSource
+from dagster import Field as DagsterField
 from pydantic import Field
 
 from legolas_ml import settings
 from legolas_ml.lifecycle.artifacts import TenantArtifacts, validate_tenant
+from legolas_ml.lifecycle.holdout import DEFAULT_HOLDOUT_SHARE, validate_share
+from legolas_ml.lifecycle.promotion import PromotionPolicy
+from legolas_ml.lifecycle.registry import ModelRegistry
 from legolas_ml.training.config import DEFAULT_MODEL, TrainingConfig
 from legolas_ml.training.modeling import device_description, resolve_device, resolve_precision
 from legolas_ml.data.store import open_tenant_store, redact_uri
 
-#: Training presets, picked with LEGOLAS_PRESET. "default" is real use (K=10); "demo" makes the
-#: README's main job finish in minutes on a 2-core CPU; "dev" is one train/val split for iterating.
-PRESETS: dict[str, dict[str, Any]] = {
-    "default": {"n_folds": 10, "kfold": True, "epochs": 10, "max_length": 256},
-    "demo": {"n_folds": 5, "kfold": True, "epochs": 2, "max_length": 128},
-    "dev": {"n_folds": 1, "kfold": False, "epochs": 1, "max_length": 64},
-}
+from . import recovery
+from .configuration import ConfigurationError, reported_in_one_line
 
-
-def preset_name() -> str:
-    name = os.environ.get("LEGOLAS_PRESET", "default")
-    if name not in PRESETS:
-        raise ValueError(f"LEGOLAS_PRESET must be one of {sorted(PRESETS)}, got {name!r}")
-    return name
-
-
-def preset() -> dict[str, Any]:
-    """The active preset; ``LEGOLAS_N_FOLDS`` overrides its K (the fold partitions follow it)."""
-    values = dict(PRESETS[preset_name()])
-    if os.environ.get("LEGOLAS_N_FOLDS"):
-        k = int(os.environ["LEGOLAS_N_FOLDS"])
-        if k < 2:
-            raise ValueError(f"LEGOLAS_N_FOLDS must be >= 2 (use LEGOLAS_PRESET=dev for a single split), got {k}")
-        values.update(n_folds=k, kfold=True)
-    return values
+# The presets, K and every other LEGOLAS_* variable are parsed by legolas_ml.settings; preset()
+# and preset_name() stay importable from here for the asset modules.
+preset = settings.preset
+preset_name = settings.preset_name
 
 
 class MongoResource(ConfigurableResource):
@@ -65,6 +50,58 @@ class MongoResource(ConfigurableResource):
     def describe(self) -> str:
         """Where the data comes from, with any password redacted."""
         return f"MongoDB {redact_uri(self.uri)}" if self.uri else f"embedded store {self.data_dir or settings.data_dir()}"
+
+
+class MongoUriSource(ScalarUnion):
+    """The run-config type of ``mongo``'s ``uri``: ``{env: VAR}``, or a URI that holds no password.
+
+    Dagster writes a run's config as given into its run storage before the run starts, so a
+    password typed into ``uri`` would stay there in plain text; an ``{env: VAR}`` reference stores
+    only the variable's name. The check runs while Dagster validates the config, so a refused
+    config never becomes a run, and the error shows the URI with its password redacted.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(scalar_type=str, non_scalar_schema=Selector({"env": str}), _key="LegolasMongoUri")
+
+    def post_process(self, value: Any) -> str:
+        if isinstance(value, dict):
+            return StringSource.post_process(value)  # {env: VAR}, resolved as Dagster's own StringSource does
+        if redact_uri(value) != value:
+            raise ConfigurationError(
+                f"resources.mongo.config.uri must not embed a password (Dagster would keep it in plain text "
+                f"with the run's config): give an environment variable reference, "
+                f'{{"env": "{settings.MONGO_URI_VARIABLE}"}}, instead; got {redact_uri(value)}'
+            )
+        return value
+
+
+def mongo_resource() -> ResourceDefinition:
+    """``mongo`` as the definitions bind it: ``MongoResource``'s fields, ``uri`` typed ``MongoUriSource``.
+
+    Defaults come from the environment: ``uri`` is the reference ``{env: LEGOLAS_MONGO_URI}`` when
+    that variable is set (the embedded store otherwise), ``database`` and ``tenant`` are
+    LEGOLAS_DATABASE and LEGOLAS_TENANT.
+    """
+    fields = MongoResource.to_fields_dict()
+
+    def defaulting_to(key: str, value: Any) -> DagsterField:
+        return DagsterField(fields[key].config_type, default_value=value, description=fields[key].description)
+
+    schema = {
+        **fields,
+        "database": defaulting_to("database", settings.database_name()),
+        "tenant": defaulting_to("tenant", settings.tenant()),
+        "uri": DagsterField(
+            MongoUriSource(),
+            default_value={"env": settings.MONGO_URI_VARIABLE} if settings.mongo_uri() else "",
+            description=f'MongoDB URI as {{"env": "{settings.MONGO_URI_VARIABLE}"}} (a literal URI must hold no password); empty = embedded store',
+        ),
+    }
+    return ResourceDefinition(
+        resource_fn=lambda context: MongoResource(**context.resource_config), config_schema=schema,
+        description=MongoResource.__doc__,
+    )
 
 
 class GPUResource(ConfigurableResource):
@@ -101,6 +138,25 @@ class TrainingResource(ConfigurableResource):
     reuse_finished_folds: bool = Field(
         default=True, description="reuse a fold that finished with the same data, split and config (checksum verified)"
     )
+    runner: str = Field(default="sequential", description="where folds train: 'sequential', 'ray' or 'auto' (ray with >1 GPU)")
+    ray_address: str = Field(default="", description="an existing Ray cluster ('auto', 'ray://head:10001'); empty = embedded")
+    gpus_per_fold: float = Field(default=-1.0, description="Ray: GPU share per fold (0.25 packs 4 folds per GPU); -1 = auto")
+    cpus_per_fold: float = Field(default=1.0, description="Ray: CPUs per fold")
+    fold_retries: int = Field(default=2, description="Ray: retries of a fold whose worker or node died")
+
+    def fold_runner(self):
+        """The fold runner of this run (``legolas_ml.runners``), validated."""
+        from legolas_ml.runners.base import make_runner
+
+        return make_runner(
+            self.runner, address=self.ray_address or None, gpus_per_fold=None if self.gpus_per_fold < 0 else self.gpus_per_fold,
+            cpus_per_fold=self.cpus_per_fold, max_retries=self.fold_retries,
+        )
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        # Every run and every sensor tick sets this resource up before any step asks for a `gpu`
+        # pool slot: the moment to fail runs whose process was killed and free their slots.
+        recovery.recover(context.instance, context.run_id, self.output_root(), context.log)
 
     def output_root(self) -> str:
         return self.output_dir or str(settings.output_dir())
@@ -139,24 +195,53 @@ class TrainingResource(ConfigurableResource):
         return config
 
 
+class LifecycleResource(ConfigurableResource):
+    """The model lifecycle: evaluation holdout, promotion rule, retention, retraining retries."""
+
+    holdout_share: float = Field(default=DEFAULT_HOLDOUT_SHARE, description="share of human-reviewed sessions held out of every training, (0, 1)")
+    margin: float = Field(default=0.01, description="promotion: holdout balanced accuracy may be this much below the champion's")
+    max_recall_drop: float = Field(default=0.10, description="promotion: most recall a class with enough support may lose")
+    min_class_support: int = Field(default=5, description="promotion: holdout sessions a class needs for its recall to count")
+    min_holdout: int = Field(default=30, description="promotion: fewer holdout sessions keep the champion (documented fallback)")
+    keep_decided: int = Field(default=5, description="retention: versions of the last N decisions and N promotions are kept")
+    retry_backoff_s: int = Field(default=60, description="sensor: wait before retrying a failed retraining, doubled per attempt")
+    retry_max_backoff_s: int = Field(default=3600, description="sensor: the longest wait between retries")
+    max_attempts: int = Field(default=3, description="sensor: failed runs of the same reviews before waiting for new ones")
+
+    def policy(self) -> PromotionPolicy:
+        return PromotionPolicy(
+            margin=self.margin, max_recall_drop=self.max_recall_drop,
+            min_class_support=self.min_class_support, min_holdout=self.min_holdout,
+        )
+
+    def registry(self, training: "TrainingResource", tenant: str) -> ModelRegistry:
+        validate_share(self.holdout_share)
+        return ModelRegistry(training.artifacts(tenant))
+
+
 def default_resources() -> dict[str, Any]:
-    """Resources wired to environment variables, so `dagster dev` and the CLI need no run config."""
-    return {
-        "mongo": MongoResource(
-            uri=EnvVar("LEGOLAS_MONGO_URI") if os.environ.get("LEGOLAS_MONGO_URI") else "",
-            database=os.environ.get("LEGOLAS_DATABASE", "legolas"),
-            tenant=settings.tenant(),
-        ),
-        "gpu": GPUResource(
-            device=os.environ.get("LEGOLAS_DEVICE", "auto"), precision=os.environ.get("LEGOLAS_PRECISION", "auto")
-        ),
-        "training": TrainingResource(
-            model_name=os.environ.get("LEGOLAS_MODEL", DEFAULT_MODEL),
-            model_init=os.environ.get("LEGOLAS_MODEL_INIT", "pretrained"),
-            model_overrides_json=os.environ.get("LEGOLAS_MODEL_OVERRIDES", "{}"),
-            epochs=int(os.environ.get("LEGOLAS_EPOCHS", "0")),
-            max_length=int(os.environ.get("LEGOLAS_MAX_LENGTH", "0")),
-            batch_size=int(os.environ.get("LEGOLAS_BATCH_SIZE", "16")),
-            lr=float(os.environ.get("LEGOLAS_LR", "5e-5")),
-        ),
-    }
+    """Resources wired to the LEGOLAS_* variables, so `dagster dev` and the CLI need no run config.
+
+    Raises:
+        ConfigurationError: one line naming the variable, its allowed values and what it holds.
+    """
+    with reported_in_one_line():
+        base = preset()
+        return {
+            "mongo": mongo_resource(),
+            "gpu": GPUResource(device=settings.device(), precision=settings.precision()),
+            "training": TrainingResource(
+                model_name=settings.model_name(),
+                model_init=settings.model_init(),
+                model_overrides_json=json.dumps(settings.model_overrides()),
+                epochs=settings.epochs() or base["epochs"],
+                max_length=settings.max_length() or base["max_length"],
+                batch_size=settings.batch_size(),
+                lr=settings.lr(),
+                runner=settings.runner(),
+                ray_address=settings.ray_address(),
+                gpus_per_fold=settings.gpus_per_fold(),
+                cpus_per_fold=settings.cpus_per_fold(),
+                fold_retries=settings.fold_retries(),
+            ),
+        }

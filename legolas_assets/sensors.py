@@ -2,25 +2,44 @@
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timedelta, timezone
 
-from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
+from dagster import (
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    RunRequest,
+    RunsFilter,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
 
-from legolas_ml.lifecycle.retraining import RetrainPolicy, ReviewCursor
+from legolas_ml import settings
 from legolas_ml.data.store import StoreUnavailableError
+from legolas_ml.lifecycle.retraining import (
+    FAILED,
+    IN_PROGRESS,
+    SUCCEEDED,
+    RetrainPolicy,
+    RetryPolicy,
+    parse_sensor_state,
+    plan_tick,
+    serialize_sensor_state,
+)
 
 from .jobs import training_job
-from .resources import MongoResource, TrainingResource
+from .resources import LifecycleResource, MongoResource, TrainingResource
 from .stages import n_fold_partitions
 
 
 def policy_from_env() -> RetrainPolicy:
-    hours = float(os.environ.get("LEGOLAS_RETRAIN_MAX_AGE_HOURS", "24"))
-    return RetrainPolicy(
-        threshold=int(os.environ.get("LEGOLAS_RETRAIN_THRESHOLD", "50")),
-        max_age=timedelta(hours=hours) if hours > 0 else None,
-    )
+    hours = settings.retrain_max_age_hours()
+    return RetrainPolicy(threshold=settings.retrain_threshold(), max_age=timedelta(hours=hours) if hours > 0 else None)
+
+
+#: Every retraining run carries the id of the request it answers; the sensor follows it to the run's outcome.
+REQUEST_TAG = "legolas/request"
 
 
 def retraining_tags(tenant: str, reason: str) -> dict[str, str]:
@@ -33,31 +52,61 @@ def retraining_tags(tenant: str, reason: str) -> dict[str, str]:
     }
 
 
+_STATUS = {
+    DagsterRunStatus.SUCCESS: SUCCEEDED,
+    DagsterRunStatus.FAILURE: FAILED,
+    DagsterRunStatus.CANCELED: FAILED,
+}
+
+
+def run_status_lookup(instance):
+    """``request_id -> (status, finished_at)`` of the latest run tagged with it; not found = failed."""
+
+    def lookup(request: str) -> tuple[str, datetime | None]:
+        records = instance.get_run_records(filters=RunsFilter(tags={REQUEST_TAG: request}), limit=1)
+        if not records:
+            return FAILED, None
+        record = records[0]
+        status = _STATUS.get(record.dagster_run.status, IN_PROGRESS)
+        finished = record.end_time or (record.update_timestamp.timestamp() if record.update_timestamp else None)
+        at = datetime.fromtimestamp(finished, timezone.utc).replace(tzinfo=None) if finished else None
+        return status, at
+
+    return lookup
+
+
 @sensor(
     job=training_job,
     minimum_interval_seconds=60,
     default_status=DefaultSensorStatus.RUNNING,
-    description="Retrains every asset when enough new human reviews arrived (LEGOLAS_RETRAIN_THRESHOLD, default 50)",
+    description="Retrains every asset when enough new human reviews arrived (LEGOLAS_RETRAIN_THRESHOLD, default 50); "
+    "reviews are consumed only when the run decided on a candidate, failed runs are retried with backoff",
 )
-def retrain_on_new_reviews(context: SensorEvaluationContext, mongo: MongoResource, training: TrainingResource):
-    cursor = ReviewCursor.parse(context.cursor)
-    if cursor is None:
-        # Start after the reviews the current ensemble was trained on, not at the beginning of time.
-        manifest = training.artifacts(mongo.tenant).read_manifest()
-        cursor = ReviewCursor.parse(manifest.get("reviews_cursor")) if manifest else None
+def retrain_on_new_reviews(
+    context: SensorEvaluationContext, mongo: MongoResource, training: TrainingResource, lifecycle: LifecycleResource
+):
+    tenant = mongo.tenant
+    pending = parse_sensor_state(context.cursor)
+    registry = lifecycle.registry(training, tenant)
+    consumed = registry.consumed_reviews()
     try:
         with mongo.open() as store:
-            new = store.reviews_after(cursor.as_tuple() if cursor else None)
+            waiting = store.reviews_after(consumed.as_tuple() if consumed else None)
     except StoreUnavailableError as exc:
-        # The cursor stays where it is: these reviews will be counted once the store is back.
-        return SkipReason(f"store unavailable, cursor kept at {cursor}: {exc}")
+        # The state stays as it is: these reviews will be counted once the store is back.
+        return SkipReason(f"tenant {tenant}: store unavailable, consumed up to {consumed or 'nothing yet'}: {exc}")
+    retry = RetryPolicy(
+        backoff=timedelta(seconds=lifecycle.retry_backoff_s),
+        max_backoff=timedelta(seconds=lifecycle.retry_max_backoff_s),
+        max_attempts=lifecycle.max_attempts,
+    )
     now = datetime.now(timezone.utc).replace(tzinfo=None)
-    retrain, reason = policy_from_env().decide(len(new), new[0]["reviewed_at"] if new else None, now)
-    if not retrain:
-        return SkipReason(f"tenant {mongo.tenant}: {reason}")
-    next_cursor = ReviewCursor.of(new[-1])
-    context.log.info(f"tenant {mongo.tenant}: {reason}; requesting retraining, cursor -> {next_cursor}")
+    plan = plan_tick(tenant, consumed, waiting, pending, run_status_lookup(context.instance), now, policy_from_env(), retry)
+    if plan.request is None:
+        return SensorResult(skip_reason=plan.reason, cursor=serialize_sensor_state(plan.pending))
+    context.log.info(f"{plan.reason}; requesting {plan.request.request_id}")
+    tags = {**retraining_tags(tenant, plan.reason), REQUEST_TAG: plan.request.request_id}
     return SensorResult(
-        run_requests=[RunRequest(run_key=f"{mongo.tenant}:{next_cursor}", tags=retraining_tags(mongo.tenant, reason))],
-        cursor=next_cursor.serialize(),
+        run_requests=[RunRequest(run_key=plan.request.request_id, tags=tags)],
+        cursor=serialize_sensor_state(plan.pending),
     )

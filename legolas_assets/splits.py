@@ -25,13 +25,16 @@ def stratified_splits(
     for fold in plan.folds:
         rows.append((f"fold {fold.index} train", len(fold.train_ids), class_proportions(fold.train_ids, label_of, classes)))
         rows.append((f"fold {fold.index} val", len(fold.val_ids), class_proportions(fold.val_ids, label_of, classes)))
-    path = training.artifacts(labeled_dataset["tenant"]).splits_path(plan.fingerprint())
+    path = training.artifacts(labeled_dataset["tenant"]).splits_path(labeled_dataset["data_version"], plan.fingerprint())
     write_json_atomic(path, {**plan.to_dict(), "data_version": labeled_dataset["data_version"]})
     context.log.info(f"split {plan.fingerprint()}: {len(plan.test_ids)} test sessions, {plan.n_folds} fold(s)")
+    # Class columns are "share <class>": a class may be called "split" or "n", and a column named
+    # after it would overwrite the split's name or size in every row.
     table = MetadataValue.table(
-        records=[TableRecord({"split": name, "n": n, **{c: round(p[c], 3) for c in classes}}) for name, n, p in rows],
+        records=[TableRecord({"split": name, "n": n, **{f"share {c}": round(p[c], 3) for c in classes}}) for name, n, p in rows],
         schema=TableSchema(
-            columns=[TableColumn("split", "string"), TableColumn("n", "int")] + [TableColumn(c, "float") for c in classes]
+            columns=[TableColumn("split", "string"), TableColumn("n", "int")]
+            + [TableColumn(f"share {c}", "float", description=f"share of class {c!r} in the split") for c in classes]
         ),
     )
     value = {

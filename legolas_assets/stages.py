@@ -4,12 +4,14 @@ import warnings
 
 from dagster import BackfillPolicy, BetaWarning, StaticPartitionsDefinition
 
+from .configuration import reported_in_one_line
 from .resources import preset
 
 DATA = "data"
 TRAINING = "training"
 EVALUATION = "evaluation"
 EXPLAINABILITY = "explainability"
+LIFECYCLE = "lifecycle"
 
 # backfill_policy and Output(data_version=) are beta in Dagster 1.13 and used on purpose:
 # single-run partition ranges, and the dataset content hash as data version.
@@ -21,7 +23,9 @@ SINGLE_RUN = BackfillPolicy.single_run()
 
 
 def n_fold_partitions() -> int:
-    values = preset()
+    """K, or 1 in the dev preset; an invalid LEGOLAS_PRESET / LEGOLAS_N_FOLDS is a one-line error."""
+    with reported_in_one_line():
+        values = preset()
     return values["n_folds"] if values["kfold"] else 1
 
 

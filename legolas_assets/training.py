@@ -4,8 +4,9 @@ import json
 
 from dagster import AssetExecutionContext, Failure, MetadataValue, Output, asset
 
-from legolas_ml.lifecycle.artifacts import read_dataset
-from legolas_ml.training.cross_validation import encode_dataset, train_plan_fold
+from legolas_ml.lifecycle.artifacts import read_dataset, training_key
+from legolas_ml.runners.base import FoldWorkerLostError
+from legolas_ml.training.cross_validation import encode_dataset
 from legolas_ml.data.splits import SplitPlan
 from legolas_ml.training.trainer import NonFiniteLossError
 from legolas_ml.training.training_log import close_training_log, open_training_log
@@ -42,7 +43,9 @@ def fold_models(
             "since stratified_splits was materialized; re-materialize stratified_splits"
         )
     artifacts = training.artifacts(labeled_dataset["tenant"])
-    folds_dir = artifacts.folds_dir(plan.fingerprint())
+    # Keyed by data version, split and config: a retraining never writes into the champion's folds.
+    key_of_training = training_key(labeled_dataset["data_version"], plan.fingerprint(), config.to_dict())
+    folds_dir = artifacts.folds_dir(key_of_training)
     data = encode_dataset(read_dataset(labeled_dataset["path"]), config, cache_dir=artifacts.tokens_dir)
     logger, log_path = open_training_log(artifacts.logs_dir, context.run_id)
     context.log.info(f"training folds {keys} on {device['name']} ({device['precision']}); log file: {log_path}")
@@ -56,38 +59,46 @@ def fold_models(
         context.log.info(line)
         logger.info(line)
 
+    def note(line: str) -> None:
+        context.log.info(line)
+        logger.info(line)
+
     results = {}
     try:
+        runner = training.fold_runner()
+        note(f"runner {runner.name}: folds {keys}, {len(data.session_ids)} sessions")
+        try:
+            fold_results = runner.run_folds(
+                data, plan, [int(k) for k in keys], config, folds_dir, data_version=labeled_dataset["data_version"],
+                on_epoch=progress, reuse_finished=training.reuse_finished_folds, log=note,
+            )
+        except (NonFiniteLossError, FoldWorkerLostError) as exc:
+            logger.error(str(exc))
+            raise Failure(description=str(exc)) from None
         for key in keys:
-            logger.info(f"fold {key}: start ({len(plan.folds[int(key)].train_ids)} train / {len(plan.folds[int(key)].val_ids)} val)")
-            try:
-                result = train_plan_fold(
-                    data, plan, int(key), config, folds_dir, data_version=labeled_dataset["data_version"],
-                    on_epoch=progress, reuse_finished=training.reuse_finished_folds,
-                )
-            except NonFiniteLossError as exc:
-                logger.error(str(exc))
-                raise Failure(description=str(exc)) from None
+            result = fold_results[int(key)]
             curve = plots.training_curve(result.history, folds_dir / "curves" / f"fold{key}.png", f"fold {key}")
             results[key] = {
                 **result.to_dict(),
                 "data_version": labeled_dataset["data_version"],
                 "split_fingerprint": plan.fingerprint(),
+                "training_key": key_of_training,
                 "curve_path": str(curve),
                 "log_path": str(log_path),
             }
             if result.reused:
-                context.log.info(f"fold {key}: finished earlier with the same data, split and config; checkpoint verified and reused")
-            logger.info(f"fold {key}: done, best epoch {result.best_epoch}, {result.stop_reason}, reused={result.reused}")
+                note(f"fold {key}: finished earlier with the same data, split and config; checkpoint verified and reused")
+            logger.info(f"fold {key}: done, shipped epoch {result.best_epoch}, {result.stop_reason}, reused={result.reused}")
     finally:
         close_training_log(logger)
 
     if len(keys) == 1:
         r = results[keys[0]]
         metadata = {
-            "best_epoch": r["best_epoch"],
+            "shipped_epoch": r["best_epoch"],
             "trigger_epoch": r["trigger_epoch"] if r["trigger_epoch"] is not None else -1,
-            "restored_epoch": r["restored_epoch"] if r["restored_epoch"] is not None else -1,
+            "rewind_epoch": r["rewind_epoch"] if r["rewind_epoch"] is not None else -1,
+            "held_copies_peak": r.get("held_copies_peak", 0),
             "stop_reason": r["stop_reason"],
             "reused_finished_fold": r["reused"],
             "val_balanced_accuracy": r["best_metrics"]["balanced_accuracy"],
@@ -116,12 +127,12 @@ def fold_models(
 
 def _fold_table(results: dict) -> str:
     lines = [
-        "| fold | best epoch | restored | val bal. acc | val F1 | samples/s | duration s | peak MB |",
+        "| fold | shipped epoch | rewind epoch | val bal. acc | val F1 | samples/s | duration s | peak MB |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for key, r in sorted(results.items(), key=lambda kv: int(kv[0])):
         lines.append(
-            f"| {key} | {r['best_epoch']} | {r['restored_epoch']} | {r['best_metrics']['balanced_accuracy']:.4f} | "
+            f"| {key} | {r['best_epoch']} | {'-' if r['rewind_epoch'] is None else r['rewind_epoch']} | {r['best_metrics']['balanced_accuracy']:.4f} | "
             f"{r['best_metrics']['f1_macro']:.4f} | {r['train_samples_per_s']:.1f} | {r['duration_s']:.0f} | {r['peak_memory_mb']:.0f} |"
         )
     return "\n".join(lines)

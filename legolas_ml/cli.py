@@ -11,19 +11,26 @@ import sys
 from pathlib import Path
 
 from legolas_ml import settings
+from legolas_ml.lifecycle import commands as lifecycle_commands
 from legolas_ml.lifecycle.artifacts import TenantArtifacts, validate_tenant
+from legolas_ml.lifecycle.registry import ChampionUnavailableError, ModelRegistry
 from legolas_ml.data.demo_data import generate_demo_data
 from legolas_ml.data.review_import import import_reviews
-from legolas_ml.data.store import StoreUnavailableError, list_tenants, open_tenant_store, scrub
+from legolas_ml.data.store import StoreUnavailableError, list_tenants, open_tenant_store, scrub, validate_database
+from legolas_ml.data.store_integrity import StoreIntegrityError
+from legolas_ml.data.store_lock import StoreBusyError
 
 
-def _store(args):
-    return open_tenant_store(settings.mongo_uri(), settings.data_dir(), settings.database_name(), args.tenant)
+def _store(args, writer: bool = False, verify: bool = True):
+    """The tenant's store; writing commands hold the embedded store's writer lock from the start."""
+    return open_tenant_store(
+        settings.mongo_uri(), settings.data_dir(), settings.database_name(), args.tenant, writer=writer, verify=verify
+    )
 
 
 def cmd_demo_data(args) -> int:
     classifications, reviews = generate_demo_data(args.conversations, args.reviews, args.seed)
-    with _store(args) as store:
+    with _store(args, writer=True) as store:
         existing = store.counts()
         if existing["classifications"] and not args.reset:
             print(
@@ -32,8 +39,7 @@ def cmd_demo_data(args) -> int:
             )
             return 0
         if args.reset:
-            store.classifications.delete_many({"tenant": args.tenant})
-            store.reviews.delete_many({"tenant": args.tenant})
+            store.delete_tenant_documents()
         store.insert_classifications(classifications)
         inserted = sum(store.insert_review(r) for r in reviews)
     print(f"tenant {args.tenant!r}: wrote {len(classifications)} classifications and {inserted} human reviews")
@@ -41,7 +47,7 @@ def cmd_demo_data(args) -> int:
 
 
 def cmd_import_reviews(args) -> int:
-    with _store(args) as store:
+    with _store(args, writer=True) as store:
         report = import_reviews(args.file, store)
     for line_no, reason in report.rejected:
         print(f"{args.file}:{line_no}: rejected: {reason}", file=sys.stderr)
@@ -59,36 +65,73 @@ def cmd_status(args) -> int:
 
     client = connect(settings.mongo_uri(), settings.data_dir())
     try:
-        tenants = list_tenants(client[settings.database_name()])
+        tenants = list_tenants(client[validate_database(settings.database_name())])
     finally:
         client.close()
     if not tenants:
         print("no tenants in the store yet (run: legolas demo-data)")
         return 0
-    print(f"{'tenant':<20} {'documents':>10} {'reviews':>8}  {'newest review':<20} model")
+    print(f"{'tenant':<20} {'documents':>10} {'reviews':>8} {'waiting':>8}  {'newest review':<20} champion")
+    champions = {}
     for tenant in tenants:
         args.tenant = tenant
+        registry = ModelRegistry(TenantArtifacts(settings.output_dir(), tenant))
+        try:
+            champions[tenant] = registry.champion()
+            label = champions[tenant]["version"] if champions[tenant] else "none"
+        except ChampionUnavailableError as exc:
+            champions[tenant], label = None, f"DAMAGED: {exc}"
+        consumed = registry.consumed_reviews()
         with _store(args) as store:
             counts = store.counts()
-        has_model = TenantArtifacts(settings.output_dir(), tenant).has_model()
+            waiting = len(store.reviews_after(consumed.as_tuple() if consumed else None))
         newest = counts["newest_review"].isoformat(timespec="seconds") if counts["newest_review"] else "-"
-        print(f"{tenant:<20} {counts['classifications']:>10} {counts['reviews']:>8}  {newest:<20} {'yes' if has_model else 'no'}")
-    for tenant in tenants:
-        artifacts = TenantArtifacts(settings.output_dir(), tenant)
-        if not artifacts.has_model():
+        print(f"{tenant:<20} {counts['classifications']:>10} {counts['reviews']:>8} {waiting:>8}  {newest:<20} {label}")
+    for tenant, manifest in champions.items():
+        if manifest is None:
             continue
-        manifest = artifacts.read_manifest()
+        registry = ModelRegistry(TenantArtifacts(settings.output_dir(), tenant))
         test = manifest["test_metrics"]
         print(
-            f"\n{tenant}: ensemble of {len(manifest['checkpoints'])} folds ({manifest['mode']} training, "
-            f"{manifest['created_at']}), test balanced accuracy {test['balanced_accuracy']:.4f} on {test['n']} sessions"
+            f"\n{tenant}: champion {manifest['version']}, ensemble of {len(manifest['checkpoints'])} folds "
+            f"({manifest['mode']} training, {manifest['created_at']}), test balanced accuracy "
+            f"{test['balanced_accuracy']:.4f} on {test['n']} sessions"
         )
-        print(f"  manifest:  {artifacts.ensemble_manifest}")
+        last = registry.history()[-1] if registry.history() else None
+        if last:
+            print(f"  last decision: {last['action']} {last['version']} at {last['at']}: {last['reason']}")
+        print(f"  manifest:  {registry.manifest_path(manifest['version'])}")
         print(f"  folds:     {Path(manifest['checkpoints'][0]).parent}")
-        report = artifacts.explainability_dir / "report.html"
+        report = registry.version_dir(manifest["version"]) / "explainability" / "report.html"
         if report.exists():
             print(f"  report:    {report}")
-        print(f"  logs:      {artifacts.logs_dir}")
+        print(f"  decisions: {registry.decisions_path} (`legolas versions --tenant {tenant}`)")
+    return 0
+
+
+def cmd_repair_store(args) -> int:
+    """Remove the extra copies that break a unique index, tenant by tenant (one copy of each is kept)."""
+    from legolas_ml.data.store import UNIQUE_INDEXES, connect
+    from legolas_ml.data.store_integrity import remove_duplicates
+
+    tenants = [args.tenant]
+    if args.tenant is None:
+        client = connect(settings.mongo_uri(), settings.data_dir())
+        try:
+            tenants = list_tenants(client[validate_database(settings.database_name())])
+        finally:
+            client.close()
+    backup_dir = settings.home_dir() / "store-repairs"
+    for tenant in tenants:
+        args.tenant = tenant
+        with _store(args, writer=True, verify=False) as store:
+            result = remove_duplicates(store, UNIQUE_INDEXES, backup_dir)
+            store.check_unique()
+        removed = ", ".join(f"{n} {name}" for name, n in result["removed"].items())
+        saved = f"; removed copies saved to {result['backup']}" if result["backup"] else ""
+        print(f"tenant {tenant!r}: removed {removed} duplicate documents{saved}")
+    if not tenants:
+        print("no tenants in the store: nothing to repair")
     return 0
 
 
@@ -106,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     imp.set_defaults(func=cmd_import_reviews)
     status = sub.add_parser("status", help="documents, reviews and model per tenant")
     status.set_defaults(func=cmd_status)
+    repair = sub.add_parser("repair-store", help="remove duplicate copies that break the store's unique indexes")
+    repair.add_argument("--tenant", type=validate_tenant, default=None, help="default: every tenant in the store")
+    repair.set_defaults(func=cmd_repair_store)
+    lifecycle_commands.add_commands(sub, settings.tenant())
     for p in (demo, imp):
         p.add_argument("--tenant", type=validate_tenant, default=settings.tenant(), help="default: $LEGOLAS_TENANT or 'demo'")
     return parser
@@ -115,10 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except StoreUnavailableError as exc:
+    except (StoreUnavailableError, StoreBusyError, StoreIntegrityError) as exc:
         print(f"legolas: {scrub(str(exc), settings.mongo_uri())}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, ChampionUnavailableError) as exc:
         print(f"legolas: {scrub(str(exc), settings.mongo_uri())}", file=sys.stderr)
         return 2
 

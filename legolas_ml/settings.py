@@ -1,21 +1,62 @@
-"""Where LEGOLAS keeps its files, and the environment variables that move them.
+"""Every ``LEGOLAS_*`` environment variable, parsed in one place.
 
 ``LEGOLAS_HOME`` (default ``./var`` under the working directory) holds the embedded store
 (``store/``), the artifacts (``output/<tenant>/``), the training logs (``output/logs/``) and the
 project-local Dagster home (``dagster/``). The webserver, the daemon and the CLI all start in the
 project root, so they all resolve the same directory.
+
+Each accessor reads its variable when called (tests and the CLI set them at run time), returns
+the default when the variable is unset or empty, and otherwise either returns a typed value or
+raises ``SettingsError`` naming the variable, the allowed values and what it received. A value
+is never silently replaced: ``LEGOLAS_EPOCHS=0`` is an error, not "the preset's". No other module
+reads a ``LEGOLAS_*`` variable from ``os.environ``.
+
+Example:
+    >>> n_folds()  # with LEGOLAS_N_FOLDS=2.5  # doctest: +SKIP
+    Traceback (most recent call last):
+    ...
+    legolas_ml.settings.SettingsError: LEGOLAS_N_FOLDS must be an integer >= 2 (K of K-fold; LEGOLAS_PRESET=dev for one train/val split), got '2.5'
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import re
 from pathlib import Path
+from typing import Any
+
+from legolas_ml.training.config import DEFAULT_MODEL, MODEL_INITS, PRECISIONS
+
+
+class SettingsError(ValueError):
+    """A ``LEGOLAS_*`` environment variable holds a value outside its allowed range."""
+
 
 DEFAULT_TENANT = "demo"
 
+#: The variable holding the MongoDB URI. Dagster resources refer to it by name (``EnvVar``), so
+#: the URI, password included, is never written into Dagster's run storage.
+MONGO_URI_VARIABLE = "LEGOLAS_MONGO_URI"
+
+#: Training presets, picked with LEGOLAS_PRESET. "default" is real use (K=10); "demo" makes the
+#: README's main job finish in minutes on a 2-core CPU; "dev" is one train/val split for iterating.
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {"n_folds": 10, "kfold": True, "epochs": 10, "max_length": 256},
+    "demo": {"n_folds": 5, "kfold": True, "epochs": 2, "max_length": 128},
+    "dev": {"n_folds": 1, "kfold": False, "epochs": 1, "max_length": 64},
+}
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+# --- where things live ---------------------------------------------------------------------------
+
 
 def home_dir() -> Path:
-    return Path(os.environ.get("LEGOLAS_HOME", "var")).resolve()
+    """``LEGOLAS_HOME``: store, artifacts, logs and the project-local Dagster home (default ``./var``)."""
+    return Path(_raw("LEGOLAS_HOME") or "var").expanduser().resolve()
 
 
 def data_dir() -> Path:
@@ -28,12 +69,217 @@ def output_dir() -> Path:
 
 
 def mongo_uri() -> str | None:
-    return os.environ.get("LEGOLAS_MONGO_URI") or None
+    """``LEGOLAS_MONGO_URI``: a real MongoDB; ``None`` (unset) means the embedded store."""
+    return _raw(MONGO_URI_VARIABLE)
 
 
 def database_name() -> str:
-    return os.environ.get("LEGOLAS_DATABASE", "legolas")
+    """``LEGOLAS_DATABASE`` (default ``legolas``), checked like every database name."""
+    from legolas_ml.data.store import validate_database  # the store module is heavy; most callers never need it
+
+    return _checked("LEGOLAS_DATABASE", _raw("LEGOLAS_DATABASE") or "legolas", validate_database)
 
 
 def tenant() -> str:
-    return os.environ.get("LEGOLAS_TENANT", DEFAULT_TENANT)
+    """``LEGOLAS_TENANT`` (default ``demo``), checked like every tenant name (it names directories)."""
+    from legolas_ml.lifecycle.artifacts import validate_tenant
+
+    return _checked("LEGOLAS_TENANT", _raw("LEGOLAS_TENANT") or DEFAULT_TENANT, validate_tenant)
+
+
+# --- what is trained -----------------------------------------------------------------------------
+
+
+def preset_name() -> str:
+    """``LEGOLAS_PRESET``: ``default``, ``demo`` or ``dev``."""
+    return _choice("LEGOLAS_PRESET", "default", tuple(PRESETS))
+
+
+def n_folds() -> int | None:
+    """``LEGOLAS_N_FOLDS``: K, overriding the preset's; ``None`` when unset."""
+    return _integer("LEGOLAS_N_FOLDS", None, 2, "K of K-fold; LEGOLAS_PRESET=dev for one train/val split")
+
+
+def preset() -> dict[str, Any]:
+    """The active preset, with ``LEGOLAS_N_FOLDS`` replacing its K (the fold partitions follow it)."""
+    values = dict(PRESETS[preset_name()])
+    k = n_folds()
+    if k is not None:
+        values.update(n_folds=k, kfold=True)
+    return values
+
+
+def is_local_model_path(model_name: str) -> bool:
+    """True when a model name can only mean a directory (absolute, ``./``, ``../`` or ``~``).
+
+    ``org/name`` is a Hugging Face id; a name like this one is never looked up on the Hub, so a
+    missing directory is reported as such instead of as a failed Hub download.
+    """
+    return model_name.startswith(("/", "./", "../", "~")) or model_name in (".", "..")
+
+
+def model_name() -> str:
+    """``LEGOLAS_MODEL``: a Hugging Face id or a local directory (default: the bundled MiniLM-L6)."""
+    name = _raw("LEGOLAS_MODEL") or DEFAULT_MODEL
+    if is_local_model_path(name) and not Path(name).expanduser().is_dir():
+        raise SettingsError(
+            f"LEGOLAS_MODEL must be a Hugging Face id (org/name) or an existing local model directory, "
+            f"got {name!r}: no such directory"
+        )
+    return name
+
+
+def model_init() -> str:
+    """``LEGOLAS_MODEL_INIT``: ``pretrained`` weights or ``scratch`` (architecture from config only)."""
+    return _choice("LEGOLAS_MODEL_INIT", "pretrained", MODEL_INITS)
+
+
+def model_overrides() -> dict[str, Any]:
+    """``LEGOLAS_MODEL_OVERRIDES``: a JSON object of model config fields (default ``{}``)."""
+    raw = _raw("LEGOLAS_MODEL_OVERRIDES")
+    if raw is None:
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        value, reason = None, f" ({exc.msg})"
+    else:
+        reason = ""
+    if not isinstance(value, dict):
+        raise SettingsError(
+            f"LEGOLAS_MODEL_OVERRIDES must be a JSON object of model config fields such as "
+            f"'{{\"num_hidden_layers\": 2}}', got {raw!r}{reason}"
+        )
+    return value
+
+
+def device() -> str:
+    """``LEGOLAS_DEVICE``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
+    raw = _raw("LEGOLAS_DEVICE") or "auto"
+    if not _DEVICE_RE.match(raw):
+        raise SettingsError(f"LEGOLAS_DEVICE must be one of 'auto', 'cpu', 'cuda' or 'cuda:N', got {raw!r}")
+    return raw
+
+
+def precision() -> str:
+    """``LEGOLAS_PRECISION``: ``auto`` (bf16 where native), ``fp32``, ``bf16`` or ``fp16``."""
+    return _choice("LEGOLAS_PRECISION", "auto", PRECISIONS)
+
+
+def epochs() -> int | None:
+    """``LEGOLAS_EPOCHS``: maximum epochs per fold; ``None`` (unset) means the preset's."""
+    return _integer("LEGOLAS_EPOCHS", None, 1, "unset = the preset's")
+
+
+def max_length() -> int | None:
+    """``LEGOLAS_MAX_LENGTH``: tokens per text; ``None`` (unset) means the preset's."""
+    return _integer("LEGOLAS_MAX_LENGTH", None, 1, "unset = the preset's")
+
+
+def batch_size() -> int:
+    """``LEGOLAS_BATCH_SIZE`` (default 16)."""
+    return _integer("LEGOLAS_BATCH_SIZE", 16, 1)
+
+
+def lr() -> float:
+    """``LEGOLAS_LR``: the peak learning rate (default 5e-5)."""
+    return _positive_float("LEGOLAS_LR", 5e-5, allow_zero=False)
+
+
+# --- explanations and retraining -----------------------------------------------------------------
+
+
+def explain_per_class() -> int:
+    """``LEGOLAS_EXPLAIN_PER_CLASS``: test texts explained per predicted class (default 2)."""
+    return _integer("LEGOLAS_EXPLAIN_PER_CLASS", 2, 1)
+
+
+def retrain_threshold() -> int:
+    """``LEGOLAS_RETRAIN_THRESHOLD``: new reviews that trigger a retraining (default 50)."""
+    return _integer("LEGOLAS_RETRAIN_THRESHOLD", 50, 1)
+
+
+def retrain_max_age_hours() -> float:
+    """``LEGOLAS_RETRAIN_MAX_AGE_HOURS``: retrain once the oldest waiting review is this old (default 24; 0 = never)."""
+    return _positive_float("LEGOLAS_RETRAIN_MAX_AGE_HOURS", 24.0, allow_zero=True, hint="0 turns the age trigger off")
+
+
+# --- where folds train (legolas_ml.runners) ------------------------------------------------------
+
+
+def runner() -> str:
+    """``LEGOLAS_RUNNER``: ``sequential`` (default), ``ray`` or ``auto`` (Ray when several GPUs are visible)."""
+    return _choice("LEGOLAS_RUNNER", "sequential", ("sequential", "ray", "auto"))
+
+
+def ray_address() -> str:
+    """``LEGOLAS_RAY_ADDRESS``: an existing Ray cluster (``auto``, ``ray://head:10001``); unset = embedded."""
+    return _raw("LEGOLAS_RAY_ADDRESS") or ""
+
+
+def gpus_per_fold() -> float:
+    """``LEGOLAS_GPUS_PER_FOLD``: the GPU share each Ray fold task asks for; unset = auto (-1)."""
+    return _positive_float("LEGOLAS_GPUS_PER_FOLD", -1.0, allow_zero=True, hint="0.25 packs 4 folds per GPU")
+
+
+def cpus_per_fold() -> float:
+    """``LEGOLAS_CPUS_PER_FOLD``: the CPUs each Ray fold task asks for (default 1)."""
+    return _positive_float("LEGOLAS_CPUS_PER_FOLD", 1.0, allow_zero=False)
+
+
+def fold_retries() -> int:
+    """``LEGOLAS_FOLD_RETRIES``: retries of a Ray fold whose worker or node died (default 2)."""
+    return _integer("LEGOLAS_FOLD_RETRIES", 2, 0)
+
+
+# --- parsing -------------------------------------------------------------------------------------
+
+
+def _raw(name: str) -> str | None:
+    """The variable's value, stripped; ``None`` when unset or blank (``VAR= command`` unsets it)."""
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
+def _choice(name: str, default: str, allowed: tuple[str, ...]) -> str:
+    raw = _raw(name) or default
+    if raw not in allowed:
+        raise SettingsError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {raw!r}")
+    return raw
+
+
+def _integer(name: str, default: int | None, minimum: int, hint: str = "") -> int | None:
+    raw = _raw(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        note = f" ({hint})" if hint else ""
+        raise SettingsError(f"{name} must be an integer >= {minimum}{note}, got {raw!r}")
+    return value
+
+
+def _positive_float(name: str, default: float, *, allow_zero: bool, hint: str = "") -> float:
+    raw = _raw(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        allowed = "a number >= 0" if allow_zero else "a number > 0"
+        note = f" ({hint})" if hint else ""
+        raise SettingsError(f"{name} must be {allowed}{note}, got {raw!r}")
+    return value
+
+
+def _checked(name: str, value: str, validate) -> str:
+    try:
+        return validate(value)
+    except ValueError as exc:
+        message = str(exc) if name in str(exc) else f"{name}: {exc}"
+        raise SettingsError(message) from None

@@ -10,7 +10,7 @@ from dagster import DagsterInstance, materialize
 from legolas_assets.definitions import ASSETS
 from legolas_assets.checks import ALL_CHECKS
 from legolas_assets.io_manager import JsonIOManager
-from legolas_assets.resources import GPUResource, MongoResource, TrainingResource
+from legolas_assets.resources import GPUResource, LifecycleResource, MongoResource, TrainingResource
 from synthetic import TINY_OVERRIDES
 
 TINY_TRAINING = dict(
@@ -24,8 +24,9 @@ TINY_TRAINING = dict(
 )
 
 
-def resources(home: Path, tenant: str = "demo", mongo: MongoResource | None = None, **training) -> dict:
+def resources(home: Path, tenant: str = "demo", mongo: MongoResource | None = None, lifecycle: dict | None = None, **training) -> dict:
     return {
+        "lifecycle": LifecycleResource(**(lifecycle or {})),
         "mongo": mongo or MongoResource(tenant=tenant, data_dir=str(home)),
         "gpu": GPUResource(device="cpu", precision="fp32"),
         "training": TrainingResource(output_dir=str(home / "output"), **{**TINY_TRAINING, **training}),
@@ -33,12 +34,14 @@ def resources(home: Path, tenant: str = "demo", mongo: MongoResource | None = No
     }
 
 
-def run_chain(home: Path, instance: DagsterInstance, n_folds: int = 3, selection=None, raise_on_error=True, mongo=None, **training):
+def run_chain(
+    home: Path, instance: DagsterInstance, n_folds: int = 3, selection=None, raise_on_error=True, mongo=None, lifecycle=None, **training
+):
     """Materialize the chain (all fold partitions in one run, as the CLI's --partition-range does)."""
     return materialize(
         ASSETS + ALL_CHECKS,
         selection=selection,
-        resources=resources(home, mongo=mongo, **training),
+        resources=resources(home, mongo=mongo, lifecycle=lifecycle, **training),
         instance=instance,
         tags={"dagster/asset_partition_range_start": "0", "dagster/asset_partition_range_end": str(n_folds - 1)},
         raise_on_error=raise_on_error,

@@ -12,6 +12,7 @@ from dagster import AssetKey, DagsterInstance
 from dagster_helpers import run_chain
 from synthetic import TINY_OVERRIDES
 from legolas_ml.lifecycle.artifacts import TenantArtifacts
+from legolas_ml.lifecycle.registry import ModelRegistry
 from legolas_ml.data.demo_data import generate_demo_data
 from legolas_ml.data.store import open_tenant_store
 
@@ -45,9 +46,11 @@ def test_whole_chain_materializes(chain):
     home, _, result = chain
     assert result.success
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    assert materialized == {"labeled_dataset", "stratified_splits", "fold_models", "cv_metrics", "ensemble_model", "explainability_report"}
+    assert materialized == {
+        "labeled_dataset", "stratified_splits", "fold_models", "cv_metrics", "ensemble_model", "promoted_ensemble", "explainability_report"
+    }
     checks = result.get_asset_check_evaluations()
-    assert len(checks) == 11
+    assert len(checks) == 13
     assert [c.check_name for c in checks if not c.passed and c.severity.value == "ERROR"] == []
 
 
@@ -64,14 +67,19 @@ def test_metadata_users_look_for(chain):
     assert sorted(m.partition for m in folds) == ["0", "1", "2"]
     xai = _metadata(result, "explainability_report")
     assert xai["texts_explained"].value >= 5 and Path(xai["report"].value).exists()
-    assert TenantArtifacts(home / "output", "demo").has_model()
+    registry = ModelRegistry(TenantArtifacts(home / "output", "demo"))
+    assert registry.champion()["version"] == ens["version"].value  # a first training is promoted on the checks
+    promoted = _metadata(result, "promoted_ensemble")
+    assert promoted["decision"].value == "promoted" and "first model" in promoted["reason"].value
+    assert data["holdout_sessions"].value > 0  # human reviews held out of every training
     logs = list((home / "output" / "logs").glob("training_*.log"))
     assert logs and "fold 2 epoch 0" in logs[0].read_text()
 
 
 def test_second_training_is_a_retraining(chain):
     home, instance, _ = chain
-    result = run_chain(home, instance, selection=["labeled_dataset"])
+    # Humans only is too few rows for K folds here: the blocking check may stop the run; the mode is what matters.
+    result = run_chain(home, instance, selection=["labeled_dataset"], raise_on_error=False)
     data = _metadata(result, "labeled_dataset")
     assert data["mode"].value == "retrain" and data["from_llm"].value == 0
 
@@ -151,29 +159,78 @@ def test_sensor_retrains_on_imported_reviews(chain, tmp_path, monkeypatch):
     lines = [
         json.dumps({"session_id": d["session_id"], "label": d["llm_prediction"], "text": d["text"],
                     "reviewed_at": f"2027-01-01T10:{k // 60:02d}:{k % 60:02d}Z", "reviewer": "qa"})
-        for k, d in enumerate(docs[:60])
+        for k, d in enumerate(docs[:100])
     ]
     (tmp_path / "new.jsonl").write_text("\n".join(lines) + "\n")
     assert main(["import-reviews", str(tmp_path / "new.jsonl"), "--tenant", "demo"]) == 0
 
     res = resources(home)
-    context = build_sensor_context(instance=instance, resources={"mongo": res["mongo"], "training": res["training"]})
+    context = build_sensor_context(instance=instance, resources={k: res[k] for k in ("mongo", "training", "lifecycle")})
     result = retrain_on_new_reviews(context)
     request = result.run_requests[0]
     assert set(training_job.selection.resolve(build_defs_graph())) == {
-        AssetKey(a) for a in ("labeled_dataset", "stratified_splits", "fold_models", "cv_metrics", "ensemble_model", "explainability_report")
+        AssetKey(a) for a in (
+            "labeled_dataset", "stratified_splits", "fold_models", "cv_metrics", "ensemble_model", "promoted_ensemble", "explainability_report"
+        )
     }
     run = run_chain(home, instance)  # what the daemon launches for the request: every asset, folds 0..K-1
     assert request.tags["dagster/asset_partition_range_end"] == "2" and run.success
-    manifest = TenantArtifacts(home / "output", "demo").read_manifest()
+    registry = ModelRegistry(TenantArtifacts(home / "output", "demo"))
+    decided = registry.history()[-1]
+    manifest = registry.manifest(decided["version"])
     assert manifest["mode"] == "retrain" and manifest["source_counts"]["llm"] == 0
-    assert manifest["source_counts"]["human"] >= 60
-    # The new model consumed those reviews: a fresh sensor (no cursor) starts after them.
-    fresh = build_sensor_context(instance=instance, resources={"mongo": res["mongo"], "training": res["training"]})
-    assert "0 new reviews" in retrain_on_new_reviews(fresh).skip_message
+    assert manifest["source_counts"]["human"] >= 70  # the 100 imported reviews, minus those held out
+    # The run decided (promoted or rejected) on those reviews: they are consumed, a fresh sensor counts 0.
+    fresh = build_sensor_context(instance=instance, resources={k: res[k] for k in ("mongo", "training", "lifecycle")})
+    assert "0 new reviews" in retrain_on_new_reviews(fresh).skip_reason.skip_message
 
 
 def build_defs_graph():
     from legolas_assets.definitions import defs
 
     return defs.get_repository_def().asset_graph
+
+
+def _snapshot(registry: ModelRegistry, version: str) -> dict[str, str]:
+    """SHA-256 of every file of a version: its fold directory and its manifest directory."""
+    import hashlib
+
+    manifest = registry.manifest(version)
+    roots = {Path(manifest["checkpoints"][0]).parent, registry.version_dir(version)}
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for root in roots for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_worse_candidate_is_rejected_and_the_champion_stays_byte_identical(chain):
+    """Same session ids, changed texts and rotated labels outside the holdout: the candidate learns the
+    rotation, looks fine on its own test split, and is rejected on the shared human holdout."""
+    from datetime import datetime
+
+    from legolas_ml.lifecycle.holdout import in_holdout
+
+    home, instance, _ = chain
+    registry = ModelRegistry(TenantArtifacts(home / "output", "demo"))
+    champion = registry.champion()
+    before = _snapshot(registry, champion["version"])
+    classes = sorted(champion["labels"])
+    rotate = {c: classes[(i + 1) % len(classes)] for i, c in enumerate(classes)}
+    with open_tenant_store(None, home, "legolas", "demo") as store:
+        for doc in store.classifications.find({"tenant": "demo"}):
+            if in_holdout("demo", doc["session_id"]) or doc.get("llm_prediction") not in rotate:
+                continue
+            store.insert_review({
+                "session_id": doc["session_id"], "label": rotate[doc["llm_prediction"]], "text": doc["text"] + " (edited)",
+                "reviewed_at": datetime(2030, 1, 1), "reviewer": "rotator",
+            })
+    result = run_chain(home, instance, dataset_mode="first", lifecycle={"min_holdout": 5, "min_class_support": 2})
+    promoted = _metadata(result, "promoted_ensemble")
+    assert promoted["decision"].value == "rejected", promoted["reason"].value
+    assert "worse than the champion" in promoted["reason"].value
+    assert promoted["candidate_holdout_balanced_accuracy"].value < promoted["champion_holdout_balanced_accuracy"].value
+    assert promoted["difference_ci_high"].value < 0 and promoted["holdout_n"].value >= 5
+    check = [c for c in result.get_asset_check_evaluations() if c.check_name == "candidate_promoted"][0]
+    assert not check.passed and check.severity.value == "WARN"
+    assert registry.champion_version() == champion["version"]  # the champion keeps serving
+    assert _snapshot(registry, champion["version"]) == before  # and not one of its bytes changed
+    rejected = registry.history()[-1]
+    assert rejected["action"] == "rejected" and rejected["previous_champion"] == champion["version"]
+    assert (registry.version_dir(rejected["version"]) / "manifest.json").exists()  # the rejected candidate stays on disk

@@ -62,6 +62,16 @@ def test_baseline_keeps_only_cls_and_sep():
     assert relative_completeness_error(0.5, 0.45) == pytest.approx(0.1)
 
 
+def test_baseline_replaces_unknown_words_too(ensemble):
+    """[UNK] and [MASK] stand for words of the text: the baseline must replace them like any word."""
+    tokenizer = ensemble.tokenizer
+    explainer = EnsembleExplainer(ensemble)
+    assert explainer.special_ids == {tokenizer.cls_token_id, tokenizer.sep_token_id}
+    ids = torch.tensor([[tokenizer.cls_token_id, tokenizer.unk_token_id, tokenizer.mask_token_id, 2088, tokenizer.sep_token_id]])
+    baseline = baseline_ids(ids, explainer.special_ids, explainer.pad_id)
+    assert baseline.tolist() == [[tokenizer.cls_token_id, explainer.pad_id, explainer.pad_id, explainer.pad_id, tokenizer.sep_token_id]]
+
+
 def test_selection_is_stratified_and_puts_mistakes_first():
     ids = [f"s{i}" for i in range(12)]
     y_true = ["a"] * 6 + ["b"] * 6

@@ -65,7 +65,10 @@ def test_balanced_weights_sum_to_number_of_classes():
 
 
 def test_default_alpha():
-    assert default_focal_alpha([10, 90]) == [0.25, 0.75]
+    # Binary: 0.75 follows the minority class in either order, not the position.
+    assert default_focal_alpha([10, 90]) == [0.75, 0.25]
+    assert default_focal_alpha([90, 10]) == [0.25, 0.75]
+    assert default_focal_alpha([50, 50]) == [0.5, 0.5]
     alpha = default_focal_alpha([60, 30, 10])
     assert sum(alpha) == pytest.approx(1) and alpha[2] > alpha[1] > alpha[0]
     assert isinstance(build_loss("ce", [5, 5]), torch.nn.CrossEntropyLoss)

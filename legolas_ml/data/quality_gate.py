@@ -18,8 +18,8 @@ class ``billing_issue``; a label that is empty after this is quarantined as ``mi
 from __future__ import annotations
 
 import hashlib
-import math
 import re
+import reprlib
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -29,6 +29,7 @@ from typing import Any
 
 import pandas as pd
 
+from legolas_ml.data.ids import normalise_session_id
 from legolas_ml.lifecycle.retraining import ReviewCursor
 
 MODES = ("auto", "first", "retrain")
@@ -45,6 +46,9 @@ QUARANTINE_REASONS = (
 )
 _WS = re.compile(r"\s+")
 COLUMNS = ["session_id", "text", "label", "source"]
+# Quarantine samples preview containers with bounded depth: a deeply nested value must not recurse.
+_PREVIEW = reprlib.Repr()
+_PREVIEW.maxstring, _PREVIEW.maxother, _PREVIEW.maxlevel = 80, 80, 3
 
 
 @dataclass
@@ -145,7 +149,11 @@ def check_text(text: Any, max_chars: int) -> tuple[str | None, str | None]:
 
 
 def parse_timestamp(value: Any) -> datetime | None:
-    """A naive-UTC datetime from a datetime or ISO-8601 string; ``None`` if it cannot be ordered."""
+    """A naive-UTC datetime from a datetime or ISO-8601 string; ``None`` if it cannot be ordered.
+
+    ``None`` also when the instant has no naive-UTC form: ``0001-01-01T00:00:00+01:00`` is in year 0
+    and ``9999-12-31T23:59:59-01:00`` in year 10000 once converted to UTC.
+    """
     if isinstance(value, datetime):
         ts = value
     elif isinstance(value, str):
@@ -156,29 +164,42 @@ def parse_timestamp(value: Any) -> datetime | None:
     else:
         return None
     if ts.tzinfo is not None:
-        ts = ts.astimezone(timezone.utc).replace(tzinfo=None)
+        try:
+            ts = ts.astimezone(timezone.utc).replace(tzinfo=None)
+        except (OverflowError, ValueError):
+            return None
     return ts
 
 
 def _session_id(doc: Mapping[str, Any]) -> str | None:
-    sid = doc.get("session_id")
-    if isinstance(sid, bool) or sid is None:
-        return None
-    if isinstance(sid, (int,)) or (isinstance(sid, float) and math.isfinite(sid)):
-        return str(sid)
-    if isinstance(sid, str) and sid.strip():
-        try:
-            sid.encode("utf-8")
-        except UnicodeEncodeError:
-            return None
-        return sid.strip()
-    return None
+    return normalise_session_id(doc.get("session_id"))
+
+
+def _preview(value: Any) -> str:
+    """A bounded ``repr`` that never raises (deep nesting, ints past ``str()``'s digit limit)."""
+    try:
+        if isinstance(value, (dict, list, tuple, set)):
+            return _PREVIEW.repr(value)[:80]
+        return repr(value)[:80]
+    except (ValueError, RecursionError):
+        return f"<{type(value).__name__}>"
+
+
+def _tiebreak_id(doc: Mapping[str, Any]) -> str:
+    """``str(_id)`` for ordering ties, or ``""`` for an ``_id`` that has no bounded string."""
+    value = doc.get("_id", "")
+    if isinstance(value, (dict, list, tuple)):  # a nested _id: str() could recurse without bound
+        return _preview(value)
+    try:
+        return str(value)
+    except (ValueError, RecursionError):
+        return ""
 
 
 def _sample(doc: Mapping[str, Any], reason: str, source: str) -> dict[str, Any]:
     text = doc.get("text")
-    preview = repr(text)[:80] if text is not None else None
-    return {"reason": reason, "source": source, "session_id": repr(doc.get("session_id"))[:60], "text": preview}
+    preview = _preview(text) if text is not None else None
+    return {"reason": reason, "source": source, "session_id": _preview(doc.get("session_id"))[:60], "text": preview}
 
 
 def run_gate(
@@ -250,7 +271,7 @@ def run_gate(
             quarantine(doc, problem, "human")
             continue
         # Ties on reviewed_at are broken by _id, then input position: deterministic either way.
-        keep_latest(best_review, sid, (ts, str(doc.get("_id", "")), position), text, label, "reviews_by_later_review")
+        keep_latest(best_review, sid, (ts, _tiebreak_id(doc), position), text, label, "reviews_by_later_review")
 
     # --- trusted LLM labels (first training only): a human review of the session wins ---
     best_llm: dict[str, tuple[tuple, str, str]] = {}
@@ -269,7 +290,7 @@ def run_gate(
             if sid in best_review:
                 superseded["llm_by_human_review"] += 1
                 continue
-            key = (parse_timestamp(doc.get("created_at")) or datetime.min, str(doc.get("_id", "")), position)
+            key = (parse_timestamp(doc.get("created_at")) or datetime.min, _tiebreak_id(doc), position)
             keep_latest(best_llm, sid, key, text, label, "llm_by_later_llm")
 
     rows = [(sid, text, label, "human") for sid, (_, text, label) in best_review.items()]

@@ -4,6 +4,11 @@ Each line is one JSON object with ``session_id``, ``label`` and ``reviewed_at`` 
 optionally ``text``, ``reviewer``, ``confidence`` and ``notes``. A malformed line is reported with
 its number and skipped; the valid lines are imported. Lines are read in binary with a length cap,
 so a 100 MB file, or one enormous line, never has to fit in memory at once.
+
+Every hostile line is a counted rejection, never an abort: JSON nested past the parser's recursion
+limit, numbers past Python's digit limit, timestamps that overflow once converted to UTC, strings
+with lone surrogates (``"\ud800"`` is valid JSON but not storable), and any document the store
+cannot encode. The import always goes to the end of the file and reports.
 """
 
 from __future__ import annotations
@@ -14,9 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from bson.errors import BSONError
+
+from legolas_ml.data.ids import normalise_session_id
 from legolas_ml.data.quality_gate import parse_timestamp
 
 MAX_LINE_BYTES = 2 * 1024 * 1024
+# Errors that belong to one record (bad values), as opposed to the store failing (which stops the import).
+_RECORD_ERRORS = (BSONError, ValueError, TypeError, OverflowError, RecursionError)
 OPTIONAL_STRINGS = ("text", "reviewer", "notes")
 
 
@@ -67,17 +77,26 @@ def parse_review_line(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
         return None, f"not valid JSON ({exc.msg} at column {exc.colno})"
+    except RecursionError:
+        return None, "not valid JSON (nested deeper than the parser's recursion limit)"
+    except ValueError as exc:  # e.g. an integer literal past Python's 4300-digit limit
+        return None, f"not valid JSON ({str(exc)[:80]})"
     if not isinstance(obj, dict):
         return None, f"expected a JSON object, got {type(obj).__name__}"
     sid, label = obj.get("session_id"), obj.get("label")
     if not isinstance(sid, str) or not sid.strip():
-        return None, f"session_id must be a non-empty string, got {sid!r:.60}"
+        return None, f"session_id must be a non-empty string, got {_short(sid)}"
+    for key in ("session_id", "label", *OPTIONAL_STRINGS):
+        if isinstance(obj.get(key), str) and not _is_utf8(obj[key]):
+            return None, f"{key} is not valid UTF-8 (a lone surrogate such as \\ud800), got {_short(obj[key])}"
     if not isinstance(label, str) or not label.strip():
-        return None, f"label must be a non-empty string, got {label!r:.60}"
+        return None, f"label must be a non-empty string, got {_short(label)}"
     reviewed_at = parse_timestamp(obj.get("reviewed_at"))
     if reviewed_at is None:
-        return None, f"reviewed_at must be an ISO-8601 timestamp, got {obj.get('reviewed_at')!r:.60}"
-    doc: dict[str, Any] = {"session_id": sid.strip(), "label": label, "reviewed_at": reviewed_at}
+        return None, (
+            f"reviewed_at must be an ISO-8601 timestamp within years 1-9999 in UTC, got {_short(obj.get('reviewed_at'))}"
+        )
+    doc: dict[str, Any] = {"session_id": normalise_session_id(sid), "label": label, "reviewed_at": reviewed_at}
     for key in OPTIONAL_STRINGS:
         if obj.get(key) is not None:
             if not isinstance(obj[key], str):
@@ -85,10 +104,30 @@ def parse_review_line(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
             doc[key] = obj[key]
     confidence = obj.get("confidence")
     if confidence is not None:
-        if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not math.isfinite(confidence):
-            return None, f"confidence must be a finite number when present, got {confidence!r:.40}"
-        doc["confidence"] = float(confidence)
+        try:  # float() first: an integer too large for a float overflows here, not in isfinite
+            value = float(confidence) if isinstance(confidence, (int, float)) and not isinstance(confidence, bool) else None
+        except OverflowError:
+            value = None
+        if value is None or not math.isfinite(value):
+            return None, f"confidence must be a finite number when present, got {_short(confidence, 40)}"
+        doc["confidence"] = value
     return doc, None
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """A bounded ``repr`` of a received value for a rejection reason (never raises)."""
+    try:
+        return repr(value)[:limit]
+    except (ValueError, RecursionError):  # an int past str()'s digit limit, a deeply nested value
+        return f"<{type(value).__name__}>"
 
 
 def import_reviews(path: str | Path, store, max_line_bytes: int = MAX_LINE_BYTES) -> ImportReport:
@@ -110,10 +149,20 @@ def import_reviews(path: str | Path, store, max_line_bytes: int = MAX_LINE_BYTES
             if not raw.strip():
                 report.lines -= 1  # blank lines are not records
                 continue
-            doc, problem = parse_review_line(raw)
+            # Any error of one record is that line's rejection, never a reason to stop half way.
+            try:
+                doc, problem = parse_review_line(raw)
+            except _RECORD_ERRORS as exc:
+                doc, problem = None, f"unreadable ({type(exc).__name__}: {str(exc)[:80]})"
             if problem:
                 report.reject(line_no, problem)
-            elif store.insert_review(doc):
+                continue
+            try:
+                inserted = store.insert_review(doc)
+            except _RECORD_ERRORS as exc:  # a document the store cannot encode
+                report.reject(line_no, f"cannot be stored ({type(exc).__name__}: {str(exc)[:80]})")
+                continue
+            if inserted:
                 report.imported += 1
             else:
                 report.duplicates += 1

@@ -17,6 +17,10 @@ from legolas_ml.training.batching import EncodedTexts, collate, encode_texts, le
 from legolas_ml.training.checkpoint import CheckpointError, load_checkpoint, read_sidecar
 from legolas_ml.training.modeling import autocast, load_tokenizer, model_from_state, resolve_device, resolve_precision
 
+#: The precision of every reported number (test metrics, the holdout comparison, IG). Folds may
+#: train in bf16; evaluating in one precision keeps the evaluated mistakes and the explained ones equal.
+EVAL_PRECISION = "fp32"
+
 
 def available_memory_bytes(device: torch.device) -> int:
     """Free memory on the device (CUDA) or the host's MemAvailable (CPU)."""

@@ -58,8 +58,18 @@ class Explanation:
         return asdict(self)
 
 
+def structural_token_ids(tokenizer) -> set[int]:
+    """The ids the IG baseline keeps: sequence markers ([CLS]/[SEP], <s>/</s>), nothing else.
+
+    ``[UNK]`` and ``[MASK]`` are "special" to the tokenizer but stand for words of the text: keeping
+    them in the baseline would give every unknown word an attribution of exactly zero.
+    """
+    ids = {tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id}
+    return {int(i) for i in ids if i is not None} - {tokenizer.pad_token_id}
+
+
 def baseline_ids(input_ids: torch.Tensor, special_ids: set[int], pad_id: int) -> torch.Tensor:
-    """The same sequence with every non-special token replaced by [PAD] ([CLS]/[SEP] kept)."""
+    """The same sequence with every token but the sequence markers replaced by [PAD] (``[UNK]`` included)."""
     keep = torch.tensor([[int(t) in special_ids for t in row] for row in input_ids.tolist()], dtype=torch.bool)
     return torch.where(keep, input_ids, torch.full_like(input_ids, pad_id))
 
@@ -108,7 +118,7 @@ class EnsembleExplainer:
         self.ensemble = ensemble
         self.settings = settings or IGSettings()
         self.tokenizer = ensemble.tokenizer
-        self.special_ids = set(self.tokenizer.all_special_ids) - {self.tokenizer.pad_token_id}
+        self.special_ids = structural_token_ids(self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id or 0
         # IG needs all folds for every step count it tries: keep them in memory while explaining.
         self.models = [m.float().eval() for m in ensemble.models()]

@@ -1,24 +1,29 @@
-"""Where a tenant's artifacts live on disk, and whether the tenant already has a trained ensemble.
+"""Where a tenant's artifacts live on disk.
 
 Layout under ``<output_dir>/<tenant>/``::
 
-    tokens/                         token-id caches keyed by content (npz, no pickles)
-    folds/<split_fingerprint>/      best_model_{format}_{model}_fold{k}.safetensors + .json sidecars
-    ensemble/ensemble.json          the manifest of the current ensemble (its folds and checksums)
-    explainability/                 the HTML/JSON/PNG report of the current ensemble
+    datasets/<data_version>.jsonl           the training rows that passed the gate (holdout removed)
+    holdout/<data_version>.jsonl            the evaluation holdout read with that dataset
+    splits/<data_version>-<split>.json      test split and folds
+    tokens/                                 token-id caches keyed by content (npz, no pickles)
+    folds/<training_key>/                   best_model_{format}_{model}_fold{k}.safetensors + sidecars
+    ensemble/versions/<training_key>/       a trained ensemble: manifest, confusion matrix, explanations
+    ensemble/champion.json, decisions.jsonl the version in service and the decision history (registry.py)
 
-Fold checkpoints are grouped by split fingerprint, so a retraining never overwrites the files of
-the ensemble that is currently serving; the manifest switches atomically once the new one is done.
+The training key hashes the data version, the split and the training config, so a retraining
+never writes into the directory of the ensemble in service: new texts or labels with the same
+session ids make a new data version, hence a new key and new directories.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
 from typing import Any
 
-from legolas_ml.atomic_io import write_json_atomic, write_text_atomic
+from legolas_ml.atomic_io import write_text_atomic
 
 
 _TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -26,7 +31,7 @@ _TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 def validate_tenant(tenant: str) -> str:
     """Tenants name directories: letters, digits, '.', '_' and '-' only (no path traversal)."""
-    if not isinstance(tenant, str) or not _TENANT_RE.match(tenant) or ".." in tenant:
+    if not isinstance(tenant, str) or not _TENANT_RE.fullmatch(tenant) or ".." in tenant:
         raise ValueError(
             f"tenant must be 1-64 characters of letters, digits, '.', '_' or '-', starting with a letter "
             f"or digit; got {tenant!r}"
@@ -50,6 +55,12 @@ def read_dataset(path: str | Path):
     return pd.DataFrame.from_records(records, columns=["session_id", "text", "label", "source"])
 
 
+def training_key(data_version: str, split_fingerprint: str, config: dict[str, Any]) -> str:
+    """The id of one training: its data, split and config (16 hex digits). Also the ensemble's version."""
+    payload = json.dumps({"data": data_version, "split": split_fingerprint, "config": config}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
 class TenantArtifacts:
     """Paths of one tenant's artifacts under an output directory."""
 
@@ -60,8 +71,11 @@ class TenantArtifacts:
     def dataset_path(self, data_version: str) -> Path:
         return self.root / "datasets" / f"{data_version}.jsonl"
 
-    def splits_path(self, fingerprint: str) -> Path:
-        return self.root / "splits" / f"{fingerprint}.json"
+    def holdout_path(self, data_version: str) -> Path:
+        return self.root / "holdout" / f"{data_version}.jsonl"
+
+    def splits_path(self, data_version: str, fingerprint: str) -> Path:
+        return self.root / "splits" / f"{data_version}-{fingerprint}.json"
 
     @property
     def logs_dir(self) -> Path:
@@ -71,48 +85,5 @@ class TenantArtifacts:
     def tokens_dir(self) -> Path:
         return self.root / "tokens"
 
-    def folds_dir(self, split_fingerprint: str) -> Path:
-        return self.root / "folds" / split_fingerprint
-
-    @property
-    def ensemble_manifest(self) -> Path:
-        return self.root / "ensemble" / "ensemble.json"
-
-    @property
-    def explainability_dir(self) -> Path:
-        return self.root / "explainability"
-
-    def read_manifest(self) -> dict[str, Any] | None:
-        """The current ensemble manifest, or ``None`` if the tenant has never finished a training."""
-        from legolas_ml.training.checkpoint import CheckpointError  # lazily: the CLI reads manifests without importing torch
-
-        if not self.ensemble_manifest.exists():
-            return None
-        try:
-            manifest = json.loads(self.ensemble_manifest.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"ensemble manifest {self.ensemble_manifest} is unreadable: {exc}") from exc
-        if not isinstance(manifest, dict) or "checkpoints" not in manifest:
-            raise CheckpointError(f"ensemble manifest {self.ensemble_manifest} lacks 'checkpoints'")
-        return manifest
-
-    def has_model(self) -> bool:
-        """True when a finished ensemble exists whose fold files are all present.
-
-        This is what decides first training vs retraining: the artifacts, not log sizes.
-        """
-        from legolas_ml.training.checkpoint import CheckpointError, read_sidecar
-
-        manifest = self.read_manifest()
-        if manifest is None:
-            return False
-        try:
-            for path in manifest["checkpoints"]:
-                read_sidecar(path)
-        except CheckpointError:
-            return False
-        return all(Path(p).exists() for p in manifest["checkpoints"])
-
-    def write_manifest(self, manifest: dict[str, Any]) -> Path:
-        write_json_atomic(self.ensemble_manifest, manifest)
-        return self.ensemble_manifest
+    def folds_dir(self, key: str) -> Path:
+        return self.root / "folds" / key

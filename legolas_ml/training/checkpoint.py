@@ -1,9 +1,11 @@
 """Best-epoch checkpoints: safetensors weights plus a validated JSON sidecar, written atomically.
 
 A fold keeps one file: the epoch with the best validation metric. The sidecar records the epoch,
-its metrics, the label mapping, the training config, library versions and the SHA-256 of the
-weights file; every load verifies that checksum, so a half-written or altered file is refused with
-an error that names it instead of being served as a model. Nothing here unpickles anything.
+its metrics, the label mapping, the training config, library versions, the SHA-256 of the weights
+file and the SHA-256 of its own content. Every load verifies both, so half-written or altered
+weights, and a sidecar edited after the fact (rotated class names, another ``max_length``: a model
+that loads fine and predicts the wrong classes), are refused with an error that names the file
+instead of being served as a model. Nothing here unpickles anything.
 """
 
 from __future__ import annotations
@@ -20,8 +22,12 @@ from safetensors.torch import load_file, save_file
 
 from legolas_ml.atomic_io import atomic_write
 
-SIDECAR_VERSION = 1
-REQUIRED_SIDECAR_KEYS = ("format_version", "sha256", "epoch", "metrics", "labels", "model_config", "training_config")
+SIDECAR_VERSION = 2  # 2: the sidecar records the SHA-256 of its own content
+REQUIRED_SIDECAR_KEYS = (
+    "format_version", "sha256", "sidecar_sha256", "epoch", "metrics", "labels", "model_config", "training_config"
+)
+#: Safetensors' own writer (Rust ``tempfile``) puts ".tmp" and six random characters beside its target.
+_SAFETENSORS_TEMP_GLOB = ".tmp??????"
 
 
 class CheckpointError(RuntimeError):
@@ -51,6 +57,17 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def sidecar_content_sha256(meta: dict[str, Any]) -> str:
+    """SHA-256 of a sidecar's content: every key but ``sidecar_sha256``, as canonical JSON.
+
+    Canonical (sorted keys, no whitespace) so the digest depends on the values only, not on how
+    the file was indented; computed on the JSON round trip, so what is read back hashes the same.
+    """
+    content = {k: v for k, v in meta.items() if k != "sidecar_sha256"}
+    canonical = json.dumps(json.loads(json.dumps(content, default=_json_default)), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
 def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], sidecar: dict[str, Any]) -> Path:
     """Save weights and sidecar atomically; return the weights path.
 
@@ -68,6 +85,7 @@ def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], sidec
     try:
         atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
         meta = {**sidecar, "format_version": SIDECAR_VERSION, "sha256": _sha256(path), "weights_file": path.name}
+        meta["sidecar_sha256"] = sidecar_content_sha256(meta)
         text = json.dumps(meta, indent=2, sort_keys=True, default=_json_default)
         atomic_write(sidecar_path(path), lambda tmp: tmp.write_text(text))
     except OSError as exc:
@@ -76,7 +94,12 @@ def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], sidec
 
 
 def read_sidecar(path: str | Path) -> dict[str, Any]:
-    """Read and validate the sidecar of a weights file (without loading the weights)."""
+    """Read and verify the sidecar of a weights file (without loading the weights).
+
+    Raises:
+        CheckpointError: if the sidecar is missing, not JSON, lacks keys, has another format
+            version, or its content no longer matches its own SHA-256. The message names the file.
+    """
     meta_path = sidecar_path(path)
     try:
         meta = json.loads(Path(meta_path).read_text())
@@ -86,12 +109,19 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint sidecar {meta_path} is not valid JSON: {exc}") from exc
     if not isinstance(meta, dict):
         raise CheckpointError(f"checkpoint sidecar {meta_path} must hold a JSON object")
+    # The version first: an older sidecar lacks this version's keys, and saying so explains why.
+    if "format_version" in meta and meta["format_version"] != SIDECAR_VERSION:
+        raise CheckpointError(
+            f"checkpoint sidecar {meta_path} has format_version {meta['format_version']!r}, expected {SIDECAR_VERSION}; "
+            f"retrain this fold"
+        )
     missing = [k for k in REQUIRED_SIDECAR_KEYS if k not in meta]
     if missing:
         raise CheckpointError(f"checkpoint sidecar {meta_path} lacks keys {missing}")
-    if meta["format_version"] != SIDECAR_VERSION:
+    if sidecar_content_sha256(meta) != meta["sidecar_sha256"]:
         raise CheckpointError(
-            f"checkpoint sidecar {meta_path} has format_version {meta['format_version']!r}, expected {SIDECAR_VERSION}"
+            f"checkpoint sidecar {meta_path} was modified after it was written: its content (labels, model and "
+            f"training config, metrics) does not match its sidecar_sha256; retrain this fold"
         )
     return meta
 
@@ -138,6 +168,10 @@ class BestCheckpoint:
         for stale in self.path.parent.glob(f".{self.path.name}.*.tmp") if self.path.parent.exists() else ():
             stale.unlink(missing_ok=True)
         for stale in self.path.parent.glob(f".{sidecar_path(self.path).name}.*.tmp") if self.path.parent.exists() else ():
+            stale.unlink(missing_ok=True)
+        # safetensors writes its own temp file first (a kill leaves the full-size file behind);
+        # its name does not say whose it is, but in a fold directory only checkpoints are written.
+        for stale in self.path.parent.glob(_SAFETENSORS_TEMP_GLOB) if self.path.parent.exists() else ():
             stale.unlink(missing_ok=True)
         self.best_score = -math.inf
         self.best_epoch: int | None = None

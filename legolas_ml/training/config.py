@@ -46,7 +46,7 @@ class TrainingConfig:
 
     # --- loss ---
     loss: str = "focal"  # "focal" (Lin et al. 2017) or "ce" (cross-entropy with balanced class weights)
-    focal_alpha: list[float] | None = None  # per-class weights; None: [0.25, 0.75] for 2 classes, inverse frequency otherwise
+    focal_alpha: list[float] | None = None  # per-class weights; None: 0.75 on the minority of 2 classes, inverse frequency otherwise
     focal_gamma: float = 2.0  # focusing parameter; 0 with uniform alpha is plain cross-entropy
 
     # --- early stopping and best checkpoint ---

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from legolas_ml.lifecycle.artifacts import training_key
 from legolas_ml.training.batching import encode_cached
 from legolas_ml.atomic_io import write_json_atomic
 from legolas_ml.training.checkpoint import CheckpointError, checkpoint_filename, load_checkpoint, read_sidecar
@@ -110,7 +111,10 @@ def finished_fold(checkpoint: Path, data_version: str, split_fingerprint: str, c
         load_checkpoint(checkpoint)  # verifies the checksum of the weights themselves
     except CheckpointError:
         return None
-    return FoldResult(**record["result"])
+    try:
+        return FoldResult(**record["result"])
+    except TypeError:  # a record written by an older LEGOLAS, with other fields: train again
+        return None
 
 
 def train_plan_fold(
@@ -235,7 +239,7 @@ def run_cross_validation(
     version = content_hash(df)
     plan = plan_splits(df, config)
     data = encode_dataset(df, config, cache_dir=Path(output_dir) / "tokens")
-    folds_dir = Path(output_dir) / "folds" / plan.fingerprint()
+    folds_dir = Path(output_dir) / "folds" / training_key(version, plan.fingerprint(), config.to_dict())
     results: dict[int, FoldResult] = {}
     for k in range(plan.n_folds):
         log(f"fold {k}: training on {len(plan.folds[k].train_ids)} sessions, validating on {len(plan.folds[k].val_ids)}")

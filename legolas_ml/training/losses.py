@@ -94,14 +94,22 @@ def balanced_class_weights(class_counts: Sequence[int]) -> list[float]:
 
 
 def default_focal_alpha(class_counts: Sequence[int]) -> list[float]:
-    """The default focal alpha: ``[0.25, 0.75]`` for two classes, inverse frequency (sum 1) for more.
+    """The default focal alpha, from the training counts.
 
-    The binary default follows the design notes (alpha=0.25 as in Lin et al., with the weight on
-    the positive, minority class). With more classes there is no "positive" class, so each class
-    is weighted by its inverse frequency, normalised to sum to 1.
+    Two classes: 0.75 on the minority class and 0.25 on the majority, whatever their order (the
+    design notes' alpha=0.25 of Lin et al., with the larger weight on the rarer, "positive" class);
+    ``[0.5, 0.5]`` when both are equally frequent. More classes have no "positive" class, so each is
+    weighted by its inverse frequency, normalised to sum to 1.
+
+    Example:
+        >>> default_focal_alpha([90, 10]), default_focal_alpha([10, 90])
+        ([0.25, 0.75], [0.75, 0.25])
     """
     if len(class_counts) == 2:
-        return [0.25, 0.75]
+        first, second = class_counts
+        if first == second:
+            return [0.5, 0.5]
+        return [0.75, 0.25] if first < second else [0.25, 0.75]
     weights = balanced_class_weights(class_counts)
     total = sum(weights)
     return [w / total for w in weights]

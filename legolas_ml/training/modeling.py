@@ -17,6 +17,7 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+from legolas_ml.settings import is_local_model_path
 from legolas_ml.training.config import DEFAULT_MODEL, TrainingConfig
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -37,16 +38,42 @@ def bundled_model_path() -> Path:
 
 
 def resolve_model_path(model_name: str) -> str:
-    """Map the config's ``model_name`` to what ``from_pretrained`` takes (bundled name -> local path)."""
+    """Map the config's ``model_name`` to what ``from_pretrained`` takes (bundled name -> local path).
+
+    Raises:
+        FileNotFoundError: in one line, if ``model_name`` is a path (absolute, ``./``, ``../`` or
+            ``~``) and no such directory exists; transformers would try it as a Hub id instead.
+    """
     if model_name == DEFAULT_MODEL:
         return str(bundled_model_path())
+    if is_local_model_path(model_name):
+        path = Path(model_name).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"model_name (LEGOLAS_MODEL) {model_name!r} is a local path but no such directory exists; "
+                f"give an existing model directory or a Hugging Face id (org/name)"
+            )
+        return str(path)
     return model_name
+
+
+def _from_pretrained(load, model_name: str, *args: Any, **kwargs: Any):
+    """``load(...)`` with a failure to find the model reported in one line that names it.
+
+    transformers reports a missing model with a chain of Hub-client tracebacks (some 200 lines);
+    the first line of its message says what is wrong.
+    """
+    try:
+        return load(*args, **kwargs)
+    except OSError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OSError(f"cannot load model {model_name!r} (model_name / LEGOLAS_MODEL): {reason}") from None
 
 
 @functools.lru_cache(maxsize=8)
 def load_tokenizer(model_name: str):
     """The (fast) tokenizer of a model; cached because every fold and the ensemble share it."""
-    return AutoTokenizer.from_pretrained(resolve_model_path(model_name))
+    return _from_pretrained(AutoTokenizer.from_pretrained, model_name, resolve_model_path(model_name))
 
 
 def build_model(config: TrainingConfig, labels: list[str]) -> torch.nn.Module:
@@ -61,8 +88,10 @@ def build_model(config: TrainingConfig, labels: list[str]) -> torch.nn.Module:
         "label2id": {label: i for i, label in enumerate(labels)},
     }
     if config.model_init == "pretrained":
-        return AutoModelForSequenceClassification.from_pretrained(path, **label_kwargs, **config.model_overrides)
-    hf_config = AutoConfig.from_pretrained(path, **label_kwargs, **config.model_overrides)
+        return _from_pretrained(
+            AutoModelForSequenceClassification.from_pretrained, config.model_name, path, **label_kwargs, **config.model_overrides
+        )
+    hf_config = _from_pretrained(AutoConfig.from_pretrained, config.model_name, path, **label_kwargs, **config.model_overrides)
     torch.manual_seed(config.seed)
     return AutoModelForSequenceClassification.from_config(hf_config)
 

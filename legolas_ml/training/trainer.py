@@ -22,6 +22,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from legolas_ml.training.batching import EncodedTexts, collate, length_grouped_batches
 from legolas_ml.training.checkpoint import BestCheckpoint
+from legolas_ml.training.shipped_epoch import RewindAwareCheckpoint
 from legolas_ml.training.config import TrainingConfig, legolas_version
 from legolas_ml.training.early_stopping import RewindEarlyStopping
 from legolas_ml.training.losses import build_loss
@@ -53,10 +54,10 @@ class FoldResult:
 
     fold: int
     checkpoint_path: str
-    best_epoch: int
+    best_epoch: int  # the epoch shipped in the checkpoint: best balanced accuracy up to the rewind point
     best_metrics: dict[str, Any]
-    trigger_epoch: int | None
-    restored_epoch: int | None
+    trigger_epoch: int | None  # the epoch early stopping triggered at (None: ran every epoch)
+    rewind_epoch: int | None  # trigger_epoch - patience: no epoch after it can be shipped
     stop_reason: str
     epochs_run: int
     history: list[dict[str, Any]]
@@ -68,6 +69,7 @@ class FoldResult:
     precision: str
     peak_memory_mb: float
     timings_s: dict[str, float] = field(default_factory=dict)
+    held_copies_peak: int = 0  # most CPU copies of the weights held for the rewind window at once
     reused: bool = False  # True when a finished fold was reused instead of retrained
 
     def to_dict(self) -> dict[str, Any]:
@@ -150,7 +152,7 @@ def train_fold(
         model: an already-built model (tests, fault injection); by default built from ``config``.
 
     Returns:
-        A ``FoldResult`` with the best/trigger/restored epochs, the history and throughput.
+        A ``FoldResult`` with the shipped/trigger/rewind epochs, the history and throughput.
 
     Raises:
         NonFiniteLossError: if the training or validation loss becomes NaN/inf; names fold and epoch.
@@ -176,7 +178,8 @@ def train_fold(
     total_steps = steps_per_epoch * config.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
     stopper = RewindEarlyStopping(config.patience, config.min_delta, config.overfit_ratio)
-    checkpoint = BestCheckpoint(checkpoint_path, monitor=config.best_metric)
+    # The shipped epoch: best balanced accuracy among the epochs the rewind can still return to.
+    checkpoint = RewindAwareCheckpoint(BestCheckpoint(checkpoint_path, monitor=config.best_metric), delay=config.patience)
     base_sidecar = {
         **(sidecar or {}),
         "fold": fold,
@@ -223,14 +226,14 @@ def train_fold(
         metrics["loss"] = val_loss
         timings["evaluate"] += time.perf_counter() - tick
         if not math.isfinite(val_loss):
-            stopper.step(epoch, val_loss, train_loss, model)
+            stopper.step(epoch, val_loss, train_loss)
             raise NonFiniteLossError(f"fold {fold}: validation loss became {val_loss} at epoch {epoch}; {stopper.stop_reason}")
         tick = time.perf_counter()
-        saved, checkpoint_reason = checkpoint.update(epoch, metrics, model, base_sidecar)
+        checkpoint_reason = checkpoint.update(epoch, metrics, model, base_sidecar)
         timings["checkpoint"] += time.perf_counter() - tick
 
         # --- termination ---
-        stop = stopper.step(epoch, val_loss, train_loss, model)
+        stop = stopper.step(epoch, val_loss, train_loss)
         record = {
             "fold": fold,
             "epoch": epoch,
@@ -239,7 +242,6 @@ def train_fold(
             "val_balanced_accuracy": metrics["balanced_accuracy"],
             "val_accuracy": metrics["accuracy"],
             "val_f1_macro": metrics["f1_macro"],
-            "saved": saved,
             "checkpoint": checkpoint_reason,
             "lr": scheduler.get_last_lr()[0],
             "elapsed_s": time.perf_counter() - started,
@@ -248,17 +250,17 @@ def train_fold(
         if on_epoch is not None:
             on_epoch(record)
         if stop:
-            stopper.restore(model)
             break
 
+    checkpoint.finish(stopped=stopper.should_stop)
     duration = time.perf_counter() - started
     result = FoldResult(
         fold=fold,
-        checkpoint_path=str(checkpoint.path),
-        best_epoch=checkpoint.best_epoch,
-        best_metrics=checkpoint.best_metrics,
+        checkpoint_path=str(checkpoint.best.path),
+        best_epoch=checkpoint.shipped_epoch,
+        best_metrics=checkpoint.best.best_metrics,
         trigger_epoch=stopper.trigger_epoch,
-        restored_epoch=stopper.restored_epoch,
+        rewind_epoch=stopper.trigger_epoch - config.patience if stopper.should_stop else None,
         stop_reason=stopper.stop_reason or f"ran all {config.epochs} epochs",
         epochs_run=len(history),
         history=history,
@@ -270,8 +272,9 @@ def train_fold(
         precision=precision,
         peak_memory_mb=peak_memory_mb(device),
         timings_s=timings,
+        held_copies_peak=checkpoint.held_peak,
     )
-    # Free the model, optimizer and rewind buffer before returning: K folds run back to back.
+    # Free the model, optimizer and held epochs before returning: K folds run back to back.
     del model, optimizer, scheduler, stopper, loss_fn
     gc.collect()
     if device.type == "cuda":

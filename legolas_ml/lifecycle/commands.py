@@ -1,0 +1,63 @@
+"""`legolas promote`, `legolas rollback`, `legolas versions`: the model lifecycle from the command line."""
+
+from __future__ import annotations
+
+import argparse
+
+from legolas_ml import settings
+from legolas_ml.lifecycle.artifacts import TenantArtifacts, validate_tenant
+from legolas_ml.lifecycle.registry import ChampionUnavailableError, ModelRegistry, default_actor
+
+
+def _registry(args) -> ModelRegistry:
+    return ModelRegistry(TenantArtifacts(settings.output_dir(), args.tenant))
+
+
+def cmd_promote(args) -> int:
+    record = _registry(args).promote(args.version, actor=default_actor("legolas promote"), reason=args.reason)
+    print(f"tenant {args.tenant}: {record['version']} is the champion (was {record['previous_champion'] or 'none'})")
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    record = _registry(args).rollback(actor=default_actor("legolas rollback"), reason=args.reason)
+    print(f"tenant {args.tenant}: rolled back to {record['version']} (from {record['rolled_back_from']})")
+    return 0
+
+
+def cmd_versions(args) -> int:
+    registry = _registry(args)
+    try:
+        champion = registry.champion_version()
+    except ChampionUnavailableError as exc:
+        champion = None
+        print(f"warning: {exc}")
+    decisions = {}
+    for record in registry.history():
+        decisions[record["version"]] = record
+    print(f"{'version':<18} {'state':<10} {'test BA':>8}  {'created':<20} decision")
+    for version in registry.versions():
+        manifest = registry.manifest(version)
+        record = decisions.get(version)
+        state = "champion" if version == champion else (record["action"] if record else "candidate")
+        ba = (manifest.get("test_metrics") or {}).get("balanced_accuracy")
+        reason = f"{record['at']} by {record['actor']}: {record['reason']}" if record else "-"
+        print(f"{version:<18} {state:<10} {ba if ba is None else f'{ba:.4f}':>8}  {manifest.get('created_at', '-'):<20} {reason}")
+    return 0
+
+
+def add_commands(sub, default_tenant: str) -> list[argparse.ArgumentParser]:
+    """Register the lifecycle subcommands on the `legolas` parser; return them (they all take --tenant)."""
+    promote = sub.add_parser("promote", help="make a version the champion (an operator's decision, recorded)")
+    promote.add_argument("--version", required=True, help="a version listed by `legolas versions`")
+    promote.add_argument("--reason", default="explicit promotion by an operator")
+    promote.set_defaults(func=cmd_promote)
+    rollback = sub.add_parser("rollback", help="put the previous champion back in service")
+    rollback.add_argument("--reason", default="explicit rollback by an operator")
+    rollback.set_defaults(func=cmd_rollback)
+    versions = sub.add_parser("versions", help="every ensemble version of a tenant, the champion and the decisions")
+    versions.set_defaults(func=cmd_versions)
+    parsers = [promote, rollback, versions]
+    for p in parsers:
+        p.add_argument("--tenant", type=validate_tenant, default=default_tenant, help="default: $LEGOLAS_TENANT or 'demo'")
+    return parsers

@@ -1,0 +1,92 @@
+"""The real daemon: the sensor ticks, the run coordinator launches training_job, the run promotes.
+
+This is the path users leave running (`make ui` starts the same daemon); unit tests of the sensor
+cannot see what the daemon does with its run requests, its tags and the shipped dagster.yaml.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
+from legolas_ml.data.demo_data import generate_demo_data
+from legolas_ml.data.store import open_tenant_store
+from legolas_ml.lifecycle.artifacts import TenantArtifacts
+from legolas_ml.lifecycle.registry import ModelRegistry
+from synthetic import TINY_OVERRIDES
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+DEADLINE_S = 420
+
+
+def _stop(daemon: subprocess.Popen) -> None:
+    """The daemon and the run workers it launched share its process group."""
+    try:
+        os.killpg(daemon.pid, signal.SIGTERM)
+        daemon.wait(timeout=30)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(daemon.pid, signal.SIGKILL)
+
+
+def test_daemon_sensor_launches_a_run_that_promotes(tmp_path):
+    docs, reviews = generate_demo_data(300, 80, seed=5)
+    with open_tenant_store(None, tmp_path, "legolas", "demo") as store:
+        store.insert_classifications(docs)
+        for review in reviews:
+            store.insert_review(review)
+    dagster_home = tmp_path / "dagster"
+    dagster_home.mkdir()
+    (dagster_home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())  # the shipped instance config
+    env = {
+        **os.environ,
+        "LEGOLAS_HOME": str(tmp_path),
+        "DAGSTER_HOME": str(dagster_home),
+        "LEGOLAS_N_FOLDS": "2",
+        "LEGOLAS_MODEL_INIT": "scratch",
+        "LEGOLAS_MODEL_OVERRIDES": json.dumps(TINY_OVERRIDES),
+        "LEGOLAS_EPOCHS": "4",
+        "LEGOLAS_LR": "0.005",
+        "LEGOLAS_BATCH_SIZE": "8",
+        "LEGOLAS_MAX_LENGTH": "48",
+        "LEGOLAS_PRECISION": "fp32",
+        "LEGOLAS_EXPLAIN_PER_CLASS": "1",
+        "LEGOLAS_RETRAIN_THRESHOLD": "20",
+    }
+    log = open(tmp_path / "daemon.log", "w")
+    daemon = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-m", "legolas_assets.definitions"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    registry = ModelRegistry(TenantArtifacts(tmp_path / "output", "demo"))
+    try:
+        deadline = time.monotonic() + DEADLINE_S
+        runs = []
+        while time.monotonic() < deadline:
+            assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()[-3000:]
+            with DagsterInstance.from_config(str(dagster_home)) as instance:
+                runs = instance.get_runs(filters=RunsFilter(tags={"dagster/sensor_name": "retrain_on_new_reviews"}))
+            if runs and runs[0].is_finished:  # wait for the whole run, not only its promotion step
+                break
+            time.sleep(3)
+    finally:
+        _stop(daemon)
+        log.close()
+    assert runs and runs[0].status == DagsterRunStatus.SUCCESS, f"runs {[(r.run_id, r.status) for r in runs]}"
+    assert runs[0].tags["legolas/tenant"] == "demo" and runs[0].tags["dagster/asset_partition_range_end"] == "1"
+    history = registry.history()
+    assert history, f"no decision within {DEADLINE_S} s; daemon log:\n{(tmp_path / 'daemon.log').read_text()[-4000:]}"
+    decision = history[-1]
+    # Launched by the sensor through the daemon, and the first model of the tenant is promoted.
+    assert decision["action"] == "promoted" and "retrain_on_new_reviews" in decision["actor"], decision
+    assert registry.champion()["version"] == decision["version"]
+    # The decision consumed the reviews the run trained on: the sensor's next tick counts none.
+    assert registry.consumed_reviews() is not None

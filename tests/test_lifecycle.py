@@ -1,0 +1,240 @@
+"""The model lifecycle without Dagster: holdout, promotion rule, registry, retention, shipped epoch."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from legolas_ml.lifecycle.artifacts import TenantArtifacts
+from legolas_ml.lifecycle.holdout import in_holdout, split_holdout
+from legolas_ml.lifecycle.promotion import PromotionPolicy, compare_on_holdout, decide_promotion
+from legolas_ml.lifecycle.registry import ChampionUnavailableError, ModelRegistry
+from legolas_ml.training.checkpoint import BestCheckpoint, load_checkpoint, read_sidecar, save_checkpoint
+from legolas_ml.training.cross_validation import encode_dataset, plan_splits, train_plan_fold
+from legolas_ml.training.shipped_epoch import RewindAwareCheckpoint
+from synthetic import separable_frame, tiny_config
+
+# --- holdout ---
+
+
+def test_holdout_is_stable_label_blind_and_never_trained_on():
+    ids = [f"s{i}" for i in range(4000)]
+    members = {sid for sid in ids if in_holdout("acme", sid)}
+    assert 0.17 < len(members) / len(ids) < 0.23  # about the share, 0.2
+    assert members == {sid for sid in ids if in_holdout("acme", sid)}  # deterministic
+    assert members != {sid for sid in ids if in_holdout("other", sid)}  # per tenant
+    df = pd.DataFrame({
+        "session_id": ids[:1000], "text": ["t"] * 1000, "label": ["a", "b"] * 500, "source": ["human", "llm"] * 500,
+    })
+    split = split_holdout(df, "acme")
+    bucket = {sid for sid in ids[:1000] if sid in members}
+    assert not set(split.training["session_id"]) & bucket  # no session of the bucket is trained on, whatever its source
+    assert set(split.holdout["session_id"]) <= bucket and set(split.holdout["source"]) == {"human"}
+    assert len(split.training) + len(split.holdout) + split.excluded_unreviewed == 1000
+    # Growing: adding sessions never moves an existing one in or out.
+    bigger = split_holdout(pd.concat([df, df.assign(session_id=[f"n{i}" for i in range(1000)])]), "acme")
+    assert set(split.holdout["session_id"]) <= set(bigger.holdout["session_id"])
+    with pytest.raises(ValueError, match="holdout_share"):
+        split_holdout(df, "acme", share=1.5)
+
+
+# --- the promotion rule ---
+
+
+def _labels(pattern: str, n: int) -> list[str]:
+    return [pattern[i % len(pattern)] for i in range(n)]
+
+
+def test_below_chance_is_never_promoted_even_without_a_champion():
+    decision = decide_promotion(0.30, n_classes=4, comparison=None, has_champion=False)
+    assert not decision.promote and "not above chance" in decision.reason  # 1/4 + 0.05 = 0.30
+    assert decide_promotion(0.31, n_classes=4, comparison=None, has_champion=False).promote
+
+
+def test_worse_candidate_is_rejected_with_its_numbers():
+    y = _labels("abc", 60)
+    champion = list(y)
+    candidate = list(y)
+    for i in range(0, 60, 6):  # candidate wrong on 10 of 60
+        candidate[i] = "b" if y[i] != "b" else "c"
+    comparison = compare_on_holdout(y, candidate, champion, seed=1)
+    assert comparison.n == 60 and comparison.difference < -0.1 and comparison.ci_high <= 0
+    decision = decide_promotion(0.9, 3, comparison, has_champion=True)
+    assert not decision.promote and "worse than the champion" in decision.reason
+    assert f"n={comparison.n}" in decision.reason and "CI" in decision.reason
+    # The same numbers pass a rule that tolerates that much.
+    assert decide_promotion(0.9, 3, comparison, True, PromotionPolicy(margin=0.5, max_recall_drop=1.0)).promote
+
+
+def test_a_class_losing_recall_blocks_promotion_only_with_enough_support():
+    y = ["a"] * 50 + ["b"] * 6
+    champion = list(y)
+    candidate = ["a"] * 50 + ["a"] * 3 + ["b"] * 3  # b recall 1.0 -> 0.5, overall BA drops 0.25
+    comparison = compare_on_holdout(y, candidate, champion)
+    policy = PromotionPolicy(margin=0.3, max_recall_drop=0.10, min_class_support=5)
+    decision = decide_promotion(0.9, 2, comparison, True, policy)
+    assert not decision.promote and decision.recall_drops == {"b": 0.5} and "recall fell" in decision.reason
+    # b has 6 sessions: with min_class_support 10 its recall is not judged, and the margin allows the rest.
+    assert decide_promotion(0.9, 2, comparison, True, PromotionPolicy(margin=0.3, min_class_support=10)).promote
+
+
+def test_too_small_a_holdout_keeps_the_champion():
+    y = _labels("ab", 10)
+    comparison = compare_on_holdout(y, y, y)
+    decision = decide_promotion(0.9, 2, comparison, True, PromotionPolicy(min_holdout=30))
+    assert not decision.promote and "holdout too small" in decision.reason and "10" in decision.reason
+    assert decide_promotion(0.9, 2, comparison, True, PromotionPolicy(min_holdout=10)).promote
+
+
+def test_policy_validation_names_the_setting():
+    with pytest.raises(ValueError, match="max_recall_drop must be in"):
+        PromotionPolicy(max_recall_drop=2)
+    with pytest.raises(ValueError, match="min_holdout must be an integer >= 1, got 0"):
+        PromotionPolicy(min_holdout=0)
+
+
+# --- registry ---
+
+
+def _version(registry: ModelRegistry, tmp_path, version: str, cursor: str | None = None) -> str:
+    path = tmp_path / "folds" / version / "best_model_text_m_fold0.safetensors"
+    save_checkpoint(path, {"w": torch.ones(2)}, {"epoch": 0, "metrics": {}, "labels": ["a", "b"], "model_config": {}, "training_config": {}})
+    registry.write_candidate({
+        "version": version, "checkpoints": [str(path)], "sha256": [read_sidecar(path)["sha256"]],
+        "test_metrics": {"balanced_accuracy": 0.9}, "reviews_cursor": cursor,
+    })
+    return version
+
+
+@pytest.fixture
+def registry(tmp_path):
+    artifacts = TenantArtifacts(tmp_path / "output", "acme")
+    return ModelRegistry(artifacts)
+
+
+def test_promotion_history_and_rollback(registry, tmp_path):
+    assert registry.champion() is None
+    v1, v2 = _version(registry, tmp_path / "output" / "acme", "v1"), _version(registry, tmp_path / "output" / "acme", "v2")
+    registry.promote(v1, actor="tester", reason="first")
+    registry.promote(v2, actor="tester", reason="better")
+    assert registry.champion()["version"] == "v2"
+    record = registry.rollback(actor="tester")
+    assert record["version"] == "v1" and record["rolled_back_from"] == "v2" and registry.champion_version() == "v1"
+    actions = [(r["action"], r["version"], r["previous_champion"]) for r in registry.history()]
+    assert actions == [("promoted", "v1", None), ("promoted", "v2", "v1"), ("rolled_back", "v1", "v2")]
+    assert all(r["actor"] == "tester" and r["at"] for r in registry.history())
+
+
+def test_damaged_champion_is_an_error_naming_the_file(registry, tmp_path):
+    v1 = _version(registry, tmp_path / "output" / "acme", "v1")
+    registry.promote(v1, actor="t", reason="r")
+    registry.manifest_path(v1).write_text("{ not json")
+    with pytest.raises(ChampionUnavailableError, match=r"manifest.json.*legolas rollback --tenant acme"):
+        registry.champion()
+    registry.manifest_path(v1).unlink()
+    with pytest.raises(ChampionUnavailableError, match="has no manifest"):
+        registry.champion()
+    registry.pointer_path.write_text("garbage")
+    with pytest.raises(ChampionUnavailableError, match="champion.json is damaged"):
+        registry.champion()
+
+
+def test_a_missing_checkpoint_of_the_champion_is_an_error(registry, tmp_path):
+    v1 = _version(registry, tmp_path / "output" / "acme", "v1")
+    registry.promote(v1, actor="t", reason="r")
+    weights = registry.manifest(v1)["checkpoints"][0]
+    open(weights, "ab").write(b"x")  # altered weights: detected when verifying
+    with pytest.raises(ChampionUnavailableError, match="corrupt or half-written"):
+        registry.champion(verify_weights=True)
+    __import__("os").unlink(weights)
+    with pytest.raises(ChampionUnavailableError, match="are missing"):
+        registry.champion()
+
+
+def test_retention_never_touches_the_champion_or_the_candidate(registry, tmp_path):
+    root = tmp_path / "output" / "acme"
+    registry.promote(_version(registry, root, "champ"), actor="t", reason="r")
+    for k in range(4):
+        registry.reject(_version(registry, root, f"old{k}"), actor="t", reason="worse")
+    _version(registry, root, "running")  # never decided: a candidate whose run is still going
+    deleted = registry.prune(keep_decided=2, keep={"old3"})
+    assert sorted(deleted) == ["old0", "old1"]
+    assert set(registry.versions()) == {"champ", "old2", "old3", "running"}
+    assert not (root / "folds" / "old0").exists() and (root / "folds" / "champ").exists()
+    registry.champion(verify_weights=True)
+
+
+def test_consumed_reviews_follow_decisions_only(registry, tmp_path):
+    from legolas_ml.lifecycle.retraining import ReviewCursor
+    from datetime import datetime
+
+    cursor = ReviewCursor(datetime(2026, 1, 1), "abc").serialize()
+    _version(registry, tmp_path / "output" / "acme", "v1", cursor)
+    assert registry.consumed_reviews() is None  # trained but undecided: nothing consumed
+    registry.reject("v1", actor="t", reason="worse")
+    assert registry.consumed_reviews() == ReviewCursor.parse(cursor)
+    with open(registry.decisions_path, "a") as handle:
+        handle.write('{"torn": ')  # a crash mid-append leaves a torn last line: skipped, not fatal
+    assert [r["version"] for r in registry.history()] == ["v1"]
+
+
+def test_legacy_manifest_is_adopted_not_ignored(registry, tmp_path):
+    root = tmp_path / "output" / "acme"
+    _version(registry, root, "tmp")
+    legacy = {**registry.manifest("tmp"), "data_version": "abcd"}
+    legacy.pop("version")
+    (root / "ensemble" / "ensemble.json").write_text(json.dumps(legacy))
+    assert registry.champion()["version"] == "legacy-abcd"
+    assert registry.history()[-1]["reason"].startswith("adopted the pre-registry manifest")
+
+
+# --- the shipped epoch ---
+
+
+class _Model(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+
+def _run(tmp_path, scores, stop_at=None, delay=2):
+    model = _Model()
+    ship = RewindAwareCheckpoint(BestCheckpoint(tmp_path / "m.safetensors"), delay=delay)
+    side = {"labels": ["a"], "model_config": {}, "training_config": {}}
+    for epoch, score in enumerate(scores):
+        with torch.no_grad():
+            model.w.fill_(epoch)  # the weights say which epoch they are
+        ship.update(epoch, {"balanced_accuracy": score}, model, side)
+        if epoch == stop_at:
+            break
+    ship.finish(stopped=stop_at is not None)
+    weights, meta = load_checkpoint(tmp_path / "m.safetensors")
+    return ship, int(weights["w"].item()), meta["epoch"]
+
+
+def test_shipped_epoch_is_the_best_up_to_the_rewind_point(tmp_path):
+    # Stop at T=3 with patience 2: rewind point 1. Epoch 2 has the best score but lies after it.
+    ship, weights_epoch, sidecar_epoch = _run(tmp_path, [0.5, 0.6, 0.9, 0.7], stop_at=3)
+    assert ship.shipped_epoch == weights_epoch == sidecar_epoch == 1
+    # Without a stop every epoch is eligible.
+    ship, weights_epoch, _ = _run(tmp_path, [0.5, 0.6, 0.9, 0.7])
+    assert ship.shipped_epoch == weights_epoch == 2
+    assert ship.held_peak <= 2  # only epochs that could still win are held, not patience + 1 copies
+
+
+def test_trained_fold_ships_the_epoch_it_reports(tmp_path):
+    df = separable_frame(30)
+    config = tiny_config(n_folds=2, epochs=12, patience=2, lr=2e-2)
+    data = encode_dataset(df, config)
+    plan = plan_splits(df, config)
+    result = train_plan_fold(data, plan, 0, config, tmp_path, data_version="v")
+    _, meta = load_checkpoint(result.checkpoint_path)
+    assert meta["epoch"] == result.best_epoch
+    if result.rewind_epoch is not None:
+        assert result.best_epoch <= result.rewind_epoch == result.trigger_epoch - config.patience
+    eligible = [h for h in result.history if result.rewind_epoch is None or h["epoch"] <= result.rewind_epoch]
+    best = max(eligible, key=lambda h: (h["val_balanced_accuracy"], -h["epoch"]))
+    assert result.best_epoch == best["epoch"]
+    assert np.isclose(result.best_metrics["balanced_accuracy"], best["val_balanced_accuracy"])
