@@ -1,4 +1,5 @@
-"""The real daemon: the sensor ticks, the run coordinator launches training_job, the run promotes.
+"""The real daemon: the sensor ticks, the run coordinator launches training_job, the run promotes,
+and a second run of the same tenant waits in the queue until the first has ended.
 
 This is the path users leave running (`make ui` starts the same daemon); unit tests of the sensor
 cannot see what the daemon does with its run requests, its tags and the shipped dagster.yaml.
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster._core.utils import make_new_run_id
 
 from legolas_ml.data.demo_data import generate_demo_data
 from legolas_ml.data.store import open_tenant_store
@@ -37,7 +39,7 @@ def _stop(daemon: subprocess.Popen) -> None:
         os.killpg(daemon.pid, signal.SIGKILL)
 
 
-def test_daemon_sensor_launches_a_run_that_promotes(tmp_path):
+def test_daemon_sensor_launches_a_run_that_promotes_and_serialises_a_tenant(tmp_path):
     docs, reviews = generate_demo_data(300, 80, seed=5)
     with open_tenant_store(None, tmp_path, "legolas", "demo") as store:
         store.insert_classifications(docs)
@@ -69,14 +71,33 @@ def test_daemon_sensor_launches_a_run_that_promotes(tmp_path):
     registry = ModelRegistry(TenantArtifacts(tmp_path / "output", "demo"))
     try:
         deadline = time.monotonic() + DEADLINE_S
-        runs = []
+        runs, second, held_back = [], None, 0
         while time.monotonic() < deadline:
             assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()[-3000:]
             with DagsterInstance.from_config(str(dagster_home)) as instance:
                 runs = instance.get_runs(filters=RunsFilter(tags={"dagster/sensor_name": "retrain_on_new_reviews"}))
+                if runs and runs[0].status == DagsterRunStatus.STARTED and second is None:
+                    # A second request for the same tenant while the first runs: the shipped
+                    # dagster.yaml's per-tenant tag limit must keep it queued until the first ends.
+                    second = runs[0]._replace(run_id=make_new_run_id(), status=DagsterRunStatus.QUEUED, tags={
+                        k: v for k, v in runs[0].tags.items() if k.startswith(("legolas/tenant", "dagster/asset_partition"))
+                    })
+                    instance.add_run(second)
+                elif second is not None and runs and not runs[0].is_finished:
+                    assert instance.get_run_by_id(second.run_id).status == DagsterRunStatus.QUEUED, "two runs of one tenant at once"
+                    held_back += 1
             if runs and runs[0].is_finished:  # wait for the whole run, not only its promotion step
                 break
             time.sleep(3)
+        assert second is not None and held_back >= 2, f"the second run was never observed waiting ({held_back} polls)"
+        dequeued_by = time.monotonic() + 60
+        while time.monotonic() < dequeued_by:  # once the first ended, the queue lets the second go
+            with DagsterInstance.from_config(str(dagster_home)) as instance:
+                if instance.get_run_by_id(second.run_id).status != DagsterRunStatus.QUEUED:
+                    break
+            time.sleep(2)
+        else:
+            pytest.fail("the queued run of the same tenant was never dequeued after the first ended")
     finally:
         _stop(daemon)
         log.close()

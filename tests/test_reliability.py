@@ -151,7 +151,10 @@ def test_unwritable_output_dir_is_a_clear_error(tmp_path):
 
 
 def test_concurrent_retraining_of_one_tenant_is_serialised():
-    """The shipped dagster.yaml lets one run per tenant tag run at a time; the sensor tags every run."""
+    """The shipped dagster.yaml names the per-tenant limit and the sensor tags every run with it.
+
+    A quick guard of the wiring only; tests/test_daemon.py shows the real run queue keeping a second
+    run of the same tenant QUEUED while the first runs (and fails when the limit is removed)."""
     import yaml
 
     from legolas_assets.sensors import retraining_tags
