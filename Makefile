@@ -6,28 +6,32 @@ export LEGOLAS_HOME ?= $(CURDIR)/var
 export DAGSTER_HOME ?= $(LEGOLAS_HOME)/dagster
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup demo test ui
+.PHONY: setup demo test ui artifacts
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: the only spec that takes the local CPU wheel instead of CUDA builds.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,ray]'
+	$(BIN)/pip install -q -e '.[dev,ray,tracking]'
 	touch $@
 
 setup: $(VENV)/.installed
 	mkdir -p $(DAGSTER_HOME)
 	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 
-# The main job: demo data in the embedded store, then all six assets through Dagster (K=5 preset).
+# The main job: demo data in the embedded store, then every asset as one run of training_job (K=5 preset: folds 0...4).
 demo: setup
 	LEGOLAS_PRESET=demo $(BIN)/legolas demo-data
-	LEGOLAS_PRESET=demo $(BIN)/dagster asset materialize -m legolas_assets.definitions --select '*' --partition-range 0...4
+	LEGOLAS_PRESET=demo $(BIN)/dagster job execute -m legolas_assets.definitions -j training_job --tags '{"dagster/asset_partition_range_start": "0", "dagster/asset_partition_range_end": "4"}'
 	$(BIN)/legolas status
 
 test: setup
 	$(BIN)/python -m pytest -q
 
 ui: setup
-	LEGOLAS_PRESET=demo $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	LEGOLAS_PRESET=demo LEGOLAS_ARTIFACTS_URL=http://127.0.0.1:3001 $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+# The reports, manifests and plots the UI links to, served read-only on loopback (run beside `make ui`).
+artifacts:
+	$(BIN)/python -m http.server 3001 --bind 127.0.0.1 --directory $(LEGOLAS_HOME)/output

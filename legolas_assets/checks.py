@@ -4,13 +4,13 @@ Blocking checks stop downstream assets of the same run when they fail; every res
 observed and expected values so a failure reads as numbers in the UI, not just "failed".
 """
 
-from __future__ import annotations
-
 import json
 import math
 from collections import Counter
+from datetime import datetime, timezone
 
 from dagster import (
+    AssetCheckExecutionContext,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
@@ -31,6 +31,36 @@ CHANCE_MARGIN = 0.05  # a model must beat 1/C by this much
 ENSEMBLE_TOLERANCE = 0.10  # test balanced accuracy may sit this far below the folds' mean
 PROPORTION_TOLERANCE = 0.05  # fold class shares vs the pool's, plus one session of rounding
 MIN_CONVERGED_SHARE = 0.95
+FOLD_SPREAD_TOLERANCE = 0.15  # best minus worst fold balanced accuracy; more says the folds disagree
+
+
+def _utc(timestamp: float) -> str:
+    return f"{datetime.fromtimestamp(timestamp, timezone.utc):%Y-%m-%dT%H:%M:%S} UTC"
+
+
+def evaluated_materialization(context: AssetCheckExecutionContext) -> dict:
+    """The materialization a check read (its run and time) and when the check ran, in UTC.
+
+    A check reads the asset's latest stored value: in the run that materialized it, that run's;
+    executed on its own later, the one before. The UI's check timestamp is when the check ran, so
+    these say which materialization the verdict is about.
+    """
+    asset_key = context.check_specs[0].asset_key
+    event = context.instance.get_latest_materialization_event(asset_key)
+    checked_at = _utc(datetime.now(timezone.utc).timestamp())
+    if event is None:
+        return {"evaluated_materialization": "none recorded", "checked_at": checked_at}
+    return {
+        "evaluated_run": MetadataValue.dagster_run(event.run_id),
+        "evaluated_materialized_at": _utc(event.timestamp),
+        "evaluated_in_this_run": event.run_id == context.run.run_id,
+        "checked_at": checked_at,
+    }
+
+
+def checked(context: AssetCheckExecutionContext, *, metadata: dict, **result) -> AssetCheckResult:
+    """``AssetCheckResult(**result)``: the observed and expected values first, then what was evaluated and when."""
+    return AssetCheckResult(metadata={**metadata, **evaluated_materialization(context)}, **result)
 
 
 def _members_needed() -> int:
@@ -41,34 +71,36 @@ def _members_needed() -> int:
 
 
 @asset_check(asset="labeled_dataset", blocking=True, description="at least 2 classes")
-def at_least_two_classes(labeled_dataset: dict) -> AssetCheckResult:
+def at_least_two_classes(context: AssetCheckExecutionContext, labeled_dataset: dict) -> AssetCheckResult:
     n = len(labeled_dataset["classes"])
-    return AssetCheckResult(passed=n >= 2, metadata={"observed_classes": n, "expected_at_least": 2})
+    return checked(context, passed=n >= 2, metadata={"observed_classes": n, "expected_at_least": 2})
 
 
 @asset_check(asset="labeled_dataset", blocking=True, description="every class has enough members for K folds")
-def enough_members_per_class(labeled_dataset: dict) -> AssetCheckResult:
+def enough_members_per_class(context: AssetCheckExecutionContext, labeled_dataset: dict) -> AssetCheckResult:
     per_class = labeled_dataset["summary"]["per_class"]
     needed = _members_needed()
     short = {c: n for c, n in per_class.items() if n < needed}
-    return AssetCheckResult(
+    return checked(
+        context,
         passed=not short,
         metadata={"needed_per_class": needed, "too_small": json.dumps(short), "smallest": min(per_class.values())},
     )
 
 
 @asset_check(asset="labeled_dataset", blocking=True, description="no duplicate session_id")
-def unique_session_ids(labeled_dataset: dict) -> AssetCheckResult:
+def unique_session_ids(context: AssetCheckExecutionContext, labeled_dataset: dict) -> AssetCheckResult:
     ids = read_dataset(labeled_dataset["path"])["session_id"]
     duplicated = [sid for sid, n in Counter(ids).items() if n > 1]
-    return AssetCheckResult(passed=not duplicated, metadata={"duplicates": len(duplicated), "examples": json.dumps(duplicated[:5])})
+    return checked(context, passed=not duplicated, metadata={"duplicates": len(duplicated), "examples": json.dumps(duplicated[:5])})
 
 
 @asset_check(asset="labeled_dataset", blocking=True, description="quarantined share of inputs under the threshold")
-def quarantine_share(labeled_dataset: dict, training: TrainingResource) -> AssetCheckResult:
+def quarantine_share(context: AssetCheckExecutionContext, labeled_dataset: dict, training: TrainingResource) -> AssetCheckResult:
     counts = labeled_dataset["summary"]["counts"]
     share = counts["quarantined"] / max(counts["inputs"], 1)
-    return AssetCheckResult(
+    return checked(
+        context,
         passed=share < training.max_quarantine_share,
         metadata={"observed_share": round(share, 4), "threshold": training.max_quarantine_share, "quarantined": counts["quarantined"]},
     )
@@ -80,12 +112,13 @@ def _plan(stratified_splits: dict) -> SplitPlan:
 
 
 @asset_check(asset="stratified_splits", blocking=True, description="no session in both test and train/val")
-def no_test_leakage(stratified_splits: dict) -> AssetCheckResult:
+def no_test_leakage(context: AssetCheckExecutionContext, stratified_splits: dict) -> AssetCheckResult:
     plan = _plan(stratified_splits)
     test = set(plan.test_ids)
     leaked = sorted(test & {s for f in plan.folds for s in f.train_ids + f.val_ids})
     inner = [f.index for f in plan.folds if set(f.train_ids) & set(f.val_ids)]
-    return AssetCheckResult(
+    return checked(
+        context,
         passed=not leaked and not inner,
         metadata={"test_sessions_in_training": len(leaked), "examples": json.dumps(leaked[:5]), "folds_with_train_val_overlap": json.dumps(inner)},
     )
@@ -96,7 +129,7 @@ def no_test_leakage(stratified_splits: dict) -> AssetCheckResult:
     additional_ins={"labeled_dataset": AssetIn("labeled_dataset")},
     description="per-fold class proportions close to the pool's",
 )
-def fold_class_proportions(stratified_splits: dict, labeled_dataset: dict) -> AssetCheckResult:
+def fold_class_proportions(context: AssetCheckExecutionContext, stratified_splits: dict, labeled_dataset: dict) -> AssetCheckResult:
     plan = _plan(stratified_splits)
     df = read_dataset(labeled_dataset["path"])
     label_of = dict(zip(df["session_id"], df["label"]))
@@ -111,7 +144,8 @@ def fold_class_proportions(stratified_splits: dict, labeled_dataset: dict) -> As
     worst, where = max(deviations)
     # One session more or less in a small fold moves a share by 1/n: that much is rounding, not bias.
     tolerance = PROPORTION_TOLERANCE + 1 / max(min(len(f.val_ids) for f in plan.folds), 1)
-    return AssetCheckResult(
+    return checked(
+        context,
         passed=worst <= tolerance,
         severity=AssetCheckSeverity.WARN,
         metadata={"max_abs_deviation": round(worst, 4), "tolerance": round(tolerance, 4), "where": where or "-"},
@@ -146,7 +180,7 @@ def fold_check_results(results: dict[str, dict], n_classes: int):
 
 
 @asset_check(asset="ensemble_model", blocking=True, description="test balanced accuracy above chance")
-def ensemble_above_chance(ensemble_model: dict, training: TrainingResource, lifecycle: LifecycleResource) -> AssetCheckResult:
+def ensemble_above_chance(context: AssetCheckExecutionContext, ensemble_model: dict, training: TrainingResource, lifecycle: LifecycleResource) -> AssetCheckResult:
     observed = ensemble_model["test_metrics"]["balanced_accuracy"]
     threshold = 1 / len(ensemble_model["labels"]) + CHANCE_MARGIN
     passed = observed > threshold
@@ -159,16 +193,16 @@ def ensemble_above_chance(ensemble_model: dict, training: TrainingResource, life
                 ensemble_model["version"], actor=f"check ensemble_above_chance (run {ensemble_model.get('run_id')})",
                 reason=f"test balanced accuracy {observed:.4f} is not above chance + margin {threshold:.4f}",
             )
-    return AssetCheckResult(passed=passed, metadata={"observed": round(observed, 4), "threshold": round(threshold, 4)})
+    return checked(context, passed=passed, metadata={"observed": round(observed, 4), "threshold": round(threshold, 4)})
 
 
 @asset_check(asset="labeled_dataset", description="the training set did not shrink by more than half against the champion's")
-def training_set_not_halved(labeled_dataset: dict) -> AssetCheckResult:
+def training_set_not_halved(context: AssetCheckExecutionContext, labeled_dataset: dict) -> AssetCheckResult:
     before = labeled_dataset.get("champion_dataset")
     summary = labeled_dataset["summary"]
     now = {"rows": summary["rows"], "per_source": summary["per_source"], "per_class": summary["per_class"]}
     if not before or not before.get("rows"):
-        return AssetCheckResult(passed=True, metadata={"rows": now["rows"], "champion_rows": "no champion"})
+        return checked(context, passed=True, metadata={"rows": now["rows"], "champion_rows": "no champion"})
     ratio = now["rows"] / before["rows"]
     classes = sorted(set(before["per_class"]) | set(now["per_class"]))
     table = MetadataValue.table(
@@ -180,18 +214,37 @@ def training_set_not_halved(labeled_dataset: dict) -> AssetCheckResult:
         ],
         schema=TableSchema(columns=[TableColumn("part", "string"), TableColumn("champion", "int"), TableColumn("now", "int")]),
     )
-    return AssetCheckResult(
+    return checked(
+        context,
         passed=ratio >= 0.5,
         severity=AssetCheckSeverity.WARN,
         metadata={"rows": now["rows"], "champion_rows": before["rows"], "ratio": round(ratio, 4), "by_class_and_source": table},
     )
 
 
+@asset_check(asset="cv_metrics", description=f"best and worst fold balanced accuracy within {FOLD_SPREAD_TOLERANCE}")
+def cv_fold_spread(context: AssetCheckExecutionContext, cv_metrics: dict) -> AssetCheckResult:
+    scores = {row["fold"]: row["balanced_accuracy"] for row in cv_metrics["per_fold"]}
+    best, worst = max(scores, key=scores.get), min(scores, key=scores.get)
+    spread = scores[best] - scores[worst]
+    return checked(
+        context,
+        passed=spread <= FOLD_SPREAD_TOLERANCE,
+        severity=AssetCheckSeverity.WARN,
+        metadata={
+            "spread": round(spread, 4), "tolerance": FOLD_SPREAD_TOLERANCE,
+            "best_fold": best, "best_balanced_accuracy": round(scores[best], 4),
+            "worst_fold": worst, "worst_balanced_accuracy": round(scores[worst], 4),
+        },
+    )
+
+
 @asset_check(asset="ensemble_model", description="test balanced accuracy not far below the folds' mean")
-def ensemble_consistent_with_cv(ensemble_model: dict) -> AssetCheckResult:
+def ensemble_consistent_with_cv(context: AssetCheckExecutionContext, ensemble_model: dict) -> AssetCheckResult:
     observed = ensemble_model["test_metrics"]["balanced_accuracy"]
     cv_mean = ensemble_model["cv_balanced_accuracy"]["mean"]
-    return AssetCheckResult(
+    return checked(
+        context,
         passed=observed >= cv_mean - ENSEMBLE_TOLERANCE,
         severity=AssetCheckSeverity.WARN,
         metadata={"test_balanced_accuracy": round(observed, 4), "cv_mean": round(cv_mean, 4), "tolerance": ENSEMBLE_TOLERANCE},
@@ -199,9 +252,10 @@ def ensemble_consistent_with_cv(ensemble_model: dict) -> AssetCheckResult:
 
 
 @asset_check(asset="explainability_report", description=f"at least {MIN_CONVERGED_SHARE:.0%} of texts converged")
-def attributions_converged(explainability_report: dict) -> AssetCheckResult:
+def attributions_converged(context: AssetCheckExecutionContext, explainability_report: dict) -> AssetCheckResult:
     share = explainability_report["share_converged"]
-    return AssetCheckResult(
+    return checked(
+        context,
         passed=share >= MIN_CONVERGED_SHARE,
         metadata={"share_converged": round(share, 4), "required": MIN_CONVERGED_SHARE, "mean_steps": explainability_report["mean_steps"]},
     )
@@ -216,6 +270,7 @@ ALL_CHECKS = [
     no_test_leakage,
     fold_class_proportions,
     ensemble_above_chance,
+    cv_fold_spread,
     ensemble_consistent_with_cv,
     attributions_converged,
 ]

@@ -1,18 +1,20 @@
 """Stage 1: the quality gate over the tenant's store."""
 
-from dagster import AssetExecutionContext, DataVersion, Failure, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, DataVersion, Failure, MetadataValue, Output, TableColumn, TableRecord, TableSchema, asset
 
 from legolas_ml.data.quality_gate import GateSettings, content_hash, gate_from_store
 from legolas_ml.data.store import StoreUnavailableError
 from legolas_ml.lifecycle.artifacts import write_dataset
+from legolas_ml.lifecycle.dataset_diff import dataset_diff
 from legolas_ml.lifecycle.holdout import split_holdout
 from legolas_ml.lifecycle.registry import ChampionUnavailableError
 
 from .resources import MongoResource, LifecycleResource, TrainingResource
+from .reviews import REVIEWS_KEY
 from .stages import DATA, SINGLE_RUN
 
 
-@asset(group_name=DATA, backfill_policy=SINGLE_RUN)
+@asset(group_name=DATA, backfill_policy=SINGLE_RUN, deps=[REVIEWS_KEY])
 def labeled_dataset(
     context: AssetExecutionContext, mongo: MongoResource, training: TrainingResource, lifecycle: LifecycleResource
 ) -> Output[dict]:
@@ -72,6 +74,7 @@ def labeled_dataset(
         "mode_reason": result.mode_reason,
         "champion_version": value["champion_version"] or "none",
         "rows": len(split.training),
+        **_diff_metadata(summary, value["champion_dataset"]),
         "inputs": result.counts["inputs"],
         "from_human_reviews": per_source["human"],
         "from_llm": per_source["llm"],
@@ -88,3 +91,24 @@ def labeled_dataset(
         "quarantine_samples": MetadataValue.json(result.quarantine_samples),
     }
     return Output(value, data_version=DataVersion(data_version), metadata=metadata)
+
+
+def _diff_metadata(summary: dict, champion_dataset: dict | None) -> dict:
+    """Rows, classes and sources against the model in service (a retraining's first question)."""
+    if not champion_dataset or not champion_dataset.get("rows"):
+        return {"vs_model_in_service": "no model in service: a first training"}
+    diff = dataset_diff(summary, champion_dataset)
+    return {
+        "vs_model_in_service": diff.describe(),
+        "champion_rows": diff.champion_rows,
+        "rows_change": diff.rows_change,
+        "rows_ratio": round(diff.ratio, 4),
+        "classes_added": ", ".join(diff.classes_added) or "none",
+        "classes_removed": ", ".join(diff.classes_removed) or "none",
+        "diff_by_class_and_source": MetadataValue.table(
+            records=[TableRecord({"part": part, "model_in_service": before, "now": now, "change": now - before})
+                     for part, before, now in diff.parts],
+            schema=TableSchema(columns=[TableColumn("part", "string"), TableColumn("model_in_service", "int"),
+                                        TableColumn("now", "int"), TableColumn("change", "int")]),
+        ),
+    }

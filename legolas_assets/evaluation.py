@@ -10,8 +10,9 @@ from legolas_ml.lifecycle.artifacts import read_dataset
 from legolas_ml.training.checkpoint import read_sidecar
 from legolas_ml.training.cross_validation import MissingFoldsError, StaleFoldError, aggregate_folds, evaluate_ensemble
 from legolas_ml.data.splits import SplitPlan
+from legolas_ml.atomic_io import write_json_atomic
 
-from . import plots
+from . import links, plots
 from .resources import GPUResource, LifecycleResource, TrainingResource
 from .stages import EVALUATION, SINGLE_RUN
 
@@ -20,38 +21,68 @@ def _fold_summaries(fold_models: dict) -> dict[int, dict]:
     return {int(k): v for k, v in fold_models.items()}
 
 
+def _table(rows: list[dict], columns: list[tuple[str, str]]) -> MetadataValue:
+    """A table whose floats are rounded to 4 digits, so the UI shows numbers and not 16-digit floats."""
+    return MetadataValue.table(
+        records=[TableRecord({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}) for row in rows],
+        schema=TableSchema(columns=[TableColumn(name, kind) for name, kind in columns]),
+    )
+
+
+def mean_pm_std(stats: dict) -> str:
+    """``{"mean": .81234, "std": .0211}`` -> ``"0.8123 ± 0.0211"`` (the headline people read first)."""
+    return f"{stats['mean']:.4f} ± {stats['std']:.4f}"
+
+
 @asset(group_name=EVALUATION, backfill_policy=SINGLE_RUN)
-def cv_metrics(context: AssetExecutionContext, stratified_splits: dict, fold_models: dict) -> Output[dict]:
+def cv_metrics(
+    context: AssetExecutionContext, stratified_splits: dict, fold_models: dict, training: TrainingResource
+) -> Output[dict]:
     """Mean ± std across folds of balanced accuracy, accuracy, macro-F1 and per-class recall."""
+    folds = _fold_summaries(fold_models)
     try:
-        cv = aggregate_folds(
-            _fold_summaries(fold_models),
-            stratified_splits["n_folds"],
-            stratified_splits["data_version"],
-            stratified_splits["fingerprint"],
-        )
+        cv = aggregate_folds(folds, stratified_splits["n_folds"], stratified_splits["data_version"], stratified_splits["fingerprint"])
     except (MissingFoldsError, StaleFoldError) as exc:
         raise Failure(description=str(exc)) from None
-    per_fold = MetadataValue.table(
-        records=[TableRecord({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}) for row in cv["per_fold"]],
-        schema=TableSchema(
-            columns=[TableColumn("fold", "int"), TableColumn("balanced_accuracy", "float"), TableColumn("accuracy", "float"),
-                     TableColumn("f1_macro", "float"), TableColumn("best_epoch", "int")]
-        ),
+    scores = [row["balanced_accuracy"] for row in cv["per_fold"]]
+    cv["fold_spread"] = max(scores) - min(scores)
+    worst_class, worst_recall = min(cv["per_class_recall"].items(), key=lambda kv: kv[1]["mean"])
+    key = folds[0].get("training_key") or f"{cv['data_version']}-{cv['split_fingerprint']}"
+    # Under the run's own directory: an older materialization's plot is never replaced by a newer one.
+    curves = plots.fold_curves(
+        {k: f.get("history", []) for k, f in folds.items()},
+        training.artifacts(stratified_splits["tenant"]).folds_dir(key) / "runs" / context.run_id / "fold_curves.png",
+        f"validation balanced accuracy of {cv['n_folds']} folds",
     )
     metadata = {
-        "n_folds": cv["n_folds"],
-        "per_fold": per_fold,
-        "per_class_recall": MetadataValue.json(cv["per_class_recall"]),
-        "data_version": cv["data_version"],
-        "split_fingerprint": cv["split_fingerprint"],
+        # The headline first: what people look for before anything else.
+        "cv_balanced_accuracy": mean_pm_std(cv["balanced_accuracy"]),
+        "balanced_accuracy_mean": round(cv["balanced_accuracy"]["mean"], 4),
+        "balanced_accuracy_std": round(cv["balanced_accuracy"]["std"], 4),
+        "worst_class_recall": round(worst_recall["mean"], 4),
+        "worst_class": worst_class,
+        "fold_spread": round(cv["fold_spread"], 4),
+        "fold_curves": plots.embed(curves, "validation curves of every fold"),
+        "per_fold": _table(cv["per_fold"], [("fold", "int"), ("balanced_accuracy", "float"), ("accuracy", "float"),
+                                            ("f1_macro", "float"), ("best_epoch", "int")]),
+        "per_class_recall": _table(
+            [{"class": c, "recall_mean": v["mean"], "recall_std": v["std"]} for c, v in cv["per_class_recall"].items()],
+            [("class", "string"), ("recall_mean", "float"), ("recall_std", "float")],
+        ),
     }
-    for metric in ("balanced_accuracy", "accuracy", "f1_macro"):
+    for metric in ("accuracy", "f1_macro"):
         metadata[f"{metric}_mean"] = round(cv[metric]["mean"], 4)
         metadata[f"{metric}_std"] = round(cv[metric]["std"], 4)
-    context.log.info(
-        f"CV balanced accuracy {cv['balanced_accuracy']['mean']:.4f} ± {cv['balanced_accuracy']['std']:.4f} over {cv['n_folds']} folds"
-    )
+    # One numeric entry per fold: the Plots tab draws one series per fold across materializations.
+    for row in cv["per_fold"]:
+        metadata[f"fold_{row['fold']}_balanced_accuracy"] = round(row["balanced_accuracy"], 4)
+    metadata.update({
+        "n_folds": cv["n_folds"],
+        "data_version": cv["data_version"],
+        "split_fingerprint": cv["split_fingerprint"],
+        "fold_curves_png": MetadataValue.path(str(curves)),
+    })
+    context.log.info(f"CV balanced accuracy {mean_pm_std(cv['balanced_accuracy'])} over {cv['n_folds']} folds")
     return Output(cv, metadata=metadata)
 
 
@@ -85,9 +116,11 @@ def ensemble_model(
     metrics, _, ensemble = evaluate_ensemble(paths, test["text"].tolist(), test["label"].tolist(), gpu.device, EVAL_PRECISION)
     seconds = time.perf_counter() - started
     registry = lifecycle.registry(training, labeled_dataset["tenant"])
+    # This materialization's own directory: a later run of the same version never overwrites what
+    # an older materialization's metadata points at (retention deletes it with the version).
+    run_dir = registry.run_dir(version, context.run_id)
     plot = plots.confusion_matrix(
-        metrics["confusion_matrix"], ensemble.labels, registry.version_dir(version) / "confusion_matrix.png",
-        f"ensemble of {len(paths)} folds, test set",
+        metrics["confusion_matrix"], ensemble.labels, run_dir / "confusion_matrix.png", f"ensemble of {len(paths)} folds, test set",
     )
     summary = labeled_dataset["summary"]
     manifest = {
@@ -111,31 +144,49 @@ def ensemble_model(
     }
     # A version on disk, not the model in service: promotion is a separate, checked decision.
     manifest_path = registry.write_candidate(manifest)
-    matrix_rows = [
-        TableRecord({"true": c, **{p: metrics["confusion_matrix"][i][j] for j, p in enumerate(ensemble.labels)}})
-        for i, c in enumerate(ensemble.labels)
-    ]
+    run_manifest = write_json_atomic(run_dir / "manifest.json", manifest)
+    labels = ensemble.labels
+    worst_class = min(labels, key=lambda c: metrics["per_class"][c]["recall"])
     metadata = {
+        # The headline first: test balanced accuracy, the folds' mean ± std, the weakest class.
+        "test_balanced_accuracy": round(metrics["balanced_accuracy"], 4),
+        "cv_balanced_accuracy": mean_pm_std(cv_metrics["balanced_accuracy"]),
+        "cv_balanced_accuracy_mean": round(cv_metrics["balanced_accuracy"]["mean"], 4),
+        "cv_balanced_accuracy_std": round(cv_metrics["balanced_accuracy"]["std"], 4),
+        "worst_class_recall": round(metrics["per_class"][worst_class]["recall"], 4),
+        "worst_class": worst_class,
+        "test_accuracy": round(metrics["accuracy"], 4),
+        "test_f1_macro": round(metrics["f1_macro"], 4),
+        "test_n": metrics["n"],
+        "per_class": _table(
+            [{"class": c, **metrics["per_class"][c]} for c in labels],
+            [("class", "string"), ("precision", "float"), ("recall", "float"), ("f1", "float"), ("support", "int")],
+        ),
+        # Inline tables (no dialog): rows are true classes, columns predicted ones.
+        "confusion_matrix_counts": _confusion_table(metrics["confusion_matrix"], labels, normalised=False),
+        "confusion_matrix_normalised": _confusion_table(metrics["confusion_matrix"], labels, normalised=True),
+        "confusion_matrix_plot": plots.embed(plot, "confusion matrix"),
         "version": version,
         "tenant": labeled_dataset["tenant"],
         "n_folds": len(paths),
         "mode": labeled_dataset["mode"],
         "source_counts": MetadataValue.json(summary["per_source"]),
-        "test_n": metrics["n"],
-        "test_balanced_accuracy": round(metrics["balanced_accuracy"], 4),
-        "test_accuracy": round(metrics["accuracy"], 4),
-        "test_f1_macro": round(metrics["f1_macro"], 4),
-        "cv_balanced_accuracy_mean": round(cv_metrics["balanced_accuracy"]["mean"], 4),
-        "per_class": MetadataValue.json(metrics["per_class"]),
-        "confusion_matrix": MetadataValue.table(
-            records=matrix_rows,
-            schema=TableSchema(columns=[TableColumn("true", "string")] + [TableColumn(c, "int") for c in ensemble.labels]),
-        ),
-        "confusion_matrix_plot": plots.embed(plot, "confusion matrix"),
         "inference_s": round(seconds, 2),
-        "manifest": MetadataValue.path(str(manifest_path)),
+        "manifest": MetadataValue.path(str(run_manifest)),
+        "confusion_matrix_png": MetadataValue.path(str(plot)),
+        **links.urls({"manifest_url": run_manifest, "confusion_matrix_url": plot}),
     }
     context.log.info(
         f"candidate {version}: test balanced accuracy {metrics['balanced_accuracy']:.4f} on {metrics['n']} sessions"
     )
-    return Output({**manifest, "manifest_path": str(manifest_path)}, metadata=metadata)
+    return Output({**manifest, "manifest_path": str(manifest_path), "run_dir": str(run_dir)}, metadata=metadata)
+
+
+def _confusion_table(matrix: list[list[int]], labels: list[str], *, normalised: bool) -> MetadataValue:
+    """The confusion matrix as a table: counts, or each row's shares (the diagonal is the class's recall)."""
+    rows = []
+    for i, true in enumerate(labels):
+        total = sum(matrix[i]) or 1
+        cells = {p: (matrix[i][j] / total if normalised else matrix[i][j]) for j, p in enumerate(labels)}
+        rows.append({"true": true, **cells})
+    return _table(rows, [("true", "string")] + [(p, "float" if normalised else "int") for p in labels])

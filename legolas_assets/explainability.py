@@ -12,7 +12,7 @@ from legolas_ml.explain.attributions import EnsembleExplainer, IGSettings, selec
 from legolas_ml.explain.report import write_report
 from legolas_ml.data.splits import SplitPlan
 
-from . import plots
+from . import links, plots
 from .resources import GPUResource, TrainingResource
 from .stages import EXPLAINABILITY, SINGLE_RUN
 
@@ -44,8 +44,9 @@ def explainability_report(
             f"error {e.completeness_error if e.completeness_error is None else round(e.completeness_error, 4)}, {e.seconds:.1f}s"
         )
     summary = summarise(explanations)
-    # Beside the candidate's manifest: every version keeps its own report, never overwritten by a later one.
-    directory = Path(ensemble_model["manifest_path"]).parent / "explainability"
+    # Beside the candidate's manifest, in this run's own directory: never overwritten by a later run
+    # (`legolas status` shows the newest one: ModelRegistry.latest_report).
+    directory = Path(ensemble_model["manifest_path"]).parent / "runs" / context.run_id / "explainability"
     paths = write_report(
         explanations, summary, directory, f"LEGOLAS explainability: tenant {labeled_dataset['tenant']}, version {ensemble_model['version']}"
     )
@@ -69,6 +70,7 @@ def explainability_report(
         "top_words_plot": plots.embed(paths["png"], "top words per class"),
         "report": MetadataValue.path(str(paths["html"])),
         "report_json": MetadataValue.path(str(paths["json"])),
+        **links.urls({"report_url": paths["html"], "report_json_url": paths["json"]}),
     }
     value = {
         "tenant": labeled_dataset["tenant"],

@@ -6,10 +6,11 @@ from .data import labeled_dataset
 from .evaluation import cv_metrics, ensemble_model
 from .explainability import explainability_report
 from .lifecycle import promote_job, promoted_ensemble, rollback_job
+from .loop import ensemble_predictions, label_audit
 from .splits import stratified_splits
 from .training import fold_models
 
-ASSETS = [labeled_dataset, stratified_splits, fold_models, cv_metrics, ensemble_model, promoted_ensemble, explainability_report]
+ASSETS = [labeled_dataset, stratified_splits, fold_models, cv_metrics, ensemble_model, promoted_ensemble, explainability_report, ensemble_predictions, label_audit]
 
 __all__ = ["ASSETS", "training_job", "promote_job", "rollback_job"]
 

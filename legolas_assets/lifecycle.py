@@ -24,6 +24,7 @@ from legolas_ml.lifecycle.artifacts import read_dataset
 from legolas_ml.lifecycle.promotion import compare_on_holdout, decide_promotion
 from legolas_ml.lifecycle.registry import ChampionUnavailableError, ModelRegistry
 from legolas_ml.evaluation.metrics import classification_metrics
+from legolas_ml.tracking import tracker_from_settings
 
 from .resources import GPUResource, LifecycleResource, TrainingResource
 from .stages import LIFECYCLE, SINGLE_RUN
@@ -109,6 +110,8 @@ def promoted_ensemble(
                 "difference_ci_high": round(comparison.ci_high, 4),
                 "recall_by_class": _recall_table(comparison),
             })
+    if promoted and record is not None:
+        metadata.update(_mirror_champion(context, registry, tenant, version))
     pruned = registry.prune(lifecycle.keep_decided, keep={version})
     serving = registry.champion_version()
     metadata.update({
@@ -128,6 +131,19 @@ def promoted_ensemble(
         check_name="candidate_promoted", passed=promoted, severity=AssetCheckSeverity.WARN,
         metadata={"candidate_version": version, "champion_version": serving or "none", "reason": reason},
     )
+
+
+def _mirror_champion(context, registry: ModelRegistry, tenant: str, version: str) -> dict:
+    """Point MLflow's ``champion`` alias at the version in service, when tracking is on (metadata to show)."""
+    tracker = tracker_from_settings()
+    if tracker is None:
+        return {}
+    try:
+        number = tracker.set_champion(tenant, version, registry.manifest(version), registry.manifest_path(version))
+    except Exception as exc:  # noqa: BLE001 - MLflow mirrors the registry, which already decided
+        context.log.warning(f"MLflow at {tracker.tracking_uri}: the champion alias was not moved to {version}: {exc}")
+        return {"mlflow_model_version": f"not registered: {exc}"[:300]}
+    return {"mlflow_model_version": f"legolas-{tenant} version {number} (alias champion)"}
 
 
 class PromoteConfig(Config):
@@ -154,6 +170,7 @@ def promote_version(context: OpExecutionContext, config: PromoteConfig, training
         record = _registry(training, lifecycle, config.tenant).promote(config.version, actor=run_actor(context), reason=config.reason)
     except (ValueError, ChampionUnavailableError) as exc:
         raise Failure(description=str(exc)) from None
+    _mirror_champion(context, _registry(training, lifecycle, config.tenant), config.tenant, config.version)
     context.log.info(f"tenant {config.tenant}: {config.version} promoted (was {record['previous_champion']})")
     return record
 
@@ -164,6 +181,7 @@ def rollback_champion(context: OpExecutionContext, config: RollbackConfig, train
         record = _registry(training, lifecycle, config.tenant).rollback(actor=run_actor(context), reason=config.reason)
     except (ValueError, ChampionUnavailableError) as exc:
         raise Failure(description=str(exc)) from None
+    _mirror_champion(context, _registry(training, lifecycle, config.tenant), config.tenant, record["version"])
     context.log.info(f"tenant {config.tenant}: rolled back to {record['version']} (from {record['rolled_back_from']})")
     return record
 

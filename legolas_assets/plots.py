@@ -43,16 +43,34 @@ def training_curve(history: list[dict], path: Path, title: str) -> Path:
     return _save(fig, path)
 
 
+def fold_curves(histories: dict[int, list[dict]], path: Path, title: str) -> Path:
+    """Every fold's validation balanced accuracy per epoch in one plot, one labelled line per fold."""
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for fold, history in sorted(histories.items()):
+        ax.plot([h["epoch"] for h in history], [h["val_balanced_accuracy"] for h in history], "o-", label=f"fold {fold}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("val balanced accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="lower right", title="validation curve", title_fontsize=7)
+    return _save(fig, path)
+
+
 def confusion_matrix(matrix: list[list[int]], classes: list[str], path: Path, title: str) -> Path:
-    fig, ax = plt.subplots(figsize=(1.2 + 0.8 * len(classes), 1.0 + 0.7 * len(classes)))
-    ax.imshow(matrix, cmap="Blues")
+    """Row-normalised colours (recall on the diagonal) with the counts written in each cell, and a colour bar."""
+    rows = [sum(row) or 1 for row in matrix]
+    shares = [[value / total for value in row] for row, total in zip(matrix, rows)]
+    fig, ax = plt.subplots(figsize=(2.2 + 0.8 * len(classes), 1.0 + 0.7 * len(classes)))
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    bar.set_label("share of the true class", fontsize=8)
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(classes)), classes, fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    peak = max(max(row) for row in matrix) or 1
     for i, row in enumerate(matrix):
         for j, value in enumerate(row):
-            ax.text(j, i, str(value), ha="center", va="center", fontsize=8, color="white" if value > peak / 2 else "black")
-    ax.set_title(title)
+            color = "white" if shares[i][j] > 0.5 else "black"
+            ax.text(j, i, f"{value}\n{shares[i][j]:.0%}", ha="center", va="center", fontsize=7, color=color)
+    ax.set_title(f"{title}\n(cell: count and share of the row)", fontsize=9)
     return _save(fig, path)

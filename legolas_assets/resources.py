@@ -18,6 +18,7 @@ from legolas_ml.lifecycle.artifacts import TenantArtifacts, validate_tenant
 from legolas_ml.lifecycle.holdout import DEFAULT_HOLDOUT_SHARE, validate_share
 from legolas_ml.lifecycle.promotion import PromotionPolicy
 from legolas_ml.lifecycle.registry import ModelRegistry
+from legolas_ml.review.audit import REASONS, AuditSettings
 from legolas_ml.training.config import DEFAULT_MODEL, TrainingConfig
 from legolas_ml.training.modeling import device_description, resolve_device, resolve_precision
 from legolas_ml.data.store import open_tenant_store, redact_uri
@@ -217,6 +218,26 @@ class LifecycleResource(ConfigurableResource):
     def registry(self, training: "TrainingResource", tenant: str) -> ModelRegistry:
         validate_share(self.holdout_share)
         return ModelRegistry(training.artifacts(tenant))
+
+
+class ReviewLoopResource(ConfigurableResource):
+    """The loop: how the ensemble in service scores documents and which labels the audit sends to people."""
+
+    scoring_batch_size: int = Field(default=512, description="documents read, scored and written together")
+    reasons: list[str] = Field(default=list(REASONS), description=f"audit reasons that flag a document, among {list(REASONS)}")
+    min_confidence: float = Field(default=0.7, description="low_confidence: the ensemble's top probability is below this")
+    max_entropy: float = Field(default=0.5, description="high_entropy: normalised entropy H(p)/log(C) above this")
+    novelty_quantile: float = Field(default=0.99, description="novelty: farther from the training data than this quantile of its own nearest distances")
+    max_flagged_share: float = Field(default=0.3, description="check: the share of audited documents flagged stays under this")
+
+    def audit_settings(self) -> AuditSettings:
+        """Raises ValueError naming the field, its allowed values and the value received."""
+        if self.scoring_batch_size < 1:
+            raise ValueError(f"review.scoring_batch_size must be >= 1, got {self.scoring_batch_size}")
+        return AuditSettings(
+            reasons=tuple(self.reasons), min_confidence=self.min_confidence, max_entropy=self.max_entropy,
+            novelty_quantile=self.novelty_quantile, max_flagged_share=self.max_flagged_share,
+        )
 
 
 def default_resources() -> dict[str, Any]:

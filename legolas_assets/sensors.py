@@ -23,6 +23,7 @@ from legolas_ml.lifecycle.retraining import (
     SUCCEEDED,
     RetrainPolicy,
     RetryPolicy,
+    backlog_in_state,
     parse_sensor_state,
     plan_tick,
     serialize_sensor_state,
@@ -30,6 +31,7 @@ from legolas_ml.lifecycle.retraining import (
 
 from .jobs import training_job
 from .resources import LifecycleResource, MongoResource, TrainingResource
+from .reviews import backlog_observation, read_backlog
 from .stages import n_fold_partitions
 
 
@@ -87,14 +89,15 @@ def retrain_on_new_reviews(
 ):
     tenant = mongo.tenant
     pending = parse_sensor_state(context.cursor)
-    registry = lifecycle.registry(training, tenant)
-    consumed = registry.consumed_reviews()
     try:
-        with mongo.open() as store:
-            waiting = store.reviews_after(consumed.as_tuple() if consumed else None)
+        backlog, waiting = read_backlog(mongo, training, lifecycle)
     except StoreUnavailableError as exc:
         # The state stays as it is: these reviews will be counted once the store is back.
+        consumed = lifecycle.registry(training, tenant).consumed_reviews()
         return SkipReason(f"tenant {tenant}: store unavailable, consumed up to {consumed or 'nothing yet'}: {exc}")
+    consumed = backlog.consumed
+    # The human_reviews asset shows the counts: observed on the first tick and whenever they change.
+    events = [] if backlog_in_state(context.cursor) == backlog.to_dict() else [backlog_observation(tenant, backlog)]
     retry = RetryPolicy(
         backoff=timedelta(seconds=lifecycle.retry_backoff_s),
         max_backoff=timedelta(seconds=lifecycle.retry_max_backoff_s),
@@ -102,11 +105,11 @@ def retrain_on_new_reviews(
     )
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     plan = plan_tick(tenant, consumed, waiting, pending, run_status_lookup(context.instance), now, policy_from_env(), retry)
+    cursor = serialize_sensor_state(plan.pending, backlog)
     if plan.request is None:
-        return SensorResult(skip_reason=plan.reason, cursor=serialize_sensor_state(plan.pending))
+        return SensorResult(skip_reason=f"{plan.reason} | {backlog.describe()}", cursor=cursor, asset_events=events)
     context.log.info(f"{plan.reason}; requesting {plan.request.request_id}")
     tags = {**retraining_tags(tenant, plan.reason), REQUEST_TAG: plan.request.request_id}
     return SensorResult(
-        run_requests=[RunRequest(run_key=plan.request.request_id, tags=tags)],
-        cursor=serialize_sensor_state(plan.pending),
+        run_requests=[RunRequest(run_key=plan.request.request_id, tags=tags)], cursor=cursor, asset_events=events,
     )

@@ -12,6 +12,7 @@ TRAINING = "training"
 EVALUATION = "evaluation"
 EXPLAINABILITY = "explainability"
 LIFECYCLE = "lifecycle"
+REVIEW_LOOP = "review_loop"
 
 # backfill_policy and Output(data_version=) are beta in Dagster 1.13 and used on purpose:
 # single-run partition ranges, and the dataset content hash as data version.

@@ -2,12 +2,14 @@
 
 import json
 
-from dagster import AssetExecutionContext, Failure, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, AssetObservation, Failure, MetadataValue, Output, TableColumn, TableRecord, TableSchema, asset
 
 from legolas_ml.lifecycle.artifacts import read_dataset, training_key
 from legolas_ml.runners.base import FoldWorkerLostError
 from legolas_ml.training.cross_validation import encode_dataset
 from legolas_ml.data.splits import SplitPlan
+from legolas_ml.training.progress import ProgressSnapshot, TrainingProgress, format_duration
+from legolas_ml.tracking import tracker_from_settings
 from legolas_ml.training.trainer import NonFiniteLossError
 from legolas_ml.training.training_log import close_training_log, open_training_log
 
@@ -50,14 +52,22 @@ def fold_models(
     logger, log_path = open_training_log(artifacts.logs_dir, context.run_id)
     context.log.info(f"training folds {keys} on {device['name']} ({device['precision']}); log file: {log_path}")
 
+    tracker = TrainingProgress([int(k) for k in keys], config.epochs)
+
     def progress(record: dict) -> None:
+        snapshot = tracker.epoch_finished(record["fold"], record["epoch"], stopping=record.get("stopping", False))
         line = (
             f"fold {record['fold']} epoch {record['epoch']}: train_loss {record['train_loss']:.4f} "
             f"val_loss {record['val_loss']:.4f} val_bal_acc {record['val_balanced_accuracy']:.4f} "
-            f"({record['elapsed_s']:.0f}s) - {record['checkpoint']}"
+            f"({record['elapsed_s']:.0f}s) - {record['checkpoint']}; {snapshot.describe()}"
         )
         context.log.info(line)
         logger.info(line)
+        # One observation per fold and epoch: the run page's event stream and the partition's
+        # events show the curve growing while the fold trains, before any materialization exists.
+        context.log_event(AssetObservation(
+            asset_key=context.asset_key, partition=str(record["fold"]), metadata=epoch_metadata(record, snapshot),
+        ))
 
     def note(line: str) -> None:
         context.log.info(line)
@@ -92,47 +102,91 @@ def fold_models(
     finally:
         close_training_log(logger)
 
-    if len(keys) == 1:
-        r = results[keys[0]]
-        metadata = {
-            "shipped_epoch": r["best_epoch"],
-            "trigger_epoch": r["trigger_epoch"] if r["trigger_epoch"] is not None else -1,
-            "rewind_epoch": r["rewind_epoch"] if r["rewind_epoch"] is not None else -1,
-            "held_copies_peak": r.get("held_copies_peak", 0),
-            "stop_reason": r["stop_reason"],
-            "reused_finished_fold": r["reused"],
-            "val_balanced_accuracy": r["best_metrics"]["balanced_accuracy"],
-            "val_accuracy": r["best_metrics"]["accuracy"],
-            "val_f1_macro": r["best_metrics"]["f1_macro"],
-            "duration_s": round(r["duration_s"], 1),
-            "train_samples_per_s": round(r["train_samples_per_s"], 1),
-            "device": device["name"],
-            "precision": r["precision"],
-            "peak_memory_mb": round(r["peak_memory_mb"]),
-            "checkpoint": MetadataValue.path(r["checkpoint_path"]),
-            "training_log": MetadataValue.path(str(log_path)),
-            "training_curve": plots.embed(r["curve_path"], f"fold {keys[0]} training curve"),
-        }
-        value = r
-    else:
-        metadata = {
-            "folds": MetadataValue.md(_fold_table(results)),
-            "device": device["name"],
-            "training_log": MetadataValue.path(str(log_path)),
-        }
-        value = results
-    yield Output(value, metadata=metadata)
+    tracker = tracker_from_settings()  # None unless LEGOLAS_MLFLOW_TRACKING_URI is set
+    if tracker is not None:
+        try:
+            run_ids = tracker.log_folds(labeled_dataset["tenant"], key_of_training, config.to_dict(), results)
+        except Exception as exc:  # noqa: BLE001 - MLflow mirrors the registry: its outage must not fail a training
+            context.log.warning(f"MLflow tracking at {tracker.tracking_uri} failed, folds not logged there: {exc}")
+        else:
+            for key in keys:
+                results[key]["mlflow_run_id"] = run_ids[key]
+    # Each fold partition gets its own numbers and curve, even when all folds train in one run
+    # (Output metadata alone would give every partition of the run the same values).
+    for key in keys:
+        context.add_asset_metadata(fold_metadata(results[key]), partition_key=key)
+    metadata = {
+        "folds_in_this_run": len(keys),
+        "device": device["name"],
+        "training_log": MetadataValue.path(str(log_path)),
+    }
+    yield Output(results[keys[0]] if len(keys) == 1 else results, metadata=metadata)
     yield from fold_check_results(results, n_classes=len(data.labels))
 
 
-def _fold_table(results: dict) -> str:
-    lines = [
-        "| fold | shipped epoch | rewind epoch | val bal. acc | val F1 | samples/s | duration s | peak MB |",
-        "|---|---|---|---|---|---|---|---|",
+def epoch_metadata(record: dict, snapshot: ProgressSnapshot) -> dict:
+    """An epoch's observation: its numbers (the partition's Plots tab draws them), then the run's progress."""
+    return {
+        "epoch": record["epoch"],
+        "train_loss": round(record["train_loss"], 4),
+        "val_loss": round(record["val_loss"], 4),
+        "val_balanced_accuracy": round(record["val_balanced_accuracy"], 4),
+        "val_f1_macro": round(record["val_f1_macro"], 4),
+        "checkpoint": record["checkpoint"],
+        "fold_elapsed_s": round(record["elapsed_s"], 1),
+        "run_epochs_done": snapshot.epochs_done,
+        "run_epochs_at_most": snapshot.epochs_at_most,
+        "run_folds_done": f"{snapshot.folds_done}/{snapshot.n_folds}",
+        "remaining_s_at_most": round(snapshot.remaining_s_at_most, 1),
+        "remaining": f"at most {format_duration(snapshot.remaining_s_at_most)} (if no fold stops early)",
+    }
+
+
+def _curve_table(history: list[dict], shipped_epoch: int) -> MetadataValue:
+    """One row per epoch: losses, validation balanced accuracy and F1, and which epoch ships."""
+    rows = [
+        TableRecord({
+            "epoch": h["epoch"],
+            "train_loss": round(h["train_loss"], 4),
+            "val_loss": round(h["val_loss"], 4),
+            "val_balanced_accuracy": round(h["val_balanced_accuracy"], 4),
+            "val_f1_macro": round(h.get("val_f1_macro", float("nan")), 4),
+            "shipped": "yes" if h["epoch"] == shipped_epoch else "",
+        })
+        for h in history
     ]
-    for key, r in sorted(results.items(), key=lambda kv: int(kv[0])):
-        lines.append(
-            f"| {key} | {r['best_epoch']} | {'-' if r['rewind_epoch'] is None else r['rewind_epoch']} | {r['best_metrics']['balanced_accuracy']:.4f} | "
-            f"{r['best_metrics']['f1_macro']:.4f} | {r['train_samples_per_s']:.1f} | {r['duration_s']:.0f} | {r['peak_memory_mb']:.0f} |"
-        )
-    return "\n".join(lines)
+    return MetadataValue.table(rows, schema=TableSchema(columns=[
+        TableColumn("epoch", "int"), TableColumn("train_loss", "float"), TableColumn("val_loss", "float"),
+        TableColumn("val_balanced_accuracy", "float"), TableColumn("val_f1_macro", "float"), TableColumn("shipped", "string"),
+    ]))
+
+
+def fold_metadata(r: dict) -> dict:
+    """One fold partition's materialization metadata: headline numbers first, then how it trained."""
+    metrics = r["best_metrics"]
+    early = r["trigger_epoch"] is not None
+    return {
+        "val_balanced_accuracy": round(metrics["balanced_accuracy"], 4),
+        "val_f1_macro": round(metrics["f1_macro"], 4),
+        "val_accuracy": round(metrics["accuracy"], 4),
+        "shipped_epoch": r["best_epoch"],
+        "epochs_run": r["epochs_run"],
+        "stopped_early": early,
+        # Words, never a raw None: "ran every epoch" or where early stopping triggered and rewound to.
+        "early_stopping": (
+            f"triggered at epoch {r['trigger_epoch']}, rewound to epoch {r['rewind_epoch']}" if early else "ran every epoch"
+        ),
+        "stop_reason": r["stop_reason"],
+        "train_samples_per_s": round(r["train_samples_per_s"], 1),
+        "duration_s": round(r["duration_s"], 1),
+        "peak_memory_mb": round(r["peak_memory_mb"]),
+        "held_copies_peak": r.get("held_copies_peak", 0),
+        "precision": r["precision"],
+        "reused_finished_fold": r["reused"],
+        # Dagster 1.13 shows Markdown (the PNG) behind a "Show Markdown" button; the same curve as a
+        # table renders inline on the partition's page.
+        "curve_by_epoch": _curve_table(r["history"], r["best_epoch"]),
+        "training_curve": plots.embed(r["curve_path"], f"fold {r['fold']} training curve"),
+        "checkpoint": MetadataValue.path(r["checkpoint_path"]),
+        **({"mlflow_run_id": r["mlflow_run_id"]} if r.get("mlflow_run_id") else {}),
+    }

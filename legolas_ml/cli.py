@@ -12,10 +12,12 @@ from pathlib import Path
 
 from legolas_ml import settings
 from legolas_ml.lifecycle import commands as lifecycle_commands
-from legolas_ml.lifecycle.artifacts import TenantArtifacts, validate_tenant
+from legolas_ml.lifecycle.artifacts import TenantArtifacts
+from legolas_ml.lifecycle.commands import tenant_argument
 from legolas_ml.lifecycle.registry import ChampionUnavailableError, ModelRegistry
 from legolas_ml.data.demo_data import generate_demo_data
-from legolas_ml.data.review_import import import_reviews
+from legolas_ml.data.review_import import IMPORT_FORMATS, import_reviews
+from legolas_ml.review.queue import FORMATS, queue_size, review_queue, write_queue
 from legolas_ml.data.store import StoreUnavailableError, list_tenants, open_tenant_store, scrub, validate_database
 from legolas_ml.data.store_integrity import StoreIntegrityError
 from legolas_ml.data.store_lock import StoreBusyError
@@ -48,16 +50,40 @@ def cmd_demo_data(args) -> int:
 
 def cmd_import_reviews(args) -> int:
     with _store(args, writer=True) as store:
-        report = import_reviews(args.file, store)
+        report = import_reviews(args.file, store, fmt=args.format)
     for line_no, reason in report.rejected:
         print(f"{args.file}:{line_no}: rejected: {reason}", file=sys.stderr)
     if report.rejected_count > len(report.rejected):
         print(f"... and {report.rejected_count - len(report.rejected)} more rejected lines", file=sys.stderr)
     print(
         f"{args.file}: {report.lines} lines, {report.imported} reviews imported, "
-        f"{report.duplicates} already present, {report.rejected_count} rejected"
+        f"{report.duplicates} already present, {report.unlabelled} left unlabelled, {report.rejected_count} rejected"
     )
     return 0 if report.ok else 1
+
+
+def cmd_review_queue(args) -> int:
+    """Export the review queue, highest priority first, in the format `import-reviews` reads back."""
+    with _store(args) as store:
+        records = review_queue(store, args.limit)
+    if args.output == "-":
+        n = write_queue(records, sys.stdout, args.format)
+    else:
+        from legolas_ml.atomic_io import atomic_write
+
+        def write(tmp):
+            with open(tmp, "w", encoding="utf-8", newline="") as handle:
+                write_queue(records, handle, args.format)
+
+        atomic_write(Path(args.output), write)
+        n = len(records)
+    where = "" if args.output == "-" else f" to {args.output}"
+    print(
+        f"tenant {args.tenant!r}: {n} documents in the review queue{where}; fill in 'label' and run "
+        f"`legolas import-reviews <file> --tenant {args.tenant}`",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def cmd_status(args) -> int:
@@ -71,7 +97,7 @@ def cmd_status(args) -> int:
     if not tenants:
         print("no tenants in the store yet (run: legolas demo-data)")
         return 0
-    print(f"{'tenant':<20} {'documents':>10} {'reviews':>8} {'waiting':>8}  {'newest review':<20} champion")
+    print(f"{'tenant':<20} {'documents':>10} {'reviews':>8} {'waiting':>8} {'queue':>6}  {'newest review':<20} champion")
     champions = {}
     for tenant in tenants:
         args.tenant = tenant
@@ -85,8 +111,9 @@ def cmd_status(args) -> int:
         with _store(args) as store:
             counts = store.counts()
             waiting = len(store.reviews_after(consumed.as_tuple() if consumed else None))
+            queued = queue_size(store)
         newest = counts["newest_review"].isoformat(timespec="seconds") if counts["newest_review"] else "-"
-        print(f"{tenant:<20} {counts['classifications']:>10} {counts['reviews']:>8} {waiting:>8}  {newest:<20} {label}")
+        print(f"{tenant:<20} {counts['classifications']:>10} {counts['reviews']:>8} {waiting:>8} {queued:>6}  {newest:<20} {label}")
     for tenant, manifest in champions.items():
         if manifest is None:
             continue
@@ -102,8 +129,8 @@ def cmd_status(args) -> int:
             print(f"  last decision: {last['action']} {last['version']} at {last['at']}: {last['reason']}")
         print(f"  manifest:  {registry.manifest_path(manifest['version'])}")
         print(f"  folds:     {Path(manifest['checkpoints'][0]).parent}")
-        report = registry.version_dir(manifest["version"]) / "explainability" / "report.html"
-        if report.exists():
+        report = registry.latest_report(manifest["version"])
+        if report is not None:
             print(f"  report:    {report}")
         print(f"  decisions: {registry.decisions_path} (`legolas versions --tenant {tenant}`)")
     return 0
@@ -135,6 +162,16 @@ def cmd_repair_store(args) -> int:
     return 0
 
 
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {value!r}")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="legolas", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -146,15 +183,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo_data)
     imp = sub.add_parser("import-reviews", help="import human reviews from a JSONL file")
     imp.add_argument("file")
+    imp.add_argument("--format", choices=IMPORT_FORMATS, default="auto", help="default: csv for *.csv files, else jsonl")
     imp.set_defaults(func=cmd_import_reviews)
+    queue = sub.add_parser("review-queue", help="export the documents waiting for a human review, highest priority first")
+    queue.add_argument("--limit", type=_positive_int, default=None, help="at most this many documents (default: all)")
+    queue.add_argument("--format", choices=FORMATS, default="jsonl")
+    queue.add_argument("--output", default="-", help="a file to write (atomically); default: standard output")
+    queue.set_defaults(func=cmd_review_queue)
     status = sub.add_parser("status", help="documents, reviews and model per tenant")
     status.set_defaults(func=cmd_status)
     repair = sub.add_parser("repair-store", help="remove duplicate copies that break the store's unique indexes")
-    repair.add_argument("--tenant", type=validate_tenant, default=None, help="default: every tenant in the store")
+    repair.add_argument("--tenant", type=tenant_argument, default=None, help="default: every tenant in the store")
     repair.set_defaults(func=cmd_repair_store)
     lifecycle_commands.add_commands(sub, settings.tenant())
-    for p in (demo, imp):
-        p.add_argument("--tenant", type=validate_tenant, default=settings.tenant(), help="default: $LEGOLAS_TENANT or 'demo'")
+    for p in (demo, imp, queue):
+        p.add_argument("--tenant", type=tenant_argument, default=settings.tenant(), help="default: $LEGOLAS_TENANT or 'demo'")
     return parser
 
 
@@ -165,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     except (StoreUnavailableError, StoreBusyError, StoreIntegrityError) as exc:
         print(f"legolas: {scrub(str(exc), settings.mongo_uri())}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError, ChampionUnavailableError) as exc:
+    except (OSError, ValueError, ChampionUnavailableError) as exc:
         print(f"legolas: {scrub(str(exc), settings.mongo_uri())}", file=sys.stderr)
         return 2
 

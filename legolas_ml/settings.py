@@ -204,6 +204,36 @@ def retrain_max_age_hours() -> float:
     return _positive_float("LEGOLAS_RETRAIN_MAX_AGE_HOURS", 24.0, allow_zero=True, hint="0 turns the age trigger off")
 
 
+# --- what the UI links to, experiment tracking ---------------------------------------------------
+
+
+def artifacts_url() -> str:
+    """``LEGOLAS_ARTIFACTS_URL``: the http(s) URL serving ``$LEGOLAS_HOME/output`` (``make artifacts``);
+    metadata then links each artifact under it. Unset: artifacts are shown as paths only."""
+    raw = _raw("LEGOLAS_ARTIFACTS_URL")
+    if raw is None:
+        return ""
+    if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", raw):
+        raise SettingsError(f"LEGOLAS_ARTIFACTS_URL must be an http:// or https:// URL such as http://127.0.0.1:3001, got {raw!r}")
+    return raw.rstrip("/")
+
+
+def mlflow_tracking_uri() -> str:
+    """``LEGOLAS_MLFLOW_TRACKING_URI``: log folds and register champions in MLflow; unset = off.
+
+    ``sqlite:///var/mlflow.db`` (a local store), a ``file:`` directory, or an ``http(s)://`` server.
+    """
+    raw = _raw("LEGOLAS_MLFLOW_TRACKING_URI")
+    if raw is None:
+        return ""
+    if not re.match(r"^(sqlite:///|file:|https?://|postgresql(\+\w+)?://|mysql(\+\w+)?://)", raw):
+        raise SettingsError(
+            "LEGOLAS_MLFLOW_TRACKING_URI must start with sqlite:///, file:, http://, https://, postgresql:// or mysql://, "
+            f"got {raw!r}"
+        )
+    return raw
+
+
 # --- where folds train (legolas_ml.runners) ------------------------------------------------------
 
 

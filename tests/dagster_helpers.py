@@ -10,7 +10,7 @@ from dagster import DagsterInstance, materialize
 from legolas_assets.definitions import ASSETS
 from legolas_assets.checks import ALL_CHECKS
 from legolas_assets.io_manager import JsonIOManager
-from legolas_assets.resources import GPUResource, LifecycleResource, MongoResource, TrainingResource
+from legolas_assets.resources import GPUResource, LifecycleResource, MongoResource, ReviewLoopResource, TrainingResource
 from synthetic import TINY_OVERRIDES
 
 TINY_TRAINING = dict(
@@ -27,6 +27,7 @@ TINY_TRAINING = dict(
 def resources(home: Path, tenant: str = "demo", mongo: MongoResource | None = None, lifecycle: dict | None = None, **training) -> dict:
     return {
         "lifecycle": LifecycleResource(**(lifecycle or {})),
+        "review": ReviewLoopResource(),
         "mongo": mongo or MongoResource(tenant=tenant, data_dir=str(home)),
         "gpu": GPUResource(device="cpu", precision="fp32"),
         "training": TrainingResource(output_dir=str(home / "output"), **{**TINY_TRAINING, **training}),

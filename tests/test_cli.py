@@ -64,8 +64,42 @@ def test_import_missing_file_and_bad_tenant(capsys):
     assert "/nonexistent/file.jsonl" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["demo-data", "--tenant", "../etc"])
+    # The reason, with the allowed characters and the value, not argparse's "invalid ... value".
+    assert "tenant must be 1-64 characters of letters, digits" in capsys.readouterr().err
 
 
 def test_entry_point_installed():
     result = subprocess.run([sys.executable, "-m", "legolas_ml.cli", "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "import-reviews" in result.stdout
+
+
+def test_status_shows_the_champions_newest_report(home, capsys):
+    """Each explainability run writes its own report (runs/<run_id>/explainability/): status names the newest."""
+    import os
+
+    import torch
+
+    from legolas_ml.lifecycle.artifacts import TenantArtifacts
+    from legolas_ml.lifecycle.registry import ModelRegistry
+    from legolas_ml.training.checkpoint import save_checkpoint
+
+    assert main(["demo-data", "--conversations", "60", "--reviews", "10"]) == 0
+    checkpoint = save_checkpoint(home / "fold0.safetensors", {"w": torch.ones(1)}, {
+        "epoch": 0, "metrics": {}, "labels": ["a", "b"], "model_config": {}, "training_config": {}})
+    registry = ModelRegistry(TenantArtifacts(home / "output", "demo"))
+    registry.write_candidate({
+        "version": "v1", "checkpoints": [str(checkpoint)], "mode": "first", "created_at": "2026-11-25T10:00:00Z",
+        "test_metrics": {"balanced_accuracy": 0.8, "n": 40},
+    })
+    registry.promote("v1", actor="test", reason="test")
+    reports = []
+    for k, run in enumerate(["run-b", "run-a"]):  # the newest is not the last by name
+        report = registry.version_dir("v1") / "runs" / run / "explainability" / "report.html"
+        report.parent.mkdir(parents=True)
+        report.write_text("<html></html>")
+        os.utime(report, ns=(10**18 + k * 10**9, 10**18 + k * 10**9))
+        reports.append(report)
+    capsys.readouterr()
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert f"  report:    {reports[-1]}\n" in out and str(reports[0]) not in out

@@ -111,3 +111,10 @@ def test_daemon_sensor_launches_a_run_that_promotes_and_serialises_a_tenant(tmp_
     assert registry.champion()["version"] == decision["version"]
     # The decision consumed the reviews the run trained on: the sensor's next tick counts none.
     assert registry.consumed_reviews() is not None
+    # The same run closed the loop: the new champion scored every unreviewed document and audited the LLM labels.
+    with open_tenant_store(None, tmp_path, "legolas", "demo") as store:
+        reviewed = store.reviewed_session_ids()
+        scored = {d["session_id"] for d in store.classification_fields(("ml_model_version",)) if d.get("ml_model_version") == decision["version"]}
+        flagged = [d for d in store.flagged_for_review(("review_reason",)) if d.get("review_reason")]
+    assert scored and not scored & reviewed
+    assert flagged, "label_audit flagged nothing in the daemon's run"

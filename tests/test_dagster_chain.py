@@ -47,10 +47,11 @@ def test_whole_chain_materializes(chain):
     assert result.success
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
     assert materialized == {
-        "labeled_dataset", "stratified_splits", "fold_models", "cv_metrics", "ensemble_model", "promoted_ensemble", "explainability_report"
+        "labeled_dataset", "stratified_splits", "fold_models", "cv_metrics", "ensemble_model", "promoted_ensemble", "explainability_report",
+        "ensemble_predictions", "label_audit",
     }
     checks = result.get_asset_check_evaluations()
-    assert len(checks) == 13
+    assert len(checks) == 16
     assert [c.check_name for c in checks if not c.passed and c.severity.value == "ERROR"] == []
 
 
@@ -58,6 +59,7 @@ def test_metadata_users_look_for(chain):
     home, _, result = chain
     data = _metadata(result, "labeled_dataset")
     assert data["mode"].value == "first" and data["from_llm"].value > 0 and data["quarantined"].value > 0
+    assert data["vs_model_in_service"].value == "no model in service: a first training"
     cv = _metadata(result, "cv_metrics")
     assert 0 < cv["balanced_accuracy_mean"].value <= 1 and cv["per_fold"].value.records
     ens = _metadata(result, "ensemble_model")
@@ -76,12 +78,36 @@ def test_metadata_users_look_for(chain):
     assert logs and "fold 2 epoch 0" in logs[0].read_text()
 
 
+def test_the_loop_scores_and_audits_after_the_promotion(chain):
+    home, _, result = chain
+    predictions = _metadata(result, "ensemble_predictions")
+    audit = _metadata(result, "label_audit")
+    champion = ModelRegistry(TenantArtifacts(home / "output", "demo")).champion()["version"]
+    assert predictions["model_version"].value == champion == audit["model_version"].value
+    assert predictions["coverage"].value == 1.0 and predictions["scored"].value > 0
+    assert audit["audited"].value > 0 and audit["out_of_fold"].value > 0  # the first training's LLM sessions
+    assert audit["review_queue_size"].value >= audit["flagged"].value
+    assert audit["top_of_queue"].value.records and set(audit["queue_by_reason"].value) <= {
+        "label_issue", "disagreement", "low_confidence", "high_entropy", "novelty", "label_not_in_model", "flagged_before_audit"}
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert checks["predictions_cover_unreviewed"].passed
+    assert checks["flagged_share_under_threshold"].metadata["observed_share"].value == audit["flagged_share"].value
+    with open_tenant_store(None, home, "legolas", "demo") as store:
+        scored = store.classifications.count_documents({"tenant": "demo", "ml_model_version": champion})
+    assert scored == predictions["scored"].value
+
+
 def test_second_training_is_a_retraining(chain):
     home, instance, _ = chain
     # Humans only is too few rows for K folds here: the blocking check may stop the run; the mode is what matters.
     result = run_chain(home, instance, selection=["labeled_dataset"], raise_on_error=False)
     data = _metadata(result, "labeled_dataset")
     assert data["mode"].value == "retrain" and data["from_llm"].value == 0
+    # The diff against the model in service: every LLM row is gone, which the shrinkage check also sees.
+    assert data["rows_change"].value == data["rows"].value - data["champion_rows"].value < 0
+    parts = {r.data["part"]: r.data for r in data["diff_by_class_and_source"].value.records}
+    assert parts["source llm"]["now"] == 0 and parts["source llm"]["model_in_service"] > 0
+    assert f"{data['rows'].value} rows vs {data['champion_rows'].value} for the model in service" in data["vs_model_in_service"].value
 
 
 def test_blocking_check_stops_downstream(tmp_path):
@@ -95,8 +121,9 @@ def test_blocking_check_stops_downstream(tmp_path):
     from legolas_assets.definitions import ASSETS
     from legolas_assets.checks import ALL_CHECKS
 
+    instance = DagsterInstance.ephemeral()
     result = materialize(
-        ASSETS + ALL_CHECKS, resources=resources(tmp_path, tenant="tiny"), instance=DagsterInstance.ephemeral(),
+        ASSETS + ALL_CHECKS, resources=resources(tmp_path, tenant="tiny"), instance=instance,
         selection=["labeled_dataset", "stratified_splits"], raise_on_error=False,
     )
     assert not result.success
@@ -105,9 +132,30 @@ def test_blocking_check_stops_downstream(tmp_path):
     failed = [c for c in result.get_asset_check_evaluations() if not c.passed]
     assert [c.check_name for c in failed] == ["enough_members_per_class"]
     assert failed[0].metadata["needed_per_class"].value == 4  # the numbers are shown, not just "failed"
+    # The check says which materialization it judged and when, in UTC; run on its own later, still that one.
+    from datetime import datetime, timezone
+
+    from dagster import AssetSelection, DagsterEventType
+
+    [event] = instance.all_logs(result.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
+
+    from legolas_assets.checks import enough_members_per_class
+
+    materialized_at = f"{datetime.fromtimestamp(event.timestamp, timezone.utc):%Y-%m-%dT%H:%M:%S} UTC"
+    meta = failed[0].metadata
+    assert meta["evaluated_run"].value == result.run_id and meta["evaluated_in_this_run"].value is True
+    assert meta["evaluated_materialized_at"].value == materialized_at and meta["checked_at"].value.endswith(" UTC")
+    later = materialize(
+        ASSETS + ALL_CHECKS, resources=resources(tmp_path, tenant="tiny"), instance=instance,
+        selection=AssetSelection.checks(enough_members_per_class),
+        raise_on_error=False,
+    )
+    [again] = later.get_asset_check_evaluations()
+    assert later.run_id != result.run_id and again.metadata["evaluated_run"].value == result.run_id
+    assert again.metadata["evaluated_in_this_run"].value is False and again.metadata["evaluated_materialized_at"].value == materialized_at
 
 
-def _cli(home: Path, *args: str) -> subprocess.CompletedProcess:
+def _cli(home: Path, *args: str, command: tuple[str, ...] = ("asset", "materialize")) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
         "LEGOLAS_HOME": str(home),
@@ -124,7 +172,7 @@ def _cli(home: Path, *args: str) -> subprocess.CompletedProcess:
     (home / "dagster").mkdir(parents=True, exist_ok=True)
     (home / "dagster" / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
     return subprocess.run(
-        [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "legolas_assets.definitions", *args],
+        [sys.executable, "-m", "dagster", *command, "-m", "legolas_assets.definitions", *args],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
 
@@ -141,6 +189,22 @@ def test_cli_single_fold_and_partition_range(tmp_path):
     assert every.returncode == 0, every.stderr[-3000:]
     assert sorted(p.name for p in values.glob("*.json")) == ["0.json", "1.json", "2.json"]
     assert "fold_models" in every.stderr and "RUN_SUCCESS" in every.stderr
+    # The README's and `make demo`'s chain command: one run of the named job, every fold partition in it
+    # (the folds just trained are reused: same data, split and config).
+    tags = json.dumps({"dagster/asset_partition_range_start": "0", "dagster/asset_partition_range_end": "2"})
+    chain = _cli(tmp_path, "-j", "training_job", "--tags", tags, command=("job", "execute"))
+    assert chain.returncode == 0, chain.stderr[-3000:]
+    from dagster import DagsterEventType, RunsFilter
+
+    from legolas_assets.jobs import ASSETS
+
+    with DagsterInstance.from_config(str(tmp_path / "dagster")) as instance:
+        assert {r.job_name for r in instance.get_runs()} == {"training_job", "__ASSET_JOB"}
+        [run] = instance.get_runs(filters=RunsFilter(job_name="training_job"))
+        assert run.is_success
+        events = [e.dagster_event for e in instance.all_logs(run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)]
+    assert {e.asset_key for e in events} == {a.key for a in ASSETS}  # the whole chain
+    assert sorted(e.partition for e in events if e.asset_key == AssetKey("fold_models")) == ["0", "1", "2"]
 
 
 def test_sensor_retrains_on_imported_reviews(chain, tmp_path, monkeypatch):
@@ -170,7 +234,8 @@ def test_sensor_retrains_on_imported_reviews(chain, tmp_path, monkeypatch):
     request = result.run_requests[0]
     assert set(training_job.selection.resolve(build_defs_graph())) == {
         AssetKey(a) for a in (
-            "labeled_dataset", "stratified_splits", "fold_models", "cv_metrics", "ensemble_model", "promoted_ensemble", "explainability_report"
+            "labeled_dataset", "stratified_splits", "fold_models", "cv_metrics", "ensemble_model", "promoted_ensemble", "explainability_report",
+            "ensemble_predictions", "label_audit",
         )
     }
     run = run_chain(home, instance)  # what the daemon launches for the request: every asset, folds 0..K-1

@@ -46,7 +46,7 @@ def test_import_rejects_every_hostile_line_by_number_and_finishes_the_file(tmp_p
     monkeypatch.setenv("LEGOLAS_HOME", str(tmp_path))
     assert main(["import-reviews", str(path), "--tenant", "acme"]) == 1
     captured = capsys.readouterr()
-    assert "11 lines, 3 reviews imported, 0 already present, 8 rejected" in captured.out
+    assert "11 lines, 3 reviews imported, 0 already present, 0 left unlabelled, 8 rejected" in captured.out
     for line_no, why in [(2, "reviewed_at"), (3, "reviewed_at"), (4, "label is not valid UTF-8"), (5, "text is not valid UTF-8"),
                          (6, "session_id is not valid UTF-8"), (7, "not valid JSON (nested deeper"), (8, "not valid JSON"), (9, "confidence")]:
         assert f"hostile.jsonl:{line_no}: rejected: {why}" in captured.err, (line_no, captured.err[-2000:])
@@ -73,7 +73,7 @@ def test_gate_quarantines_hostile_documents_stored_directly_and_names_them(tmp_p
         result = gate_from_store(store, has_model=True)
     assert result.quarantined["invalid_reviewed_at"] == 2 and list(result.dataset["session_id"]) == ["ok"]
     named = {s["session_id"] for s in result.quarantine_samples if s["reason"] == "invalid_reviewed_at"}
-    assert named == {"'under'", "'over'"}
+    assert named == {"under", "over"}  # plain ids, as people type them (not repr'd)
 
 
 def test_gate_survives_deep_nesting_huge_ints_and_surrogates_in_every_field():

@@ -43,3 +43,21 @@ def test_same_gate_rules_on_mongodb(store):
     assert result.superseded["llm_by_human_review"] == 1 and result.superseded["reviews_by_later_review"] == 1
     assert len(store.reviews_after(None)) == 2
     assert store.insert_review({"session_id": "s1", "label": "w", "reviewed_at": t}) is False
+
+
+def test_same_loop_queries_on_mongodb(store):
+    """The scoring and audit writes: human decisions and edited texts are never overwritten."""
+    store.insert_classifications([
+        {"session_id": "s1", "text": "a", "llm_prediction": "x", "classification_method": "llm"},
+        {"session_id": "s2", "text": "b", "llm_prediction": "y", "classification_method": "human_review"},
+        {"session_id": "s3", "text": "c", "llm_prediction": "y", "classification_method": "llm", "needs_review": True},
+    ])
+    store.insert_review({"session_id": " s3 ", "label": "z", "reviewed_at": datetime(2026, 1, 1)})
+    assert store.reviewed_session_ids() == {"s2", "s3"}
+    assert store.reviewed_session_ids(among=["s1", "s3"]) == {"s3"}
+    assert store.update_unreviewed("s1", {"$set": {"ml_prediction": "x"}}, text="a") is True
+    assert store.update_unreviewed("s1", {"$set": {"ml_prediction": "q"}}, text="edited meanwhile") is False
+    assert store.update_unreviewed("s2", {"$set": {"ml_prediction": "x"}}) is False  # a human decided
+    docs = {d["session_id"]: d for d in store.classification_fields(("ml_prediction",))}
+    assert docs["s1"]["ml_prediction"] == "x" and "ml_prediction" not in docs["s2"]
+    assert [d["session_id"] for d in store.flagged_for_review(("text",))] == ["s3"]

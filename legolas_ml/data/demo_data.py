@@ -155,6 +155,7 @@ def generate_demo_data(
     seed: int = 7,
     start: datetime | None = None,
     extra_turns: float = 0.0,
+    truth: dict[str, str] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Classification documents and human review documents (without the ``tenant`` field).
 
@@ -165,6 +166,8 @@ def generate_demo_data(
         start: timestamp of the first document (default 2026-01-05 09:00).
         extra_turns: mean number of extra agent/customer turns per conversation (longer, more
             variable texts, for benchmarks; the demo keeps 0 so it trains in minutes).
+        truth: filled with ``session_id -> true class`` when given (benchmarks measure the label
+            audit against it; the store never sees it).
 
     Returns:
         ``(classifications, reviews)``.
@@ -176,7 +179,8 @@ def generate_demo_data(
     rng = random.Random(seed)
     start = start or datetime(2026, 1, 5, 9, 0)
     labels = list(CLASS_SHARES)
-    classifications, truth = [], {}
+    classifications = []
+    truth = {} if truth is None else truth
     for i in range(n_conversations):
         label = rng.choices(labels, weights=list(CLASS_SHARES.values()), k=1)[0]
         session_id = f"conv-{i:06d}"

@@ -24,12 +24,13 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 import pandas as pd
 
 from legolas_ml.data.ids import normalise_session_id
+from legolas_ml.data.timestamps import parse_timestamp
 from legolas_ml.lifecycle.retraining import ReviewCursor
 
 MODES = ("auto", "first", "retrain")
@@ -148,29 +149,6 @@ def check_text(text: Any, max_chars: int) -> tuple[str | None, str | None]:
     return text, None
 
 
-def parse_timestamp(value: Any) -> datetime | None:
-    """A naive-UTC datetime from a datetime or ISO-8601 string; ``None`` if it cannot be ordered.
-
-    ``None`` also when the instant has no naive-UTC form: ``0001-01-01T00:00:00+01:00`` is in year 0
-    and ``9999-12-31T23:59:59-01:00`` in year 10000 once converted to UTC.
-    """
-    if isinstance(value, datetime):
-        ts = value
-    elif isinstance(value, str):
-        try:
-            ts = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError:
-            return None
-    else:
-        return None
-    if ts.tzinfo is not None:
-        try:
-            ts = ts.astimezone(timezone.utc).replace(tzinfo=None)
-        except (OverflowError, ValueError):
-            return None
-    return ts
-
-
 def _session_id(doc: Mapping[str, Any]) -> str | None:
     return normalise_session_id(doc.get("session_id"))
 
@@ -199,7 +177,20 @@ def _tiebreak_id(doc: Mapping[str, Any]) -> str:
 def _sample(doc: Mapping[str, Any], reason: str, source: str) -> dict[str, Any]:
     text = doc.get("text")
     preview = _preview(text) if text is not None else None
-    return {"reason": reason, "source": source, "session_id": _preview(doc.get("session_id"))[:60], "text": preview}
+    return {"reason": reason, "source": source, "session_id": _plain_id(doc.get("session_id")), "text": preview}
+
+
+def _plain_id(value: Any) -> str:
+    """A sample's session id as people type it (``conv-000013``, not ``'conv-000013'``), at most 60 characters.
+
+    A string is shown as it is (unprintable characters escaped); anything else as a bounded repr.
+    """
+    if value is None:
+        return "(missing)"
+    if isinstance(value, str):
+        text = value if value.isprintable() else value.encode("unicode_escape", "backslashreplace").decode("ascii")
+        return text[:60]
+    return _preview(value)[:60]
 
 
 def run_gate(

@@ -1,7 +1,8 @@
-"""Import human review decisions from a JSONL training log, line by line, in bounded memory.
+"""Import human review decisions from a JSONL training log (or a CSV), record by record, in bounded memory.
 
 Each line is one JSON object with ``session_id``, ``label`` and ``reviewed_at`` (ISO 8601), and
-optionally ``text``, ``reviewer``, ``confidence`` and ``notes``. A malformed line is reported with
+optionally ``text``, ``reviewer``, ``confidence`` and ``notes``; a CSV has those as columns. The
+review queue (``legolas review-queue``) exports exactly this format with an empty ``label``. A malformed line is reported with
 its number and skipped; the valid lines are imported. Lines are read in binary with a length cap,
 so a 100 MB file, or one enormous line, never has to fit in memory at once.
 
@@ -13,8 +14,10 @@ cannot encode. The import always goes to the end of the file and reports.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -22,12 +25,17 @@ from typing import Any, BinaryIO
 from bson.errors import BSONError
 
 from legolas_ml.data.ids import normalise_session_id
-from legolas_ml.data.quality_gate import parse_timestamp
+from legolas_ml.data.timestamps import parse_timestamp
 
 MAX_LINE_BYTES = 2 * 1024 * 1024
 # Errors that belong to one record (bad values), as opposed to the store failing (which stops the import).
 _RECORD_ERRORS = (BSONError, ValueError, TypeError, OverflowError, RecursionError)
 OPTIONAL_STRINGS = ("text", "reviewer", "notes")
+IMPORT_FORMATS = ("auto", "jsonl", "csv")
+#: The "problem" of a record whose label is still empty: a queue entry, skipped without complaint.
+UNLABELLED = "unlabelled"
+#: Marks a parsed review whose reviewed_at is the import time (the record had none); never stored.
+STAMPED = "_reviewed_at_is_import_time"
 
 
 @dataclass
@@ -37,6 +45,7 @@ class ImportReport:
     lines: int = 0
     imported: int = 0
     duplicates: int = 0
+    unlabelled: int = 0  # queue entries whose label nobody filled in
     rejected_count: int = 0
     rejected: list[tuple[int, str]] = field(default_factory=list)  # (line number, reason), first 1000 kept
     max_kept_errors: int = 1000
@@ -67,8 +76,8 @@ def _read_lines(handle: BinaryIO, limit: int):
         yield line_no, chunk
 
 
-def parse_review_line(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
-    """(review document, None) or (None, why the line is rejected)."""
+def parse_review_line(raw: bytes, default_reviewed_at: datetime | None = None) -> tuple[dict[str, Any] | None, str | None]:
+    """(review document, None), (None, why the line is rejected) or (None, ``UNLABELLED``)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -83,15 +92,33 @@ def parse_review_line(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
         return None, f"not valid JSON ({str(exc)[:80]})"
     if not isinstance(obj, dict):
         return None, f"expected a JSON object, got {type(obj).__name__}"
+    return parse_review_record(obj, default_reviewed_at)
+
+
+def parse_review_record(obj: dict[str, Any], default_reviewed_at: datetime | None = None) -> tuple[dict[str, Any] | None, str | None]:
+    """Validate one decoded record (a JSON object or a CSV row).
+
+    A record whose ``label`` is null (an empty CSV cell) is a queue entry nobody labelled yet: ``(None,
+    UNLABELLED)``, skipped and counted, not rejected. A missing or empty ``reviewed_at`` becomes
+    ``default_reviewed_at`` when one is given (the import time), and the document is marked
+    ``STAMPED`` so the import can recognise a decision it already holds.
+    """
     sid, label = obj.get("session_id"), obj.get("label")
     if not isinstance(sid, str) or not sid.strip():
         return None, f"session_id must be a non-empty string, got {_short(sid)}"
     for key in ("session_id", "label", *OPTIONAL_STRINGS):
         if isinstance(obj.get(key), str) and not _is_utf8(obj[key]):
             return None, f"{key} is not valid UTF-8 (a lone surrogate such as \\ud800), got {_short(obj[key])}"
+    if "label" in obj and label is None:
+        return None, UNLABELLED
     if not isinstance(label, str) or not label.strip():
         return None, f"label must be a non-empty string, got {_short(label)}"
-    reviewed_at = parse_timestamp(obj.get("reviewed_at"))
+    raw_reviewed_at = obj.get("reviewed_at")
+    stamped = raw_reviewed_at in (None, "") and default_reviewed_at is not None
+    if stamped:
+        reviewed_at = default_reviewed_at
+    else:
+        reviewed_at = parse_timestamp(raw_reviewed_at)
     if reviewed_at is None:
         return None, (
             f"reviewed_at must be an ISO-8601 timestamp within years 1-9999 in UTC, got {_short(obj.get('reviewed_at'))}"
@@ -111,6 +138,8 @@ def parse_review_line(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
         if value is None or not math.isfinite(value):
             return None, f"confidence must be a finite number when present, got {_short(confidence, 40)}"
         doc["confidence"] = value
+    if stamped:
+        doc[STAMPED] = True
     return doc, None
 
 
@@ -130,40 +159,104 @@ def _short(value: Any, limit: int = 60) -> str:
         return f"<{type(value).__name__}>"
 
 
-def import_reviews(path: str | Path, store, max_line_bytes: int = MAX_LINE_BYTES) -> ImportReport:
-    """Import every valid line of ``path`` into the tenant's review collection.
+def _csv_records(path: Path, max_line_bytes: int):
+    """Yield (row number, record or None if unreadable, problem) from a CSV file with a header.
+
+    Empty cells are absent fields (``None``), and a ``confidence`` cell is read as a number, so
+    a CSV row is validated exactly like the JSON object it stands for.
+    """
+    csv.field_size_limit(max_line_bytes)
+    # utf-8-sig: a spreadsheet's byte-order mark must not become part of the first column's name.
+    with open(path, encoding="utf-8-sig", newline="", errors="surrogateescape") as handle:
+        reader = csv.DictReader(handle)
+        row_no = 1
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except (csv.Error, UnicodeError) as exc:
+                row_no += 1
+                yield row_no, None, f"not valid CSV ({str(exc)[:80]})"
+                continue
+            row_no = reader.line_num
+            record: dict[str, Any] = {k: (None if v in ("", None) else v) for k, v in row.items() if isinstance(k, str)}
+            if isinstance(record.get("confidence"), str):
+                try:
+                    record["confidence"] = float(record["confidence"])
+                except ValueError:
+                    pass  # rejected below as "confidence must be a finite number"
+            yield row_no, record, None
+
+
+def import_reviews(path: str | Path, store, max_line_bytes: int = MAX_LINE_BYTES, fmt: str = "auto") -> ImportReport:
+    """Import every valid record of ``path`` into the tenant's review collection.
+
+    Args:
+        path: a JSON-lines file, or a CSV file with a header row (``legolas review-queue`` writes both).
+        fmt: ``"jsonl"``, ``"csv"``, or ``"auto"`` (CSV when the file name ends in ``.csv``).
+
+    Records without a label are queue entries nobody labelled yet: counted as ``unlabelled``, not
+    rejected. Records without ``reviewed_at`` are stamped with the import time, unless the session
+    already has a review with the same label (the same file imported again after more rows were
+    labelled): that one counts as already present.
 
     Raises:
         FileNotFoundError: if ``path`` does not exist (named in the message).
+        ValueError: if ``fmt`` is not one of ``IMPORT_FORMATS``.
     """
+    if fmt not in IMPORT_FORMATS:
+        raise ValueError(f"format must be one of {list(IMPORT_FORMATS)}, got {fmt!r}")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"review file {path} does not exist or is not a file")
+    if fmt == "auto":
+        fmt = "csv" if path.suffix.lower() == ".csv" else "jsonl"
+    imported_at = datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
     report = ImportReport()
+    records = _csv_records(path, max_line_bytes) if fmt == "csv" else _json_records(path, max_line_bytes, imported_at)
+    for line_no, parsed, problem in records:
+        report.lines += 1
+        if problem is None and fmt == "csv":
+            try:
+                parsed, problem = parse_review_record(parsed, imported_at)
+            except _RECORD_ERRORS as exc:
+                parsed, problem = None, f"unreadable ({type(exc).__name__}: {str(exc)[:80]})"
+        if problem == UNLABELLED:
+            report.unlabelled += 1
+            continue
+        if problem:
+            report.reject(line_no, problem)
+            continue
+        if parsed.pop(STAMPED, False) and store.has_review(parsed["session_id"], parsed["label"]):
+            # A queue file labelled in several sittings is imported again and again: a row without
+            # its own reviewed_at whose decision is already stored is the same review, not a new one.
+            report.duplicates += 1
+            continue
+        try:
+            inserted = store.insert_review(parsed)
+        except _RECORD_ERRORS as exc:  # a document the store cannot encode
+            report.reject(line_no, f"cannot be stored ({type(exc).__name__}: {str(exc)[:80]})")
+            continue
+        if inserted:
+            report.imported += 1
+        else:
+            report.duplicates += 1
+    return report
+
+
+def _json_records(path: Path, max_line_bytes: int, imported_at: datetime):
+    """Yield (line number, review document or None, problem) for each non-blank line of a JSONL file."""
     with open(path, "rb") as handle:
         for line_no, raw in _read_lines(handle, max_line_bytes):
-            report.lines += 1
             if raw is None:
-                report.reject(line_no, f"line longer than {max_line_bytes} bytes")
+                yield line_no, None, f"line longer than {max_line_bytes} bytes"
                 continue
             if not raw.strip():
-                report.lines -= 1  # blank lines are not records
-                continue
+                continue  # blank lines are not records
             # Any error of one record is that line's rejection, never a reason to stop half way.
             try:
-                doc, problem = parse_review_line(raw)
+                doc, problem = parse_review_line(raw, imported_at)
             except _RECORD_ERRORS as exc:
                 doc, problem = None, f"unreadable ({type(exc).__name__}: {str(exc)[:80]})"
-            if problem:
-                report.reject(line_no, problem)
-                continue
-            try:
-                inserted = store.insert_review(doc)
-            except _RECORD_ERRORS as exc:  # a document the store cannot encode
-                report.reject(line_no, f"cannot be stored ({type(exc).__name__}: {str(exc)[:80]})")
-                continue
-            if inserted:
-                report.imported += 1
-            else:
-                report.duplicates += 1
-    return report
+            yield line_no, doc, problem

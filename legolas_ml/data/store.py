@@ -68,6 +68,10 @@ def trusted_llm_query(tenant: str) -> dict[str, Any]:
     }
 
 
+#: A classification decided by a person (``human_review``, ``llm+human``): the loop never touches it.
+HUMAN_METHOD = re.compile("human", re.IGNORECASE)
+
+
 class StoreUnavailableError(ConnectionError):
     """The store cannot be reached; the message names the host and never the password."""
 
@@ -334,6 +338,63 @@ class TenantStore:
             "newest_review": newest[0]["reviewed_at"] if newest else None,
         }
 
+    # --- the review loop: the ensemble's scores and the review queue ---
+    def reviewed_session_ids(self, among: Iterable[str] | None = None) -> set[str]:
+        """Sessions a human decided (normalised ids): a review exists, or a human classified the document.
+
+        Args:
+            among: look only these sessions up (a batch about to be written); ``None`` for all.
+        """
+        review_query: dict[str, Any] = {"tenant": self.tenant}
+        human_query: dict[str, Any] = {"tenant": self.tenant, "classification_method": HUMAN_METHOD}
+        if among is not None:
+            forms = sorted({f for raw in among for f in (raw, normalise_session_id(raw)) if isinstance(f, str)})
+            review_query["session_id"] = human_query["session_id"] = {"$in": forms}
+        ids = {normalise_session_id(doc.get("session_id")) for doc in self.reviews.find(review_query, {"session_id": 1})}
+        ids |= {normalise_session_id(doc.get("session_id")) for doc in self.classifications.find(human_query, {"session_id": 1})}
+        ids.discard(None)
+        return ids
+
+    def classification_fields(self, fields: Iterable[str], session_ids: Iterable[Any] | None = None) -> Iterator[dict[str, Any]]:
+        """The tenant's classification documents with only ``fields`` (and ``session_id``), all or some.
+
+        Args:
+            session_ids: the stored ``session_id`` values to read; ``None`` scans the tenant.
+        """
+        query: dict[str, Any] = {"tenant": self.tenant}
+        if session_ids is not None:
+            query["session_id"] = {"$in": list(session_ids)}
+        return self.classifications.find(query, {name: 1 for name in ("session_id", *fields)})
+
+    def update_unreviewed(self, session_id: Any, changes: dict[str, Any], *, text: str | None = None) -> bool:
+        """Apply ``changes`` (a ``$set``/``$unset`` document) to one classification in one atomic update,
+        only if no human classified it and, when ``text`` is given, its text is still ``text``.
+
+        A document is either fully updated or untouched: a store failing mid-batch leaves no
+        half-written document. Returns whether the document matched.
+        """
+        self.start_writing()
+        query: dict[str, Any] = {"tenant": self.tenant, "session_id": session_id, "classification_method": {"$not": HUMAN_METHOD}}
+        if text is not None:
+            query["text"] = text
+        return self.classifications.update_one(query, changes).matched_count == 1
+
+    def has_review(self, session_id: str, label: str) -> bool:
+        """Whether the session already has a review with exactly this label."""
+        forms = sorted({session_id, normalise_session_id(session_id)} - {None})
+        return self.reviews.find_one({"tenant": self.tenant, "session_id": {"$in": forms}, "label": label}, {"_id": 1}) is not None
+
+    def clear_audit_flag(self, session_id: Any, auditor: str, changes: dict[str, Any]) -> bool:
+        """Apply ``changes`` to one classification only if ``auditor`` raised its review flag
+        (a reviewed document loses the audit's flag, never anything a person or the LLM set)."""
+        self.start_writing()
+        query = {"tenant": self.tenant, "session_id": session_id, "review_flagged_by": auditor}
+        return self.classifications.update_one(query, changes).matched_count == 1
+
+    def flagged_for_review(self, fields: Iterable[str]) -> Iterator[dict[str, Any]]:
+        """The tenant's classification documents with ``needs_review: true``."""
+        return self.classifications.find({"tenant": self.tenant, "needs_review": True}, {name: 1 for name in ("session_id", *fields)})
+
     # --- writes ---
     def _owned(self, doc: dict[str, Any]) -> dict[str, Any]:
         """The document as stored: this tenant's, with its session id normalised."""
@@ -380,6 +441,19 @@ class TenantStore:
 def list_tenants(database) -> list[str]:
     tenants = set(database[CLASSIFICATIONS].distinct("tenant")) | set(database[REVIEWS].distinct("tenant"))
     return sorted(t for t in tenants if isinstance(t, str))
+
+
+@contextlib.contextmanager
+def holding_writer_lock(store: TenantStore):
+    """Hold the embedded store's writer lock for a block, then give it back, unless the caller
+    already held it (then it stays held): long jobs write batch by batch so imports can interleave."""
+    took = not store.writing
+    store.start_writing()
+    try:
+        yield store
+    finally:
+        if took:
+            store.finish_writing()
 
 
 @contextlib.contextmanager

@@ -93,8 +93,15 @@ def top_words_png(summary: ExplanationSummary, path: Path) -> Path:
         ax.barh([r["word"] for r in rows], [r["mean_abs"] for r in rows],
                 color=["#2a9d55" if r["mean"] >= 0 else "#d23c3c" for r in rows])
         ax.set_title(f"predicted {label}", fontsize=9)
+        ax.set_xlabel("mean |attribution|", fontsize=7)
         ax.tick_params(labelsize=7)
-    fig.tight_layout()
+    from matplotlib.patches import Patch
+
+    fig.legend(
+        handles=[Patch(color="#2a9d55", label="pushes towards the predicted class"), Patch(color="#d23c3c", label="pushes away from it")],
+        loc="upper center", ncol=2, fontsize=7, frameon=False,
+    )
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -9,6 +9,14 @@ from legolas_ml.lifecycle.artifacts import TenantArtifacts, validate_tenant
 from legolas_ml.lifecycle.registry import ChampionUnavailableError, ModelRegistry, default_actor
 
 
+def tenant_argument(value: str) -> str:
+    """``validate_tenant`` for argparse: its message (allowed characters, value received) reaches the user."""
+    try:
+        return validate_tenant(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _registry(args) -> ModelRegistry:
     return ModelRegistry(TenantArtifacts(settings.output_dir(), args.tenant))
 
@@ -59,5 +67,5 @@ def add_commands(sub, default_tenant: str) -> list[argparse.ArgumentParser]:
     versions.set_defaults(func=cmd_versions)
     parsers = [promote, rollback, versions]
     for p in parsers:
-        p.add_argument("--tenant", type=validate_tenant, default=default_tenant, help="default: $LEGOLAS_TENANT or 'demo'")
+        p.add_argument("--tenant", type=tenant_argument, default=default_tenant, help="default: $LEGOLAS_TENANT or 'demo'")
     return parsers

@@ -78,6 +78,15 @@ class ModelRegistry:
     def manifest_path(self, version: str) -> Path:
         return self.version_dir(version) / "manifest.json"
 
+    def run_dir(self, version: str, run_id: str) -> Path:
+        """Where one run writes a version's artifacts (report, plots): never overwritten by another run."""
+        return self.version_dir(version) / "runs" / run_id
+
+    def latest_report(self, version: str) -> Path | None:
+        """The version's newest explainability report (``runs/<run_id>/explainability/report.html``), or ``None``."""
+        reports = self.version_dir(version).glob("runs/*/explainability/report.html")
+        return max(reports, key=lambda p: (p.stat().st_mtime_ns, str(p)), default=None)
+
     # --- versions ---
     def write_candidate(self, manifest: dict[str, Any]) -> Path:
         """Record a trained ensemble as a version (a candidate until decided)."""

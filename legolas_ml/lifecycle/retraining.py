@@ -13,7 +13,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 
 @dataclass(frozen=True, order=True)
@@ -72,13 +72,80 @@ class RetrainPolicy:
         """(retrain?, the reason in words, with the counts)."""
         if n_new >= self.threshold:
             return True, f"{n_new} new reviews >= threshold {self.threshold}"
-        if n_new and self.max_age is not None and oldest is not None and now - oldest >= self.max_age:
-            return True, f"{n_new} new reviews, the oldest waiting {now - oldest} >= max age {self.max_age}"
-        waited = f", oldest waiting {now - oldest}" if n_new and oldest is not None else ""
+        age = waited_for(oldest, now) if oldest is not None else None
+        future = " (dated in the future)" if oldest is not None and oldest > now else ""
+        if n_new and self.max_age is not None and age is not None and age >= self.max_age:
+            return True, f"{n_new} new reviews, the oldest waiting {age} >= max age {self.max_age}"
+        waited = f", oldest waiting {age}{future}" if n_new and age is not None else ""
         return False, f"{n_new} new reviews, threshold {self.threshold}{waited}"
 
 
+def waited_for(reviewed_at: datetime, now: datetime) -> timedelta:
+    """How long a review has waited, never negative: a review dated after ``now`` (clock skew between
+    the reviewing tool and this machine, or test data) has waited 0, not "-402 days". Whole seconds."""
+    return max(timedelta(seconds=int((now - reviewed_at).total_seconds())), timedelta(0))
+
+
+def dated_in_future(reviews: list[dict], now: datetime) -> int:
+    """How many of ``reviews`` have a ``reviewed_at`` after ``now`` (both naive UTC)."""
+    return sum(1 for review in reviews if review["reviewed_at"] > now)
+
+
 IN_PROGRESS, SUCCEEDED, FAILED = "in_progress", "succeeded", "failed"
+
+
+@dataclass(frozen=True)
+class ReviewBacklog:
+    """The tenant's human reviews as the retraining sees them: how many, and how many wait.
+
+    ``waiting`` counts reviews after ``consumed`` (the newest review a decided training read:
+    ``ModelRegistry.consumed_reviews``), i.e. reviews the model in service has not learned from.
+    """
+
+    total: int
+    waiting: int
+    oldest_waiting: datetime | None
+    newest_waiting: ReviewCursor | None
+    consumed: ReviewCursor | None
+    future_dated: int = 0  # waiting reviews dated after the time they were counted: their age counts as 0
+
+    @classmethod
+    def of(cls, total: int, consumed: ReviewCursor | None, waiting: list[dict], now: datetime | None = None) -> "ReviewBacklog":
+        """From the store's review count and the reviews after ``consumed``, oldest first, counted at
+        ``now`` (naive UTC like the stored review times; default: the current time)."""
+        if total < len(waiting):
+            raise ValueError(f"total must count every review, got total {total} < {len(waiting)} waiting")
+        now = now or datetime.now(timezone.utc).replace(tzinfo=None)
+        return cls(
+            total=total, waiting=len(waiting), oldest_waiting=waiting[0]["reviewed_at"] if waiting else None,
+            newest_waiting=ReviewCursor.of(waiting[-1]) if waiting else None, consumed=consumed,
+            future_dated=dated_in_future(waiting, now),
+        )
+
+    def describe(self) -> str:
+        """``"300 reviews in total, 12 waiting since the model in service (consumed up to ...), oldest since ..."``,
+        then ``"; 3 waiting reviews dated in the future (clock skew?), counted as waiting 0s"`` when some are."""
+        oldest = f", oldest since {self.oldest_waiting.isoformat(timespec='seconds')} UTC" if self.oldest_waiting else ""
+        return (
+            f"{self.total} reviews in total, {self.waiting} waiting since the model in service "
+            f"(consumed up to {self.consumed or 'nothing yet'}){oldest}{self.future_note()}"
+        )
+
+    def future_note(self) -> str:
+        """``"; 3 waiting reviews dated in the future (clock skew?), counted as waiting 0s"``, or ``""`` when none is."""
+        if not self.future_dated:
+            return ""
+        return f"; {self.future_dated} waiting reviews dated in the future (clock skew?), counted as waiting 0s"
+
+    def to_dict(self) -> dict:
+        """JSON-ready: what the sensor's cursor and the ``human_reviews`` observations show."""
+        return {
+            "total": self.total,
+            "waiting": self.waiting,
+            "oldest_waiting": self.oldest_waiting.isoformat(timespec="seconds") if self.oldest_waiting else None,
+            "consumed_up_to": str(self.consumed) if self.consumed else None,
+            "dated_in_future": self.future_dated,
+        }
 
 
 @dataclass(frozen=True)
@@ -144,8 +211,21 @@ def parse_sensor_state(text: str | None) -> PendingRetraining | None:
         raise ValueError(f"unreadable retraining sensor cursor {text!r}: {exc}") from None
 
 
-def serialize_sensor_state(pending: PendingRetraining | None) -> str:
-    return json.dumps({"pending": pending.to_dict() if pending else None})
+def serialize_sensor_state(pending: PendingRetraining | None, backlog: ReviewBacklog | None = None) -> str:
+    """The sensor's cursor: the pending retraining, and (for people reading it) the review backlog
+    of the tick, so the effective state shows from the first tick on. Only ``pending`` is read back."""
+    state: dict = {"pending": pending.to_dict() if pending else None}
+    if backlog is not None:
+        state["reviews"] = backlog.to_dict()
+    return json.dumps(state)
+
+
+def backlog_in_state(text: str | None) -> dict | None:
+    """The backlog an earlier tick stored in the cursor (``None`` for older cursors or none)."""
+    try:
+        return json.loads(text).get("reviews") if text else None
+    except (ValueError, AttributeError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -184,7 +264,7 @@ def plan_tick(
     newest = ReviewCursor.of(waiting[-1]) if waiting else None
     waits = f"{len(waiting)} reviews waiting after {consumed or 'the first review'}"
     if waiting:
-        waits += f", oldest since {waiting[0]['reviewed_at'].isoformat(timespec='seconds')}"
+        waits += f", oldest since {waiting[0]['reviewed_at'].isoformat(timespec='seconds')} UTC"
     if pending is not None and consumed is not None and consumed >= pending.target:
         pending = None  # its run (or a later one) decided: those reviews are consumed
     if pending is not None:

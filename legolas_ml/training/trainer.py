@@ -245,6 +245,7 @@ def train_fold(
             "checkpoint": checkpoint_reason,
             "lr": scheduler.get_last_lr()[0],
             "elapsed_s": time.perf_counter() - started,
+            "stopping": bool(stop),  # the fold's last epoch: early stopping triggered here
         }
         history.append(record)
         if on_epoch is not None:

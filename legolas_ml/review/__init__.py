@@ -1,0 +1,1 @@
+"""Stage 8: the label audit and the human review queue it fills."""

@@ -1,0 +1,296 @@
+"""The label audit over a tenant's store: honest probabilities, ``audit_labels``, and the flags written back.
+
+Audited: every document with an LLM label and a text that no human decided and that the model in
+service has scored (``ml_model_version``; ``ensemble_predictions`` runs first). Flags written per
+document, in one atomic update each, and only where they change (a second run writes nothing)::
+
+    needs_review          true while the audit (or anyone else) wants a person to look
+    review_reason         the reasons of ``audit.REASONS`` that hold
+    review_priority       1 - cleanlab label quality: the queue's order
+    review_label_quality  cleanlab's self-confidence score of the LLM label
+    review_flagged_by     "label_audit" when the audit raised the flag, "external" when it was set before
+    review_model_version  the champion version the audit used
+    review_flagged_at     when the flag (or its reasons) last changed
+
+A document that no longer qualifies is un-flagged only if the audit flagged it: a flag somebody
+else set stays (its stale reasons are removed).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from legolas_ml.data.ids import normalise_session_id
+from legolas_ml.data.quality_gate import normalise_label
+from legolas_ml.data.splits import SplitPlan
+from legolas_ml.data.store import holding_writer_lock
+from legolas_ml.evaluation.ensemble import EVAL_PRECISION, FoldEnsemble
+from legolas_ml.scoring.predictions import text_sha256
+from legolas_ml.review.calibration import apply_temperature, fit_temperature
+from legolas_ml.review.audit import AuditResult, AuditSettings, audit_labels, summary_by
+from legolas_ml.review.novelty import NoveltyModel, embed_texts
+from legolas_ml.review.out_of_fold import out_of_fold_probabilities
+
+AUDITOR = "label_audit"
+FLAG_FIELDS = (
+    "needs_review", "review_reason", "review_priority", "review_label_quality", "review_flagged_by",
+    "review_model_version", "review_flagged_at",
+)
+_READ_FIELDS = ("text", "llm_prediction", "llm_confidence", "ml_probabilities", "ml_model_version", "ml_text_sha256", *FLAG_FIELDS)
+#: Training examples embedded for the novelty threshold (a deterministic sample beyond this).
+MAX_NOVELTY_REFERENCES = 5000
+
+
+@dataclass
+class AuditReport:
+    """What the audit read, decided and wrote."""
+
+    model_version: str
+    documents: int = 0
+    reviewed: int = 0  # a human decided: never audited, never flagged (an audit flag left from before is cleared)
+    without_llm_label: int = 0
+    without_text: int = 0
+    unscored: int = 0  # no prediction of the model in service for the current text yet
+    audited: int = 0
+    out_of_fold: int = 0  # audited with the probabilities of the fold that did not train on them
+    flagged: int = 0
+    newly_flagged: int = 0
+    unflagged: int = 0
+    cleared_after_review: int = 0  # audit flags removed because a human has reviewed the session since
+    updated: int = 0  # documents written (flag raised, changed or cleared)
+    skipped_meanwhile: int = 0
+    per_reason: dict[str, int] = field(default_factory=dict)
+    per_class: dict[str, int] = field(default_factory=dict)  # flagged, by LLM label
+    noise_rate: dict[str, float] = field(default_factory=dict)
+    novelty_threshold: float | None = None
+    temperature: float = 1.0  # applied to out-of-fold rows before the rules (calibration.py)
+    calibration_rows: int = 0
+    ensemble_temperature: float = 1.0  # applied to the ensemble's rows, fitted on the test split
+    ensemble_calibration_rows: int = 0
+    novelty_references: int = 0
+    top: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def flagged_share(self) -> float:
+        return self.flagged / self.audited if self.audited else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        values = {k: v for k, v in self.__dict__.items()}
+        values["flagged_share"] = self.flagged_share
+        return values
+
+
+def _probability_row(doc: dict[str, Any], classes: list[str]) -> np.ndarray | None:
+    stored = doc.get("ml_probabilities")
+    if not isinstance(stored, dict):
+        return None
+    try:
+        row = np.array([float(stored.get(c, 0.0)) for c in classes])
+    except (TypeError, ValueError):
+        return None
+    total = row.sum()
+    return row / total if total > 0 and np.isfinite(total) else None
+
+
+def flag_changes(doc: dict[str, Any], reasons: list[str], priority: float, quality: float, model_version: str, now: datetime) -> dict | None:
+    """The update that makes ``doc``'s flags say ``reasons`` (empty: not flagged), or ``None`` if they already do."""
+    by = doc.get("review_flagged_by")
+    if by is None and doc.get("needs_review") is True:
+        by = "external"  # flagged before (by the LLM pipeline or a person): the audit never clears it
+    if reasons:
+        wanted = {
+            "needs_review": True,
+            "review_reason": reasons,
+            "review_priority": round(float(priority), 6),
+            "review_label_quality": None if np.isnan(quality) else round(float(quality), 6),
+            "review_flagged_by": by or AUDITOR,
+            "review_model_version": model_version,
+        }
+        if all(doc.get(k) == v for k, v in wanted.items()):
+            return None
+        return {"$set": {**wanted, "review_flagged_at": now}}
+    stale = ("review_reason", "review_priority", "review_label_quality", "review_model_version", "review_flagged_at")
+    if by == AUDITOR:
+        return {"$set": {"needs_review": False}, "$unset": {k: "" for k in (*stale, "review_flagged_by")}}
+    if any(k in doc for k in stale):
+        return {"$unset": {k: "" for k in stale}}
+    return None
+
+
+def run_label_audit(
+    store,
+    manifest: dict[str, Any],
+    *,
+    plan: SplitPlan | None,
+    training: pd.DataFrame | None,
+    settings: AuditSettings = AuditSettings(),
+    device: str = "auto",
+    log: Callable[[str], None] = print,
+    top_n: int = 20,
+    seed: int = 0,
+    write: bool = True,
+    clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc).replace(tzinfo=None),
+) -> tuple[AuditReport, AuditResult | None]:
+    """Audit the tenant's LLM labels against the ensemble ``manifest`` and write the flags back.
+
+    Args:
+        store: the tenant's ``TenantStore``.
+        manifest: the champion's manifest (``version``, ``labels``, ``checkpoints``).
+        plan: the split the champion's folds were trained on, for out-of-fold probabilities;
+            ``None`` uses the ensemble's probabilities for every document (and no calibration).
+        training: the champion's training rows (``session_id``, ``text``, ``label``): with ``plan``,
+            their out-of-fold probabilities calibrate the temperature; their texts are the novelty
+            references. ``None`` skips both.
+        settings: the routing rules.
+        device: where the fold models run.
+        log: progress lines.
+        write: write the flags back; ``False`` only computes them (benchmarks).
+    """
+    started = time.perf_counter()
+    version, classes = manifest["version"], list(manifest["labels"])
+    report = AuditReport(version)
+    reviewed = store.reviewed_session_ids()
+    docs, given, rows, resolved = [], [], [], []
+    for doc in store.classification_fields(_READ_FIELDS):
+        report.documents += 1
+        sid = normalise_session_id(doc.get("session_id"))
+        if sid in reviewed:
+            report.reviewed += 1
+            if doc.get("review_flagged_by") == AUDITOR:
+                resolved.append(doc["session_id"])  # the review answered the flag: it leaves the loop's fields
+            continue
+        if not isinstance(doc.get("text"), str) or not doc["text"].strip():
+            report.without_text += 1
+            continue
+        if doc.get("llm_prediction") is None:
+            report.without_llm_label += 1
+            continue
+        current = doc.get("ml_model_version") == version and doc.get("ml_text_sha256") == text_sha256(doc["text"])
+        row = _probability_row(doc, classes) if current else None
+        if row is None:
+            report.unscored += 1
+            continue
+        docs.append({**doc, "sid": sid})
+        given.append(normalise_label(doc["llm_prediction"])[0])
+        rows.append(row)
+    report.audited = len(docs)
+    if write and resolved:
+        report.cleared_after_review = _clear_resolved(store, resolved)
+    log(f"auditing {len(docs)} LLM labels with model {version} ({report.reviewed} reviewed, {report.unscored} not scored yet)")
+    if not docs:
+        report.seconds = time.perf_counter() - started
+        return report, None
+    pred_probs = np.vstack(rows)  # (n, n_classes): the ensemble's, until replaced by out-of-fold rows
+    from_fold = np.zeros(len(docs), dtype=bool)
+    if plan is not None and training is not None and len(training):
+        texts = dict(zip(training["session_id"].astype(str), training["text"]))
+        oof = out_of_fold_probabilities(manifest["checkpoints"], plan, texts, classes, device)
+        for i, doc in enumerate(docs):
+            # Honest only for the text the fold validated: an edited text keeps the ensemble's row.
+            if doc["sid"] in oof and texts[doc["sid"]] == doc["text"]:
+                pred_probs[i], from_fold[i] = oof[doc["sid"]], True
+        report.out_of_fold = int(from_fold.sum())
+        log(f"{report.out_of_fold} documents were training sessions: out-of-fold probabilities from the fold that validated each")
+        label_of = dict(zip(training["session_id"].astype(str), training["label"]))
+        report.temperature, report.calibration_rows = _calibrate(oof, label_of, classes)
+        # The ensemble's rows are a mean of K models, flatter than one fold's: their own temperature,
+        # fitted on the test split (labelled, never trained on by any fold).
+        test_texts = {sid: texts[sid] for sid in plan.test_ids if sid in texts}
+        if test_texts:
+            ensemble = FoldEnsemble(manifest["checkpoints"], device=device, precision=EVAL_PRECISION)
+            test_probs = dict(zip(test_texts, ensemble.predict_proba(list(test_texts.values()))))
+            report.ensemble_temperature, report.ensemble_calibration_rows = _calibrate(test_probs, label_of, classes)
+        log(
+            f"calibration: temperature {report.temperature:.3f} for out-of-fold rows ({report.calibration_rows} training "
+            f"sessions), {report.ensemble_temperature:.3f} for the ensemble's ({report.ensemble_calibration_rows} test sessions)"
+        )
+    else:
+        log("no split or training data of the model in service: probabilities are not calibrated, no out-of-fold rows")
+    pred_probs[from_fold] = apply_temperature(pred_probs[from_fold], report.temperature)
+    pred_probs[~from_fold] = apply_temperature(pred_probs[~from_fold], report.ensemble_temperature)
+    novel = None
+    if "novelty" in settings.reasons and training is not None and len(training):
+        references = training["text"].tolist()
+        if len(references) > MAX_NOVELTY_REFERENCES:
+            references = random.Random(seed).sample(references, MAX_NOVELTY_REFERENCES)
+        reference_emb = embed_texts(manifest["checkpoints"][0], references, device)
+        model = NoveltyModel.fit(reference_emb, settings.novelty_quantile)
+        novel = model.distance(embed_texts(manifest["checkpoints"][0], [d["text"] for d in docs], device)) > model.threshold
+        report.novelty_threshold, report.novelty_references = model.threshold, len(references)
+        log(f"novelty: cosine distance above {model.threshold:.4f} (quantile {model.quantile} of {len(references)} training examples)")
+    result = audit_labels(given, pred_probs, classes, settings, novel)
+    result.session_ids = [d["sid"] for d in docs]
+    result.probabilities = pred_probs
+    if write:
+        _write_flags(store, docs, result, version, report, clock)
+    flagged = result.flagged
+    report.flagged = int(flagged.sum())
+    report.per_reason = dict(sorted(result.per_reason.items()))
+    report.per_class = summary_by([g if g is not None else "(unknown)" for g in given], flagged)
+    report.noise_rate = result.noise_rate
+    order = sorted(np.flatnonzero(flagged), key=lambda i: (-result.priority[i], docs[i]["sid"]))[:top_n]
+    report.top = [
+        {
+            "session_id": docs[i]["sid"],
+            "llm_label": given[i] or str(docs[i]["llm_prediction"]),
+            "ensemble_label": result.predicted[i],
+            "ensemble_probability": round(float(result.confidence[i]), 4),
+            "priority": round(float(result.priority[i]), 4),
+            "reasons": ", ".join(result.reasons[i]),
+        }
+        for i in order
+    ]
+    report.seconds = time.perf_counter() - started
+    log(f"{report.flagged} of {report.audited} flagged ({report.per_reason}); {report.updated} documents updated")
+    return report, result
+
+
+def _calibrate(probs_of: dict, label_of: dict, classes: list[str]) -> tuple[float, int]:
+    """The temperature of ``probs_of`` (session -> row) against the training labels, and its row count."""
+    index = {c: i for i, c in enumerate(classes)}
+    pairs = [(p, index[label_of[sid]]) for sid, p in probs_of.items() if label_of.get(sid) in index]
+    if not pairs:
+        return 1.0, 0
+    return fit_temperature(np.vstack([p for p, _ in pairs]), np.array([t for _, t in pairs])), len(pairs)
+
+
+def _clear_resolved(store, session_ids: list) -> int:
+    """Remove the audit's flag from sessions a human has reviewed since (the review answered it)."""
+    changes = {"$set": {"needs_review": False}, "$unset": {k: "" for k in FLAG_FIELDS[1:]}}
+    with holding_writer_lock(store):
+        return sum(store.clear_audit_flag(sid, AUDITOR, changes) for sid in session_ids)
+
+
+def _write_flags(store, docs, result: AuditResult, version: str, report: AuditReport, clock, batch: int = 500) -> None:
+    """Write each document's flags, batch by batch, re-checking for reviews right before each batch."""
+    for start in range(0, len(docs), batch):
+        chunk = range(start, min(start + batch, len(docs)))
+        with holding_writer_lock(store):  # held per batch: an import waits for one batch at most
+            _write_batch(store, docs, chunk, result, version, report, clock)
+
+
+def _write_batch(store, docs, chunk, result: AuditResult, version: str, report: AuditReport, clock) -> None:
+    reviewed_now = store.reviewed_session_ids(among=[docs[i]["session_id"] for i in chunk])
+    now = clock()
+    for i in chunk:
+        doc = docs[i]
+        changes = flag_changes(doc, result.reasons[i], result.priority[i], result.label_quality[i], version, now)
+        if changes is None:
+            continue
+        if doc["sid"] in reviewed_now or not store.update_unreviewed(doc["session_id"], changes):
+            report.skipped_meanwhile += 1
+            continue
+        report.updated += 1
+        if result.reasons[i] and doc.get("needs_review") is not True:
+            report.newly_flagged += 1
+        if not result.reasons[i] and "$set" in changes and changes["$set"].get("needs_review") is False:
+            report.unflagged += 1
