@@ -347,6 +347,12 @@ def assert_ui(dagster: Dagster, failures: Failures, retrain: dict, tick: dict, f
     check(bool(reviews) and reviews[0].get("waiting") == 12, f"human_reviews: the latest observation counts 12 waiting ({reviews[:1]})")
     check("12 waiting since the model in service" in tick["skipReason"], f"sensor: the skip reason carries the counts ({tick['skipReason']})")
     check(json.loads(tick["cursor"] or "{}").get("reviews", {}).get("waiting") == 12, "sensor: the cursor shows the backlog")
+    # The loop: the champion scored every unreviewed document and the audit filled the queue.
+    scored = entries(dagster.asset("ensemble_predictions")["assetMaterializations"][0])
+    check(scored.get("coverage") == 1.0 and bool(scored.get("model_version")), f"ensemble_predictions: coverage 1.0 ({scored.get('coverage')})")
+    audit = entries(dagster.asset("label_audit")["assetMaterializations"][0])
+    check((audit.get("review_queue_size") or 0) > 0 and isinstance(audit.get("top_of_queue"), list),
+          f"label_audit: a review queue and its top items ({audit.get('review_queue_size')})")
     first_tick = dagster.ticks()[-1]
     check(bool(first_tick["cursor"]) and "reviews" in first_tick["cursor"], "sensor: the cursor is shown from the first tick")
 
@@ -366,7 +372,7 @@ PAGES = [
     ("02_cv_metrics.png", "/assets/cv_metrics?view=events", "cv_metrics: CV BA mean ± std first, fold curves plot, per-fold table",
      ["cv_balanced_accuracy", "±", "fold_curves"]),
     ("03_fold_models_partition_1.png", "/assets/fold_models?view=partitions&partition=1", "fold 1's own partition: its numbers and training curve",
-     ["val_balanced_accuracy", "shipped_epoch"]),
+     ["val_balanced_accuracy", "shipped_epoch", "curve_by_epoch"]),
     # The Events page lists materializations and observations but details only the selected (latest)
     # materialization: the per-epoch observations' `remaining` is asserted on GraphQL (assert_ui).
     ("04_fold_models_events.png", "/assets/fold_models?view=events", "fold_models events: per-partition materializations and per-epoch observations",
@@ -379,6 +385,10 @@ PAGES = [
     ("08_cv_metrics_checks.png", "/assets/cv_metrics?view=checks", "cv_metrics checks: the fold-spread warning check", ["cv_fold_spread"]),
     ("09_explainability_report.png", "/assets/explainability_report?view=events", "explainability_report: top-words plot with legend, report link",
      ["report_url"]),
+    ("12_label_audit.png", "/assets/label_audit?view=events", "label_audit: the review queue, its reasons, noise rates and top items",
+     ["review_queue_size", "flagged_share", "queue_by_reason", "top_of_queue"]),
+    ("13_ensemble_predictions.png", "/assets/ensemble_predictions?view=events", "ensemble_predictions: coverage, documents/s, why documents were scored",
+     ["coverage", "documents_per_s", "to_score_new"]),
     ("10_sensor.png", f"/locations/{LOCATION}/sensors/retrain_on_new_reviews", "the retraining sensor: ticks with skip reasons and counts",
      ["retrain_on_new_reviews"]),
 ]

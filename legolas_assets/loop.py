@@ -44,18 +44,24 @@ FLAGGED_SHARE_CHECK = AssetCheckSpec(
 _STORE_ERRORS = (StoreUnavailableError, StoreBusyError, PyMongoError)
 
 
-def _champion(training: TrainingResource, lifecycle: LifecycleResource, tenant: str, asset_name: str):
+def _settings_and_champion(asset_name: str, review: ReviewLoopResource, training: TrainingResource, lifecycle: LifecycleResource, tenant: str):
+    """The loop's settings (all checked before any work) and the champion's manifest (``None``: no model in service)."""
     try:
-        return lifecycle.registry(training, tenant).champion()
-    except ChampionUnavailableError as exc:
+        settings = review.audit_settings()
+        return settings, lifecycle.registry(training, tenant).champion()
+    except (ValueError, ChampionUnavailableError) as exc:
         raise Failure(description=f"{asset_name}: {exc}") from None
 
 
-def _no_champion(tenant: str) -> str:
-    return (
+def _no_model_in_service(context, tenant: str, check: AssetCheckSpec, nothing: str):
+    """A tenant without a champion: recorded as such, never a failure (a first candidate may be rejected)."""
+    reason = (
         f"tenant {tenant!r} has no model in service yet: materialize the training chain until a candidate is "
         f"promoted, or `legolas promote --tenant {tenant} --version V`"
     )
+    context.log.warning(reason)
+    yield Output({"tenant": tenant, "model_version": None}, metadata={"tenant": tenant, "model_version": "none", "reason": reason})
+    yield AssetCheckResult(check_name=check.name, passed=True, metadata={"reason": f"no model in service: {nothing}"})
 
 
 @asset(group_name=REVIEW_LOOP, backfill_policy=SINGLE_RUN, deps=["promoted_ensemble"], check_specs=[COVERAGE_CHECK])
@@ -69,15 +75,9 @@ def ensemble_predictions(
 ):
     """The champion's class probabilities in every unreviewed document (only new, edited, or scored by another model)."""
     tenant = mongo.tenant
-    try:
-        review.audit_settings()  # every setting of the loop is checked before any work
-    except ValueError as exc:
-        raise Failure(description=f"ensemble_predictions: {exc}") from None
-    champion = _champion(training, lifecycle, tenant, "ensemble_predictions")
+    _, champion = _settings_and_champion("ensemble_predictions", review, training, lifecycle, tenant)
     if champion is None:
-        context.log.warning(_no_champion(tenant))
-        yield Output({"tenant": tenant, "model_version": None}, metadata={"tenant": tenant, "model_version": "none", "reason": _no_champion(tenant)})
-        yield AssetCheckResult(check_name=COVERAGE_CHECK.name, passed=True, metadata={"reason": "no model in service: nothing to score"})
+        yield from _no_model_in_service(context, tenant, COVERAGE_CHECK, "nothing to score")
         return
     version = champion["version"]
     ensemble = FoldEnsemble(champion["checkpoints"], device=gpu.device, precision=EVAL_PRECISION)
@@ -154,15 +154,9 @@ def label_audit(
 ):
     """LLM labels that are probably wrong (cleanlab on out-of-fold probabilities + routing rules), flagged into the review queue."""
     tenant = mongo.tenant
-    try:
-        settings = review.audit_settings()
-    except ValueError as exc:
-        raise Failure(description=f"label_audit: {exc}") from None
-    champion = _champion(training, lifecycle, tenant, "label_audit")
+    settings, champion = _settings_and_champion("label_audit", review, training, lifecycle, tenant)
     if champion is None:
-        context.log.warning(_no_champion(tenant))
-        yield Output({"tenant": tenant, "model_version": None}, metadata={"tenant": tenant, "model_version": "none", "reason": _no_champion(tenant)})
-        yield AssetCheckResult(check_name=FLAGGED_SHARE_CHECK.name, passed=True, metadata={"reason": "no model in service: nothing audited"})
+        yield from _no_model_in_service(context, tenant, FLAGGED_SHARE_CHECK, "nothing audited")
         return
     plan, training_rows = _audit_inputs(training, tenant, champion, context.log.warning)
     try:

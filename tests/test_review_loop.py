@@ -402,3 +402,22 @@ def test_review_queue_rejects_a_bad_limit_and_format(home, capsys):
     assert "must be a whole number >= 1, got '0'" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"format must be one of \['jsonl', 'csv'\], got 'xml'"):
         write_queue([], None, "xml")
+
+
+def test_the_loop_assets_wait_for_a_model_in_service(tmp_path):
+    """A tenant whose first candidate was not promoted: both assets say so and write nothing."""
+    from dagster import DagsterInstance, materialize
+
+    from dagster_helpers import resources
+    from legolas_assets.loop import ensemble_predictions, label_audit
+
+    docs, _ = generate_demo_data(60, 0, seed=1)
+    with open_tenant_store(None, tmp_path, "legolas", "demo") as store:
+        store.insert_classifications(docs)
+    result = materialize([ensemble_predictions, label_audit], resources=resources(tmp_path), instance=DagsterInstance.ephemeral())
+    for mat in result.get_asset_materialization_events():
+        assert mat.materialization.metadata["model_version"].value == "none"
+        assert "has no model in service yet" in mat.materialization.metadata["reason"].value
+    assert all(c.passed for c in result.get_asset_check_evaluations())
+    with open_tenant_store(None, tmp_path, "legolas", "demo") as store:
+        assert store.classifications.count_documents({"tenant": "demo", "ml_model_version": {"$exists": True}}) == 0
