@@ -7,6 +7,7 @@ manages the data the assets read.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -208,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     except (StoreUnavailableError, StoreBusyError, StoreIntegrityError) as exc:
         print(f"legolas: {scrub(str(exc), settings.mongo_uri())}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # `legolas status | head`: the reader left; nothing is wrong and nothing more can be printed.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (OSError, ValueError, ChampionUnavailableError) as exc:
         print(f"legolas: {scrub(str(exc), settings.mongo_uri())}", file=sys.stderr)
         return 2
