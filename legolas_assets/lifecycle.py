@@ -24,7 +24,7 @@ from legolas_ml.lifecycle.artifacts import read_dataset
 from legolas_ml.lifecycle.promotion import compare_on_holdout, decide_promotion
 from legolas_ml.lifecycle.registry import ChampionUnavailableError, ModelRegistry
 from legolas_ml.evaluation.metrics import classification_metrics
-from legolas_ml.tracking import tracker_from_settings
+from legolas_ml.tracking import redacted, tracker_from_settings
 
 from .resources import GPUResource, LifecycleResource, TrainingResource
 from .stages import LIFECYCLE, SINGLE_RUN
@@ -135,14 +135,14 @@ def promoted_ensemble(
 
 def _mirror_champion(context, registry: ModelRegistry, tenant: str, version: str) -> dict:
     """Point MLflow's ``champion`` alias at the version in service, when tracking is on (metadata to show)."""
-    tracker = tracker_from_settings()
-    if tracker is None:
-        return {}
-    try:
+    try:  # MLflow mirrors the registry, which already decided: nothing here may fail the run
+        tracker = tracker_from_settings()
+        if tracker is None:
+            return {}
         number = tracker.set_champion(tenant, version, registry.manifest(version), registry.manifest_path(version))
-    except Exception as exc:  # noqa: BLE001 - MLflow mirrors the registry, which already decided
-        context.log.warning(f"MLflow at {tracker.tracking_uri}: the champion alias was not moved to {version}: {exc}")
-        return {"mlflow_model_version": f"not registered: {exc}"[:300]}
+    except Exception as exc:  # noqa: BLE001
+        context.log.warning(f"MLflow: the champion alias was not moved to {version}: {redacted(exc)}")
+        return {"mlflow_model_version": f"not registered: {redacted(exc)}"[:300]}
     return {"mlflow_model_version": f"legolas-{tenant} version {number} (alias champion)"}
 
 

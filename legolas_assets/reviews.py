@@ -8,6 +8,7 @@ import warnings
 from datetime import datetime, timezone
 
 from dagster import AssetObservation, BetaWarning, DataVersion, ObserveResult, observable_source_asset
+from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
 from legolas_ml import settings
 from legolas_ml.lifecycle.retraining import ReviewBacklog, waited_for
@@ -16,6 +17,8 @@ from .resources import LifecycleResource, MongoResource, TrainingResource
 from .stages import DATA
 
 REVIEWS_KEY = "human_reviews"
+#: Waiting reviews read per tick (the oldest first); beyond it they are counted, not read.
+WAITING_READ_LIMIT = 10_000
 
 # observable_source_asset is beta in Dagster 1.13 and used on purpose: the "Observe sources" button.
 warnings.filterwarnings("ignore", category=BetaWarning, message=".*observable_source_asset.*")
@@ -28,10 +31,13 @@ def read_backlog(mongo: MongoResource, training: TrainingResource, lifecycle: Li
         StoreUnavailableError: the store cannot be reached.
     """
     consumed = lifecycle.registry(training, mongo.tenant).consumed_reviews()
+    after = consumed.as_tuple() if consumed else None
     with mongo.open() as store:
-        waiting = store.reviews_after(consumed.as_tuple() if consumed else None)
+        waiting = store.reviews_after(after, limit=WAITING_READ_LIMIT)
+        # Past the read limit only the oldest are held; the UI and the sensor show the true count.
+        count = store.count_reviews_after(after) if len(waiting) >= WAITING_READ_LIMIT else None
         total = store.counts()["reviews"]
-    return ReviewBacklog.of(total, consumed, waiting), waiting
+    return ReviewBacklog.of(total, consumed, waiting, waiting_count=count), waiting
 
 
 def backlog_metadata(tenant: str, backlog: ReviewBacklog, now: datetime | None = None) -> dict:
@@ -53,7 +59,12 @@ def backlog_metadata(tenant: str, backlog: ReviewBacklog, now: datetime | None =
 
 
 def backlog_observation(tenant: str, backlog: ReviewBacklog) -> AssetObservation:
-    return AssetObservation(asset_key=REVIEWS_KEY, metadata=backlog_metadata(tenant, backlog))
+    # With its data version: Dagster reads a source's version from its latest observation of any
+    # kind, so a sensor observation without one would reset it to "INITIAL" on every tick.
+    return AssetObservation(
+        asset_key=REVIEWS_KEY, metadata=backlog_metadata(tenant, backlog),
+        tags={DATA_VERSION_TAG: _data_version(backlog).value},
+    )
 
 
 def _data_version(backlog: ReviewBacklog) -> DataVersion:

@@ -9,7 +9,9 @@ from legolas_ml.runners.base import FoldWorkerLostError
 from legolas_ml.training.cross_validation import encode_dataset
 from legolas_ml.data.splits import SplitPlan
 from legolas_ml.training.progress import ProgressSnapshot, TrainingProgress, format_duration
-from legolas_ml.tracking import tracker_from_settings
+from legolas_ml.tracking import redacted, tracker_from_settings
+from legolas_ml.training.checkpoint import checkpoint_filename
+from legolas_ml.training.cross_validation import finished_fold
 from legolas_ml.training.trainer import NonFiniteLossError
 from legolas_ml.training.training_log import close_training_log, open_training_log
 
@@ -52,10 +54,15 @@ def fold_models(
     logger, log_path = open_training_log(artifacts.logs_dir, context.run_id)
     context.log.info(f"training folds {keys} on {device['name']} ({device['precision']}); log file: {log_path}")
 
-    tracker = TrainingProgress([int(k) for k in keys], config.epochs)
+    estimate = TrainingProgress([int(k) for k in keys], config.epochs)
+    if training.reuse_finished_folds:  # folds finished by an earlier run train no epoch in this one
+        for key in keys:
+            checkpoint = folds_dir / checkpoint_filename(config.text_format, config.model_name, int(key))
+            if finished_fold(checkpoint, labeled_dataset["data_version"], plan.fingerprint(), config) is not None:
+                estimate.mark_reused(int(key))
 
     def progress(record: dict) -> None:
-        snapshot = tracker.epoch_finished(record["fold"], record["epoch"], stopping=record.get("stopping", False))
+        snapshot = estimate.epoch_finished(record["fold"], record["epoch"], stopping=record.get("stopping", False))
         line = (
             f"fold {record['fold']} epoch {record['epoch']}: train_loss {record['train_loss']:.4f} "
             f"val_loss {record['val_loss']:.4f} val_bal_acc {record['val_balanced_accuracy']:.4f} "
@@ -102,15 +109,14 @@ def fold_models(
     finally:
         close_training_log(logger)
 
-    tracker = tracker_from_settings()  # None unless LEGOLAS_MLFLOW_TRACKING_URI is set
-    if tracker is not None:
-        try:
-            run_ids = tracker.log_folds(labeled_dataset["tenant"], key_of_training, config.to_dict(), results)
-        except Exception as exc:  # noqa: BLE001 - MLflow mirrors the registry: its outage must not fail a training
-            context.log.warning(f"MLflow tracking at {tracker.tracking_uri} failed, folds not logged there: {exc}")
-        else:
-            for key in keys:
-                results[key]["mlflow_run_id"] = run_ids[key]
+    try:  # MLflow mirrors the registry: a bad URI, a missing package or an outage never fails a training
+        tracker = tracker_from_settings()  # None unless LEGOLAS_MLFLOW_TRACKING_URI is set
+        run_ids = tracker.log_folds(labeled_dataset["tenant"], key_of_training, config.to_dict(), results) if tracker else {}
+    except Exception as exc:  # noqa: BLE001
+        context.log.warning(f"MLflow tracking failed, folds not logged there: {redacted(exc)}")
+        run_ids = {}
+    for key, run_id in run_ids.items():
+        results[key]["mlflow_run_id"] = run_id
     # Each fold partition gets its own numbers and curve, even when all folds train in one run
     # (Output metadata alone would give every partition of the run the same values).
     for key in keys:
@@ -138,7 +144,7 @@ def epoch_metadata(record: dict, snapshot: ProgressSnapshot) -> dict:
         "run_epochs_at_most": snapshot.epochs_at_most,
         "run_folds_done": f"{snapshot.folds_done}/{snapshot.n_folds}",
         "remaining_s_at_most": round(snapshot.remaining_s_at_most, 1),
-        "remaining": f"at most {format_duration(snapshot.remaining_s_at_most)} (if no fold stops early)",
+        "remaining": f"about {format_duration(snapshot.remaining_s_at_most)} (if every open fold runs all its epochs)",
     }
 
 

@@ -218,6 +218,11 @@ def artifacts_url() -> str:
     return raw.rstrip("/")
 
 
+def _hide_password(uri: str) -> str:
+    """``scheme://user:secret@host`` -> ``scheme://user:***@host``: a bad URI is echoed, its password never."""
+    return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", uri)
+
+
 def mlflow_tracking_uri() -> str:
     """``LEGOLAS_MLFLOW_TRACKING_URI``: log folds and register champions in MLflow; unset = off.
 
@@ -229,7 +234,7 @@ def mlflow_tracking_uri() -> str:
     if not re.match(r"^(sqlite:///|file:|https?://|postgresql(\+\w+)?://|mysql(\+\w+)?://)", raw):
         raise SettingsError(
             "LEGOLAS_MLFLOW_TRACKING_URI must start with sqlite:///, file:, http://, https://, postgresql:// or mysql://, "
-            f"got {raw!r}"
+            f"got {_hide_password(raw)!r}"
         )
     return raw
 

@@ -15,6 +15,8 @@ Example:
 
 from __future__ import annotations
 
+import re
+
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -150,6 +152,19 @@ class MlflowTracker:
             number = created.version
         self.client.set_registered_model_alias(name, CHAMPION_ALIAS, number)
         return str(number)
+
+
+def redacted(error: BaseException | str) -> str:
+    """An error's text with the tracking URI's password removed (``user:***@host``), for logs and metadata."""
+    from legolas_ml import settings
+    from legolas_ml.data.store import scrub
+
+    text = str(error)
+    try:
+        uri = settings.mlflow_tracking_uri()
+    except ValueError:  # the setting itself is invalid: its error already hides the password
+        uri = ""
+    return re.sub(r"//([^:/@\s]+):[^@/\s]*@", r"//\1:***@", scrub(text, uri) if uri else text)
 
 
 def tracker_from_settings() -> MlflowTracker | None:

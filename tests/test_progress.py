@@ -1,4 +1,4 @@
-"""The remaining-time estimate of a K-fold run: an upper bound that reaches 0 with the last epoch."""
+"""The remaining-time estimate of a K-fold run: every open fold runs all its epochs; 0 with the last epoch."""
 
 import pytest
 
@@ -17,7 +17,7 @@ def test_estimate_assumes_every_open_fold_runs_all_its_epochs():
     assert progress.finished == {0}
     last = progress.epoch_finished(1, 2, stopping=False)  # fold 1 ran every epoch: the run is done
     assert (last.folds_done, last.remaining_s_at_most) == (2, 0.0)
-    assert last.describe().startswith("2/2 folds done, 5/5 epochs at most; 10.0s per epoch; at most 0s left")
+    assert last.describe().startswith("2/2 folds done, 5/5 epochs at most; 10.0s per epoch; about 0s left")
 
 
 def test_last_epoch_leaves_nothing_and_bad_arguments_are_named():
@@ -29,3 +29,14 @@ def test_last_epoch_leaves_nothing_and_bad_arguments_are_named():
     with pytest.raises(ValueError, match=r"max_epochs must be an integer >= 1, got 0"):
         TrainingProgress([0], max_epochs=0)
     assert (format_duration(3725), format_duration(65), format_duration(4.2)) == ("1h02m05s", "1m05s", "4s")
+
+
+def test_reused_folds_take_no_epoch_in_the_estimate():
+    progress = TrainingProgress([0, 1, 2], max_epochs=3, clock=iter([0.0, 10.0, 20.0, 30.0]).__next__)
+    progress.mark_reused(0)  # folds 0 and 1 finished in an earlier run: only fold 2 trains
+    progress.mark_reused(1)
+    first = progress.epoch_finished(2, 0, stopping=False)
+    assert (first.epochs_at_most, first.remaining_s_at_most, first.folds_done) == (3, 20.0, 2)
+    progress.epoch_finished(2, 1, stopping=False)
+    last = progress.epoch_finished(2, 2, stopping=False)
+    assert (last.folds_done, last.remaining_s_at_most) == (3, 0.0)

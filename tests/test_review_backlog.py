@@ -97,3 +97,22 @@ def test_a_future_oldest_review_has_waited_zero(home):
     assert policy.decide(4, future, future - timedelta(days=402)) == (
         False, "4 new reviews, threshold 50, oldest waiting 0:00:00 (dated in the future)")
     assert ReviewBacklog.of(4, None, [{"reviewed_at": future, "_id": "a"}], now=future).future_dated == 0
+
+
+def test_sensor_observations_keep_the_sources_data_version(home):
+    """A sensor tick's observation carries the version the source asset's own observe reports."""
+    from dagster._core.definitions.data_version import DATA_VERSION_TAG
+
+    add_reviews(home, 5)
+    [event] = [e for e in tick(home).asset_events if e.asset_key == AssetKey("human_reviews")]
+    assert event.tags[DATA_VERSION_TAG] == "5-" + str(ReviewCursor.of(all_reviews(home)[-1]))
+
+
+def test_the_waiting_count_is_exact_past_the_read_limit(home, monkeypatch):
+    import legolas_assets.reviews as reviews
+
+    add_reviews(home, 7)
+    monkeypatch.setattr(reviews, "WAITING_READ_LIMIT", 3)  # stands in for 10 000 waiting reviews
+    assert "7 waiting since the model in service" in skip_message(tick(home))
+    decide(home, "v1", all_reviews(home)[1])  # a training consumed the first two
+    assert "5 waiting since the model in service" in skip_message(tick(home))

@@ -50,3 +50,16 @@ def test_off_by_default_and_a_bad_uri_is_named(monkeypatch):
     monkeypatch.setenv("LEGOLAS_MLFLOW_TRACKING_URI", "var/mlflow.db")
     with pytest.raises(SettingsError, match=r"LEGOLAS_MLFLOW_TRACKING_URI must start with sqlite:///.*got 'var/mlflow.db'"):
         mlflow_tracking_uri()
+
+
+def test_a_tracking_uri_password_never_reaches_logs_or_errors(monkeypatch):
+    from legolas_ml import settings
+    from legolas_ml.tracking import redacted
+
+    monkeypatch.setenv("LEGOLAS_MLFLOW_TRACKING_URI", "postgresql://bob:hunter2@db:5432/mlflow")
+    assert redacted(RuntimeError("cannot connect to postgresql://bob:hunter2@db:5432/mlflow")) == (
+        "cannot connect to postgresql://bob:***@db:5432/mlflow")
+    monkeypatch.setenv("LEGOLAS_MLFLOW_TRACKING_URI", "ftp://bob:hunter2@db/x")
+    with pytest.raises(ValueError) as error:
+        settings.mlflow_tracking_uri()
+    assert "hunter2" not in str(error.value) and "ftp://bob:***@db/x" in str(error.value)

@@ -326,6 +326,15 @@ class TenantStore:
         docs.sort(key=lambda d: (d["reviewed_at"], str(d["_id"])))
         return docs
 
+    def count_reviews_after(self, after: tuple[datetime, str] | None) -> int:
+        """How many reviews ``reviews_after(after)`` would return without its limit (counted, not read)."""
+        dated: dict[str, Any] = {"tenant": self.tenant, "reviewed_at": {"$type": "date"}}
+        if after is None:
+            return self.reviews.count_documents(dated)
+        later = self.reviews.count_documents({"tenant": self.tenant, "reviewed_at": {"$type": "date", "$gt": after[0]}})
+        ties = self.reviews.find({"tenant": self.tenant, "reviewed_at": after[0]}, {"_id": 1})
+        return later + sum(1 for doc in ties if str(doc["_id"]) > after[1])
+
     def counts(self) -> dict[str, Any]:
         newest = list(
             self.reviews.find({"tenant": self.tenant, "reviewed_at": {"$type": "date"}}, {"reviewed_at": 1})

@@ -110,14 +110,22 @@ class ReviewBacklog:
     future_dated: int = 0  # waiting reviews dated after the time they were counted: their age counts as 0
 
     @classmethod
-    def of(cls, total: int, consumed: ReviewCursor | None, waiting: list[dict], now: datetime | None = None) -> "ReviewBacklog":
+    def of(
+        cls, total: int, consumed: ReviewCursor | None, waiting: list[dict], now: datetime | None = None, waiting_count: int | None = None,
+    ) -> "ReviewBacklog":
         """From the store's review count and the reviews after ``consumed``, oldest first, counted at
-        ``now`` (naive UTC like the stored review times; default: the current time)."""
-        if total < len(waiting):
-            raise ValueError(f"total must count every review, got total {total} < {len(waiting)} waiting")
+        ``now`` (naive UTC like the stored review times; default: the current time).
+
+        Args:
+            waiting_count: how many reviews wait when ``waiting`` was read with a limit and holds
+                only the oldest of them; default ``len(waiting)``.
+        """
+        count = len(waiting) if waiting_count is None else waiting_count
+        if total < count:
+            raise ValueError(f"total must count every review, got total {total} < {count} waiting")
         now = now or datetime.now(timezone.utc).replace(tzinfo=None)
         return cls(
-            total=total, waiting=len(waiting), oldest_waiting=waiting[0]["reviewed_at"] if waiting else None,
+            total=total, waiting=count, oldest_waiting=waiting[0]["reviewed_at"] if waiting else None,
             newest_waiting=ReviewCursor.of(waiting[-1]) if waiting else None, consumed=consumed,
             future_dated=dated_in_future(waiting, now),
         )

@@ -1,8 +1,10 @@
 """Progress of a K-fold training run: epochs done, and an honest estimate of the time left.
 
-The estimate is an upper bound, and says so: it assumes every fold that is still training runs
-all ``max_epochs`` epochs at the mean epoch time measured so far in this run. Early stopping can
-only make the run shorter; a fold that is reused (finished earlier) takes no epoch at all.
+The estimate is pessimistic in epochs, and says what it assumes: every fold still training runs
+all ``max_epochs`` epochs, at the run's mean time per epoch so far (with folds in parallel, the
+run's epochs per second). Early stopping can only remove epochs; a fold reused from an earlier run
+(``mark_reused``) takes none. It is an estimate of time, not a guarantee: epochs vary in length,
+and parallel folds finish unevenly.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ class ProgressSnapshot:
         """One line for the run's log, e.g. ``1/3 folds done, 14/30 epochs at most; 9.5s per epoch; at most 2m31s left (...)``."""
         return (
             f"{self.folds_done}/{self.n_folds} folds done, {self.epochs_done}/{self.epochs_at_most} epochs at most; "
-            f"{self.seconds_per_epoch:.1f}s per epoch; at most {format_duration(self.remaining_s_at_most)} left "
-            "(early stopping can end sooner)"
+            f"{self.seconds_per_epoch:.1f}s per epoch; about {format_duration(self.remaining_s_at_most)} left "
+            "if every open fold runs all its epochs (early stopping ends sooner)"
         )
 
 
@@ -72,6 +74,12 @@ class TrainingProgress:
         self._started = clock()
         self.epochs = {k: 0 for k in self.folds}
         self.finished: set[int] = set()
+
+    def mark_reused(self, fold: int) -> None:
+        """``fold`` finished in an earlier run and is reused: it takes no epoch in this one."""
+        if fold not in self.epochs:
+            raise ValueError(f"fold must be one of {self.folds}, got {fold!r}")
+        self.finished.add(fold)
 
     def epoch_finished(self, fold: int, epoch: int, *, stopping: bool) -> ProgressSnapshot:
         """Record that ``fold`` finished ``epoch`` (0-based); ``stopping`` when it was the fold's last."""
