@@ -34,4 +34,4 @@ ui: setup
 
 # The reports, manifests and plots the UI links to, served read-only on loopback (run beside `make ui`).
 artifacts:
-	$(BIN)/python -m http.server 3001 --bind 127.0.0.1 --directory $(LEGOLAS_HOME)/output
+	$(BIN)/python -m legolas_ml.lifecycle.artifact_server --port 3001 --directory $(LEGOLAS_HOME)/output

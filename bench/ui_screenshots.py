@@ -262,7 +262,7 @@ def main() -> int:
 
         # --- the UI, the daemon, and the artifacts server ---
         files = subprocess.Popen(
-            [sys.executable, "-m", "http.server", str(args.port + 1), "--bind", "127.0.0.1", "--directory", str(home / "output")],
+            [sys.executable, "-m", "legolas_ml.lifecycle.artifact_server", "--port", str(args.port + 1), "--directory", str(home / "output")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )
         dagster = Dagster(env, args.port, home / "dagster_dev.log")

@@ -1,7 +1,7 @@
 """Links from metadata to artifacts: URLs under ``LEGOLAS_ARTIFACTS_URL`` when it is set.
 
-``make artifacts`` serves ``$LEGOLAS_HOME/output`` read-only on 127.0.0.1:3001 (Python's
-``http.server``) and ``make ui`` sets ``LEGOLAS_ARTIFACTS_URL`` to it, so a report or manifest
+``make artifacts`` serves the reports, manifests and plots of ``$LEGOLAS_HOME/output`` read-only
+on 127.0.0.1:3001 (``legolas_ml.lifecycle.artifact_server``) and ``make ui`` sets ``LEGOLAS_ARTIFACTS_URL`` to it, so a report or manifest
 opens with one click from the asset page. Without it the metadata keeps the local path (the UI's
 copy button), which is what a browser on another machine could not open anyway.
 """
