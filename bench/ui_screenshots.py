@@ -5,7 +5,7 @@ Usage: .venv/bin/python bench/ui_screenshots.py [--out var/screenshots] [--home 
 1. A throw-away LEGOLAS_HOME: demo data, the first training with the CLI (3 folds of a tiny model;
    ``--demo-preset`` trains the real demo preset instead, ~10 minutes on 2 cores).
 2. 100 reviews imported, then ``dagster dev`` on 127.0.0.1 (webserver + daemon): the sensor's first
-   tick requests ``training_job`` and the daemon runs the retraining; 12 more reviews are imported
+   tick requests ``demo__training_job`` and the daemon runs the retraining; 12 more reviews are imported
    and the next tick reports them waiting.
 3. Assertions on what the UI serves (its GraphQL API, and the DOM Chromium renders): per-fold
    metadata and curves, per-epoch observations, headline numbers first, inline per-class and
@@ -129,8 +129,8 @@ class Dagster:
             raise RuntimeError(f"GraphQL errors: {payload['errors']}")
         return payload["data"]
 
-    def asset(self, key: str) -> dict:
-        return self.query(ASSET_QUERY, key={"path": [key]})["assetOrError"]
+    def asset(self, key: str, tenant: str = "demo") -> dict:
+        return self.query(ASSET_QUERY, key={"path": [tenant, key]})["assetOrError"]
 
     def ticks(self) -> list[dict]:
         selector = {"repositoryLocationName": LOCATION, "repositoryName": "__repository__", "sensorName": "retrain_on_new_reviews"}
@@ -140,7 +140,7 @@ class Dagster:
         return self.query(RUNS_QUERY)["runsOrError"]["results"]
 
     def checks(self, key: str) -> dict:
-        node = self.query(CHECKS_QUERY, key={"path": [key]})["assetNodeOrError"]
+        node = self.query(CHECKS_QUERY, key={"path": ["demo", key]})["assetNodeOrError"]
         return {c["name"]: c["executionForLatestMaterialization"] for c in node["assetChecksOrError"]["checks"]}
 
     def stop(self) -> None:
@@ -256,7 +256,14 @@ def main() -> int:
     try:
         # --- a first training, as `make demo` does it ---
         run([str(BIN / "legolas"), "demo-data", "--conversations", "400", "--reviews", "90", "--seed", "3"], env)
-        run([str(BIN / "dagster"), "asset", "materialize", "-m", LOCATION, "--select", "*", "--partition-range", f"0...{folds - 1}"], env)
+        tags = json.dumps({"dagster/asset_partition_range_start": "0", "dagster/asset_partition_range_end": str(folds - 1)})
+        run([str(BIN / "dagster"), "job", "execute", "-m", LOCATION, "-j", "demo__training_job", "--tags", tags], env)
+        # A second tenant with other classes and its own K, so the UI shows two tenants.
+        run([str(BIN / "legolas"), "demo-data", "--tenant", "insurance", "--domain", "insurance", "--conversations", "240",
+             "--reviews", "60", "--seed", "5"], env)
+        run([str(BIN / "legolas"), "tenants", "add", "insurance", "--n-folds", "2"], env)
+        two = json.dumps({"dagster/asset_partition_range_start": "0", "dagster/asset_partition_range_end": "1"})
+        run([str(BIN / "dagster"), "job", "execute", "-m", LOCATION, "-j", "insurance__training_job", "--tags", two], env)
         write_reviews(env, home / "retrain.jsonl", 0, 100, 2027)
         run([str(BIN / "legolas"), "import-reviews", str(home / "retrain.jsonl")], env)
 
@@ -270,7 +277,7 @@ def main() -> int:
         print(f"dagster dev up at {dagster.url} ({time.perf_counter() - started:.0f}s)", flush=True)
         retrain = wait_for(
             "the sensor's retraining run to succeed",
-            lambda: next((r for r in dagster.runs() if r["jobName"] == "training_job" and r["status"] == "SUCCESS"), None)
+            lambda: next((r for r in dagster.runs() if r["jobName"] == "demo__training_job" and r["status"] == "SUCCESS"), None)
             or _fail_fast(dagster), timeout=900,
         )
         print(f"retraining run {retrain['runId']} succeeded ({time.perf_counter() - started:.0f}s)", flush=True)
@@ -298,7 +305,7 @@ def main() -> int:
 
 
 def _fail_fast(dagster: Dagster):
-    failed = [r for r in dagster.runs() if r["jobName"] == "training_job" and r["status"] in ("FAILURE", "CANCELED")]
+    failed = [r for r in dagster.runs() if r["jobName"] == "demo__training_job" and r["status"] in ("FAILURE", "CANCELED")]
     if failed:
         raise RuntimeError(f"the retraining run {failed[0]['runId']} ended {failed[0]['status']}")
     return None
@@ -307,6 +314,13 @@ def _fail_fast(dagster: Dagster):
 def assert_ui(dagster: Dagster, failures: Failures, retrain: dict, tick: dict, folds: int) -> None:
     print("what the UI serves:", flush=True)
     check = failures.check
+    # Two tenants in one deployment: insurance has its own assets, its own K and its own champion.
+    insurance = dagster.asset("fold_models", tenant="insurance")["assetMaterializations"]
+    check(sorted({e["partition"] for e in insurance}) == ["0", "1"], "insurance/fold_models: its own two fold partitions")
+    promoted = entries(dagster.asset("promoted_ensemble", tenant="insurance")["assetMaterializations"][0])
+    check(promoted.get("decision") == "promoted", f"insurance/promoted_ensemble: its first model is in service ({promoted.get('reason')})")
+    retrained_tenants = {t["value"] for t in retrain.get("tags", []) if t["key"] == "legolas/tenant"}
+    check(retrained_tenants == {"demo"}, f"the sensor's retraining is tenant demo's alone (tags {retrained_tenants})")
     # Per-fold visibility: each fold partition of the retraining run has its own numbers and curve.
     fold_events = [e for e in dagster.asset("fold_models")["assetMaterializations"] if e["runId"] == retrain["runId"]]
     per_fold = {e["partition"]: entries(e) for e in fold_events}
@@ -367,28 +381,31 @@ def _fetch_status(url: str) -> int:
 
 PAGES = [
     # (file, path, what it shows, text the rendered page must contain)
-    ("01_ensemble_model.png", "/assets/ensemble_model?view=events", "ensemble_model's latest materialization: headline numbers, per-class and confusion tables",
+    ("01_ensemble_model.png", "/assets/demo/ensemble_model?view=events", "ensemble_model's latest materialization: headline numbers, per-class and confusion tables",
      ["test_balanced_accuracy", "worst_class_recall", "confusion_matrix_counts"]),
-    ("02_cv_metrics.png", "/assets/cv_metrics?view=events", "cv_metrics: CV BA mean ± std first, fold curves plot, per-fold table",
+    ("02_cv_metrics.png", "/assets/demo/cv_metrics?view=events", "cv_metrics: CV BA mean ± std first, fold curves plot, per-fold table",
      ["cv_balanced_accuracy", "±", "fold_curves"]),
-    ("03_fold_models_partition_1.png", "/assets/fold_models?view=partitions&partition=1", "fold 1's own partition: its numbers and training curve",
+    ("03_fold_models_partition_1.png", "/assets/demo/fold_models?view=partitions&partition=1", "fold 1's own partition: its numbers and training curve",
      ["val_balanced_accuracy", "shipped_epoch", "curve_by_epoch"]),
     # The Events page lists materializations and observations but details only the selected (latest)
     # materialization: the per-epoch observations' `remaining` is asserted on GraphQL (assert_ui).
-    ("04_fold_models_events.png", "/assets/fold_models?view=events", "fold_models events: per-partition materializations and per-epoch observations",
+    ("04_fold_models_events.png", "/assets/demo/fold_models?view=events", "fold_models events: per-partition materializations and per-epoch observations",
      ["val_balanced_accuracy", "shipped_epoch", "early_stopping", "training_curve"]),
-    ("05_fold_models_plots.png", "/assets/fold_models?view=plots", "fold_models Plots tab: numeric metadata drawn per partition", []),
-    ("06_human_reviews.png", "/assets/human_reviews?view=events", "human_reviews observations: total, waiting, oldest waiting",
+    ("05_fold_models_plots.png", "/assets/demo/fold_models?view=plots", "fold_models Plots tab: numeric metadata drawn per partition", []),
+    ("06_human_reviews.png", "/assets/demo/human_reviews?view=events", "human_reviews observations: total, waiting, oldest waiting",
      ["waiting", "oldest_waiting"]),
-    ("07_labeled_dataset.png", "/assets/labeled_dataset?view=events", "labeled_dataset after the retraining: diff against the model in service",
+    ("07_labeled_dataset.png", "/assets/demo/labeled_dataset?view=events", "labeled_dataset after the retraining: diff against the model in service",
      ["vs_model_in_service", "diff_by_class_and_source"]),
-    ("08_cv_metrics_checks.png", "/assets/cv_metrics?view=checks", "cv_metrics checks: the fold-spread warning check", ["cv_fold_spread"]),
-    ("09_explainability_report.png", "/assets/explainability_report?view=events", "explainability_report: top-words plot with legend, report link",
+    ("08_cv_metrics_checks.png", "/assets/demo/cv_metrics?view=checks", "cv_metrics checks: the fold-spread warning check", ["cv_fold_spread"]),
+    ("09_explainability_report.png", "/assets/demo/explainability_report?view=events", "explainability_report: top-words plot with legend, report link",
      ["report_url"]),
-    ("12_label_audit.png", "/assets/label_audit?view=events", "label_audit: the review queue, its reasons, noise rates and top items",
+    ("12_label_audit.png", "/assets/demo/label_audit?view=events", "label_audit: the review queue, its reasons, noise rates and top items",
      ["review_queue_size", "flagged_share", "queue_by_reason", "top_of_queue"]),
-    ("13_ensemble_predictions.png", "/assets/ensemble_predictions?view=events", "ensemble_predictions: coverage, documents/s, why documents were scored",
+    ("13_ensemble_predictions.png", "/assets/demo/ensemble_predictions?view=events", "ensemble_predictions: coverage, documents/s, why documents were scored",
      ["coverage", "documents_per_s", "to_score_new"]),
+    ("14_two_tenants.png", "/assets", "the asset catalog: one folder per tenant", ["demo", "insurance"]),
+    ("15_insurance_fold_partitions.png", "/assets/insurance/fold_models?view=partitions",
+     "tenant insurance's own folds (K=2): one tenant's partitions", ["fold_models"]),
     ("10_sensor.png", f"/locations/{LOCATION}/sensors/retrain_on_new_reviews", "the retraining sensor: ticks with skip reasons and counts",
      ["retrain_on_new_reviews"]),
 ]

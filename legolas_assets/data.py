@@ -1,6 +1,6 @@
 """Stage 1: the quality gate over the tenant's store."""
 
-from dagster import AssetExecutionContext, DataVersion, Failure, MetadataValue, Output, TableColumn, TableRecord, TableSchema, asset
+from dagster import AssetExecutionContext, AssetsDefinition, DataVersion, Failure, MetadataValue, Output, TableColumn, TableRecord, TableSchema, asset
 
 from legolas_ml.data.quality_gate import GateSettings, content_hash, gate_from_store
 from legolas_ml.data.store import StoreUnavailableError
@@ -11,86 +11,90 @@ from legolas_ml.lifecycle.registry import ChampionUnavailableError
 
 from .resources import MongoResource, LifecycleResource, TrainingResource
 from .reviews import REVIEWS_KEY
-from .stages import DATA, SINGLE_RUN
+from .stages import DATA, SINGLE_RUN, placement
+from .tenancy import TenantPlan
 
 
-@asset(group_name=DATA, backfill_policy=SINGLE_RUN, deps=[REVIEWS_KEY])
-def labeled_dataset(
-    context: AssetExecutionContext, mongo: MongoResource, training: TrainingResource, lifecycle: LifecycleResource
-) -> Output[dict]:
-    """Sessions that passed the quality gate (human reviews, + trusted LLM labels on a first training),
-    minus the tenant's evaluation holdout, which is written beside them and never trained on."""
-    tenant = mongo.tenant
-    artifacts = training.artifacts(tenant)
-    try:
-        # The mode follows the model in service only; a damaged champion is an error, never "no model".
-        champion = lifecycle.registry(training, tenant).champion()
-    except ChampionUnavailableError as exc:
-        raise Failure(description=f"labeled_dataset: {exc}") from None
-    try:
-        with mongo.open() as store:
-            result = gate_from_store(store, champion is not None, training.dataset_mode, GateSettings(training.max_text_chars))
-    except StoreUnavailableError as exc:
-        raise Failure(description=f"labeled_dataset: the store is unavailable: {exc}", allow_retries=True) from None
-    split = split_holdout(result.dataset, tenant, lifecycle.holdout_share)
-    if split.training.empty:
-        raise Failure(
-            description=f"labeled_dataset: no usable training rows for tenant {tenant!r} in {mongo.describe()} "
-            f"(mode {result.mode}; quarantined {result.counts['quarantined']}; held out {len(split.holdout)}). "
-            "Load data with `legolas demo-data` or `legolas import-reviews`."
-        )
-    data_version = content_hash(split.training)
-    path = write_dataset(artifacts.dataset_path(data_version), split.training)
-    holdout_path = write_dataset(artifacts.holdout_path(data_version), split.holdout)
-    context.log.info(f"{result.mode} training: {result.mode_reason}; {result.counts}; holdout {split.summary()}")
-    per_class = {str(k): int(v) for k, v in split.training["label"].value_counts().sort_index().items()}
-    per_source = {s: int((split.training["source"] == s).sum()) for s in ("human", "llm")}
-    summary = {
-        **result.summary(),
-        "content_hash": data_version,
-        "rows": len(split.training),
-        "per_class": per_class,
-        "per_source": per_source,
-        "gate_per_class": result.per_class,
-        "holdout": split.summary(),
-    }
-    value = {
-        "tenant": tenant,
-        "path": str(path),
-        "holdout_path": str(holdout_path),
-        "data_version": data_version,
-        "mode": result.mode,
-        "classes": sorted(per_class),
-        "summary": summary,
-        # What the model in service was trained on, for the shrinkage check.
-        "champion_dataset": champion.get("dataset_summary") if champion else None,
-        "champion_version": champion.get("version") if champion else None,
-    }
-    quarantined = {k: v for k, v in result.quarantined.items() if v}
-    metadata = {
-        "tenant": tenant,
-        "source": mongo.describe(),
-        "mode": result.mode,
-        "mode_reason": result.mode_reason,
-        "champion_version": value["champion_version"] or "none",
-        "rows": len(split.training),
-        **_diff_metadata(summary, value["champion_dataset"]),
-        "inputs": result.counts["inputs"],
-        "from_human_reviews": per_source["human"],
-        "from_llm": per_source["llm"],
-        "holdout_sessions": len(split.holdout),
-        "holdout_per_class": MetadataValue.json(split.per_class),
-        "holdout_excluded_unreviewed": split.excluded_unreviewed,
-        "quarantined": result.counts["quarantined"],
-        "superseded": result.counts["superseded"],
-        "data_version": data_version,
-        "path": MetadataValue.path(str(path)),
-        "per_class": MetadataValue.json(per_class),
-        "quarantine_by_reason": MetadataValue.json(quarantined),
-        "superseded_by_kind": MetadataValue.json(result.superseded),
-        "quarantine_samples": MetadataValue.json(result.quarantine_samples),
-    }
-    return Output(value, data_version=DataVersion(data_version), metadata=metadata)
+def build_labeled_dataset(tenant: TenantPlan) -> AssetsDefinition:
+    """``<tenant>/labeled_dataset``: the quality gate over the tenant's documents."""
+
+    @asset(key=tenant.key("labeled_dataset"), **placement(tenant, DATA), backfill_policy=SINGLE_RUN, deps=[tenant.key(REVIEWS_KEY)])
+    def labeled_dataset(
+        context: AssetExecutionContext, mongo: MongoResource, training: TrainingResource, lifecycle: LifecycleResource
+    ) -> Output[dict]:
+        """Sessions that passed the quality gate (human reviews, + trusted LLM labels on a first training),
+        minus the tenant's evaluation holdout, which is written beside them and never trained on."""
+        artifacts = training.artifacts(tenant.name)
+        try:
+            # The mode follows the model in service only; a damaged champion is an error, never "no model".
+            champion = lifecycle.registry(training, tenant.name).champion()
+        except ChampionUnavailableError as exc:
+            raise Failure(description=f"labeled_dataset: {exc}") from None
+        try:
+            with mongo.open(tenant.name) as store:
+                result = gate_from_store(store, champion is not None, training.dataset_mode, GateSettings(training.max_text_chars))
+        except StoreUnavailableError as exc:
+            raise Failure(description=f"labeled_dataset: the store is unavailable: {exc}", allow_retries=True) from None
+        split = split_holdout(result.dataset, tenant.name, lifecycle.holdout_share)
+        if split.training.empty:
+            raise Failure(
+                description=f"labeled_dataset: no usable training rows for tenant {tenant.name!r} in {mongo.describe()} "
+                f"(mode {result.mode}; quarantined {result.counts['quarantined']}; held out {len(split.holdout)}). "
+                "Load data with `legolas demo-data` or `legolas import-reviews`."
+            )
+        data_version = content_hash(split.training)
+        path = write_dataset(artifacts.dataset_path(data_version), split.training)
+        holdout_path = write_dataset(artifacts.holdout_path(data_version), split.holdout)
+        context.log.info(f"{result.mode} training: {result.mode_reason}; {result.counts}; holdout {split.summary()}")
+        per_class = {str(k): int(v) for k, v in split.training["label"].value_counts().sort_index().items()}
+        per_source = {s: int((split.training["source"] == s).sum()) for s in ("human", "llm")}
+        summary = {
+            **result.summary(),
+            "content_hash": data_version,
+            "rows": len(split.training),
+            "per_class": per_class,
+            "per_source": per_source,
+            "gate_per_class": result.per_class,
+            "holdout": split.summary(),
+        }
+        value = {
+            "tenant": tenant.name,
+            "path": str(path),
+            "holdout_path": str(holdout_path),
+            "data_version": data_version,
+            "mode": result.mode,
+            "classes": sorted(per_class),
+            "summary": summary,
+            # What the model in service was trained on, for the shrinkage check.
+            "champion_dataset": champion.get("dataset_summary") if champion else None,
+            "champion_version": champion.get("version") if champion else None,
+        }
+        quarantined = {k: v for k, v in result.quarantined.items() if v}
+        metadata = {
+            "tenant": tenant.name,
+            "source": mongo.describe(),
+            "mode": result.mode,
+            "mode_reason": result.mode_reason,
+            "champion_version": value["champion_version"] or "none",
+            "rows": len(split.training),
+            **_diff_metadata(summary, value["champion_dataset"]),
+            "inputs": result.counts["inputs"],
+            "from_human_reviews": per_source["human"],
+            "from_llm": per_source["llm"],
+            "holdout_sessions": len(split.holdout),
+            "holdout_per_class": MetadataValue.json(split.per_class),
+            "holdout_excluded_unreviewed": split.excluded_unreviewed,
+            "quarantined": result.counts["quarantined"],
+            "superseded": result.counts["superseded"],
+            "data_version": data_version,
+            "path": MetadataValue.path(str(path)),
+            "per_class": MetadataValue.json(per_class),
+            "quarantine_by_reason": MetadataValue.json(quarantined),
+            "superseded_by_kind": MetadataValue.json(result.superseded),
+            "quarantine_samples": MetadataValue.json(result.quarantine_samples),
+        }
+        return Output(value, data_version=DataVersion(data_version), metadata=metadata)
+    return labeled_dataset
 
 
 def _diff_metadata(summary: dict, champion_dataset: dict | None) -> dict:

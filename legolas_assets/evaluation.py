@@ -3,7 +3,7 @@
 import json
 import time
 
-from dagster import AssetExecutionContext, Failure, MetadataValue, Output, TableColumn, TableRecord, TableSchema, asset
+from dagster import AssetExecutionContext, AssetsDefinition, Failure, MetadataValue, Output, TableColumn, TableRecord, TableSchema, asset
 
 from legolas_ml.evaluation.ensemble import EVAL_PRECISION
 from legolas_ml.lifecycle.artifacts import read_dataset
@@ -14,7 +14,8 @@ from legolas_ml.atomic_io import write_json_atomic
 
 from . import links, plots
 from .resources import GPUResource, LifecycleResource, TrainingResource
-from .stages import EVALUATION, SINGLE_RUN
+from .stages import EVALUATION, SINGLE_RUN, placement
+from .tenancy import TenantPlan
 
 
 def _fold_summaries(fold_models: dict) -> dict[int, dict]:
@@ -34,152 +35,160 @@ def mean_pm_std(stats: dict) -> str:
     return f"{stats['mean']:.4f} ± {stats['std']:.4f}"
 
 
-@asset(group_name=EVALUATION, backfill_policy=SINGLE_RUN)
-def cv_metrics(
-    context: AssetExecutionContext, stratified_splits: dict, fold_models: dict, training: TrainingResource
-) -> Output[dict]:
-    """Mean ± std across folds of balanced accuracy, accuracy, macro-F1 and per-class recall."""
-    folds = _fold_summaries(fold_models)
-    try:
-        cv = aggregate_folds(folds, stratified_splits["n_folds"], stratified_splits["data_version"], stratified_splits["fingerprint"])
-    except (MissingFoldsError, StaleFoldError) as exc:
-        raise Failure(description=str(exc)) from None
-    scores = [row["balanced_accuracy"] for row in cv["per_fold"]]
-    cv["fold_spread"] = max(scores) - min(scores)
-    worst_class, worst_recall = min(cv["per_class_recall"].items(), key=lambda kv: kv[1]["mean"])
-    key = folds[0].get("training_key") or f"{cv['data_version']}-{cv['split_fingerprint']}"
-    # Under the run's own directory: an older materialization's plot is never replaced by a newer one.
-    curves = plots.fold_curves(
-        {k: f.get("history", []) for k, f in folds.items()},
-        training.artifacts(stratified_splits["tenant"]).folds_dir(key) / "runs" / context.run_id / "fold_curves.png",
-        f"validation balanced accuracy of {cv['n_folds']} folds",
-    )
-    metadata = {
-        # The headline first: what people look for before anything else.
-        "cv_balanced_accuracy": mean_pm_std(cv["balanced_accuracy"]),
-        "balanced_accuracy_mean": round(cv["balanced_accuracy"]["mean"], 4),
-        "balanced_accuracy_std": round(cv["balanced_accuracy"]["std"], 4),
-        "worst_class_recall": round(worst_recall["mean"], 4),
-        "worst_class": worst_class,
-        "fold_spread": round(cv["fold_spread"], 4),
-        "fold_curves": plots.embed(curves, "validation curves of every fold"),
-        "per_fold": _table(cv["per_fold"], [("fold", "int"), ("balanced_accuracy", "float"), ("accuracy", "float"),
-                                            ("f1_macro", "float"), ("best_epoch", "int")]),
-        "per_class_recall": _table(
-            [{"class": c, "recall_mean": v["mean"], "recall_std": v["std"]} for c, v in cv["per_class_recall"].items()],
-            [("class", "string"), ("recall_mean", "float"), ("recall_std", "float")],
-        ),
-    }
-    for metric in ("accuracy", "f1_macro"):
-        metadata[f"{metric}_mean"] = round(cv[metric]["mean"], 4)
-        metadata[f"{metric}_std"] = round(cv[metric]["std"], 4)
-    # One numeric entry per fold: the Plots tab draws one series per fold across materializations.
-    for row in cv["per_fold"]:
-        metadata[f"fold_{row['fold']}_balanced_accuracy"] = round(row["balanced_accuracy"], 4)
-    metadata.update({
-        "n_folds": cv["n_folds"],
-        "data_version": cv["data_version"],
-        "split_fingerprint": cv["split_fingerprint"],
-        "fold_curves_png": MetadataValue.path(str(curves)),
-    })
-    context.log.info(f"CV balanced accuracy {mean_pm_std(cv['balanced_accuracy'])} over {cv['n_folds']} folds")
-    return Output(cv, metadata=metadata)
+def build_evaluation(tenant: TenantPlan) -> list[AssetsDefinition]:
+    """``<tenant>/cv_metrics`` and ``<tenant>/ensemble_model``."""
+
+    @asset(key=tenant.key("cv_metrics"), ins=tenant.ins("stratified_splits", "fold_models"), **placement(tenant, EVALUATION), backfill_policy=SINGLE_RUN)
+    def cv_metrics(
+        context: AssetExecutionContext, stratified_splits: dict, fold_models: dict, training: TrainingResource
+    ) -> Output[dict]:
+        """Mean ± std across folds of balanced accuracy, accuracy, macro-F1 and per-class recall."""
+        folds = _fold_summaries(fold_models)
+        try:
+            cv = aggregate_folds(folds, stratified_splits["n_folds"], stratified_splits["data_version"], stratified_splits["fingerprint"])
+        except (MissingFoldsError, StaleFoldError) as exc:
+            raise Failure(description=str(exc)) from None
+        scores = [row["balanced_accuracy"] for row in cv["per_fold"]]
+        cv["fold_spread"] = max(scores) - min(scores)
+        worst_class, worst_recall = min(cv["per_class_recall"].items(), key=lambda kv: kv[1]["mean"])
+        key = folds[0].get("training_key") or f"{cv['data_version']}-{cv['split_fingerprint']}"
+        # Under the run's own directory: an older materialization's plot is never replaced by a newer one.
+        curves = plots.fold_curves(
+            {k: f.get("history", []) for k, f in folds.items()},
+            training.artifacts(tenant.name).folds_dir(key) / "runs" / context.run_id / "fold_curves.png",
+            f"validation balanced accuracy of {cv['n_folds']} folds",
+        )
+        metadata = {
+            # The headline first: what people look for before anything else.
+            "cv_balanced_accuracy": mean_pm_std(cv["balanced_accuracy"]),
+            "balanced_accuracy_mean": round(cv["balanced_accuracy"]["mean"], 4),
+            "balanced_accuracy_std": round(cv["balanced_accuracy"]["std"], 4),
+            "worst_class_recall": round(worst_recall["mean"], 4),
+            "worst_class": worst_class,
+            "fold_spread": round(cv["fold_spread"], 4),
+            "fold_curves": plots.embed(curves, "validation curves of every fold"),
+            "per_fold": _table(cv["per_fold"], [("fold", "int"), ("balanced_accuracy", "float"), ("accuracy", "float"),
+                                                ("f1_macro", "float"), ("best_epoch", "int")]),
+            "per_class_recall": _table(
+                [{"class": c, "recall_mean": v["mean"], "recall_std": v["std"]} for c, v in cv["per_class_recall"].items()],
+                [("class", "string"), ("recall_mean", "float"), ("recall_std", "float")],
+            ),
+        }
+        for metric in ("accuracy", "f1_macro"):
+            metadata[f"{metric}_mean"] = round(cv[metric]["mean"], 4)
+            metadata[f"{metric}_std"] = round(cv[metric]["std"], 4)
+        # One numeric entry per fold: the Plots tab draws one series per fold across materializations.
+        for row in cv["per_fold"]:
+            metadata[f"fold_{row['fold']}_balanced_accuracy"] = round(row["balanced_accuracy"], 4)
+        metadata.update({
+            "n_folds": cv["n_folds"],
+            "data_version": cv["data_version"],
+            "split_fingerprint": cv["split_fingerprint"],
+            "fold_curves_png": MetadataValue.path(str(curves)),
+        })
+        context.log.info(f"CV balanced accuracy {mean_pm_std(cv['balanced_accuracy'])} over {cv['n_folds']} folds")
+        return Output(cv, metadata=metadata)
 
 
-@asset(group_name=EVALUATION, backfill_policy=SINGLE_RUN)
-def ensemble_model(
-    context: AssetExecutionContext,
-    labeled_dataset: dict,
-    stratified_splits: dict,
-    fold_models: dict,
-    cv_metrics: dict,
-    training: TrainingResource,
-    lifecycle: LifecycleResource,
-    gpu: GPUResource,
-) -> Output[dict]:
-    """A candidate: the K fold models as one classifier (mean softmax), evaluated once on the held-out
-    test set. It serves nothing until `promoted_ensemble` promotes it."""
-    if cv_metrics["split_fingerprint"] != stratified_splits["fingerprint"]:
-        raise Failure(description="cv_metrics was computed on another split; re-materialize cv_metrics first")
-    folds = _fold_summaries(fold_models)
-    keys = {f.get("training_key") for f in folds.values()}
-    if len(keys) != 1 or None in keys:
-        raise Failure(description=f"the folds come from different trainings {sorted(map(str, keys))}; re-materialize fold_models")
-    version = keys.pop()
-    paths = [folds[k]["checkpoint_path"] for k in range(stratified_splits["n_folds"])]
-    plan = SplitPlan.from_dict(json.loads(open(stratified_splits["path"]).read()))
-    df = read_dataset(labeled_dataset["path"]).set_index("session_id")
-    test = df.loc[plan.test_ids]
-    started = time.perf_counter()
-    # Every reported number is computed in fp32 (training may use bf16): the mistakes explained by
-    # Integrated Gradients, which run in fp32, are then the ones evaluated here.
-    metrics, _, ensemble = evaluate_ensemble(paths, test["text"].tolist(), test["label"].tolist(), gpu.device, EVAL_PRECISION)
-    seconds = time.perf_counter() - started
-    registry = lifecycle.registry(training, labeled_dataset["tenant"])
-    # This materialization's own directory: a later run of the same version never overwrites what
-    # an older materialization's metadata points at (retention deletes it with the version).
-    run_dir = registry.run_dir(version, context.run_id)
-    plot = plots.confusion_matrix(
-        metrics["confusion_matrix"], ensemble.labels, run_dir / "confusion_matrix.png", f"ensemble of {len(paths)} folds, test set",
+    @asset(
+        key=tenant.key("ensemble_model"), ins=tenant.ins("labeled_dataset", "stratified_splits", "fold_models", "cv_metrics"),
+        **placement(tenant, EVALUATION), backfill_policy=SINGLE_RUN,
     )
-    summary = labeled_dataset["summary"]
-    manifest = {
-        "version": version,
-        "tenant": labeled_dataset["tenant"],
-        "checkpoints": paths,
-        "sha256": [read_sidecar(p)["sha256"] for p in paths],
-        "labels": ensemble.labels,
-        "data_version": labeled_dataset["data_version"],
-        "split_fingerprint": stratified_splits["fingerprint"],
-        "mode": labeled_dataset["mode"],
-        "source_counts": summary["per_source"],
-        "dataset_summary": {"rows": summary.get("rows"), "per_source": summary["per_source"], "per_class": summary["per_class"]},
-        "reviews_cursor": summary.get("reviews_cursor"),  # the reviews this training read: consumed once decided
-        "holdout": summary.get("holdout"),
-        "test_metrics": metrics,
-        "eval_precision": EVAL_PRECISION,
-        "cv_balanced_accuracy": cv_metrics["balanced_accuracy"],
-        "run_id": context.run_id,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    # A version on disk, not the model in service: promotion is a separate, checked decision.
-    manifest_path = registry.write_candidate(manifest)
-    run_manifest = write_json_atomic(run_dir / "manifest.json", manifest)
-    labels = ensemble.labels
-    worst_class = min(labels, key=lambda c: metrics["per_class"][c]["recall"])
-    metadata = {
-        # The headline first: test balanced accuracy, the folds' mean ± std, the weakest class.
-        "test_balanced_accuracy": round(metrics["balanced_accuracy"], 4),
-        "cv_balanced_accuracy": mean_pm_std(cv_metrics["balanced_accuracy"]),
-        "cv_balanced_accuracy_mean": round(cv_metrics["balanced_accuracy"]["mean"], 4),
-        "cv_balanced_accuracy_std": round(cv_metrics["balanced_accuracy"]["std"], 4),
-        "worst_class_recall": round(metrics["per_class"][worst_class]["recall"], 4),
-        "worst_class": worst_class,
-        "test_accuracy": round(metrics["accuracy"], 4),
-        "test_f1_macro": round(metrics["f1_macro"], 4),
-        "test_n": metrics["n"],
-        "per_class": _table(
-            [{"class": c, **metrics["per_class"][c]} for c in labels],
-            [("class", "string"), ("precision", "float"), ("recall", "float"), ("f1", "float"), ("support", "int")],
-        ),
-        # Inline tables (no dialog): rows are true classes, columns predicted ones.
-        "confusion_matrix_counts": _confusion_table(metrics["confusion_matrix"], labels, normalised=False),
-        "confusion_matrix_normalised": _confusion_table(metrics["confusion_matrix"], labels, normalised=True),
-        "confusion_matrix_plot": plots.embed(plot, "confusion matrix"),
-        "version": version,
-        "tenant": labeled_dataset["tenant"],
-        "n_folds": len(paths),
-        "mode": labeled_dataset["mode"],
-        "source_counts": MetadataValue.json(summary["per_source"]),
-        "inference_s": round(seconds, 2),
-        "manifest": MetadataValue.path(str(run_manifest)),
-        "confusion_matrix_png": MetadataValue.path(str(plot)),
-        **links.urls({"manifest_url": run_manifest, "confusion_matrix_url": plot}),
-    }
-    context.log.info(
-        f"candidate {version}: test balanced accuracy {metrics['balanced_accuracy']:.4f} on {metrics['n']} sessions"
-    )
-    return Output({**manifest, "manifest_path": str(manifest_path), "run_dir": str(run_dir)}, metadata=metadata)
+    def ensemble_model(
+        context: AssetExecutionContext,
+        labeled_dataset: dict,
+        stratified_splits: dict,
+        fold_models: dict,
+        cv_metrics: dict,
+        training: TrainingResource,
+        lifecycle: LifecycleResource,
+        gpu: GPUResource,
+    ) -> Output[dict]:
+        """A candidate: the K fold models as one classifier (mean softmax), evaluated once on the held-out
+        test set. It serves nothing until `promoted_ensemble` promotes it."""
+        if cv_metrics["split_fingerprint"] != stratified_splits["fingerprint"]:
+            raise Failure(description="cv_metrics was computed on another split; re-materialize cv_metrics first")
+        folds = _fold_summaries(fold_models)
+        keys = {f.get("training_key") for f in folds.values()}
+        if len(keys) != 1 or None in keys:
+            raise Failure(description=f"the folds come from different trainings {sorted(map(str, keys))}; re-materialize fold_models")
+        version = keys.pop()
+        paths = [folds[k]["checkpoint_path"] for k in range(stratified_splits["n_folds"])]
+        plan = SplitPlan.from_dict(json.loads(open(stratified_splits["path"]).read()))
+        df = read_dataset(labeled_dataset["path"]).set_index("session_id")
+        test = df.loc[plan.test_ids]
+        started = time.perf_counter()
+        # Every reported number is computed in fp32 (training may use bf16): the mistakes explained by
+        # Integrated Gradients, which run in fp32, are then the ones evaluated here.
+        metrics, _, ensemble = evaluate_ensemble(paths, test["text"].tolist(), test["label"].tolist(), gpu.device, EVAL_PRECISION)
+        seconds = time.perf_counter() - started
+        registry = lifecycle.registry(training, tenant.name)
+        # This materialization's own directory: a later run of the same version never overwrites what
+        # an older materialization's metadata points at (retention deletes it with the version).
+        run_dir = registry.run_dir(version, context.run_id)
+        plot = plots.confusion_matrix(
+            metrics["confusion_matrix"], ensemble.labels, run_dir / "confusion_matrix.png", f"ensemble of {len(paths)} folds, test set",
+        )
+        summary = labeled_dataset["summary"]
+        manifest = {
+            "version": version,
+            "tenant": tenant.name,
+            "checkpoints": paths,
+            "sha256": [read_sidecar(p)["sha256"] for p in paths],
+            "labels": ensemble.labels,
+            "data_version": labeled_dataset["data_version"],
+            "split_fingerprint": stratified_splits["fingerprint"],
+            "mode": labeled_dataset["mode"],
+            "source_counts": summary["per_source"],
+            "dataset_summary": {"rows": summary.get("rows"), "per_source": summary["per_source"], "per_class": summary["per_class"]},
+            "reviews_cursor": summary.get("reviews_cursor"),  # the reviews this training read: consumed once decided
+            "holdout": summary.get("holdout"),
+            "test_metrics": metrics,
+            "eval_precision": EVAL_PRECISION,
+            "cv_balanced_accuracy": cv_metrics["balanced_accuracy"],
+            "run_id": context.run_id,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        # A version on disk, not the model in service: promotion is a separate, checked decision.
+        manifest_path = registry.write_candidate(manifest)
+        run_manifest = write_json_atomic(run_dir / "manifest.json", manifest)
+        labels = ensemble.labels
+        worst_class = min(labels, key=lambda c: metrics["per_class"][c]["recall"])
+        metadata = {
+            # The headline first: test balanced accuracy, the folds' mean ± std, the weakest class.
+            "test_balanced_accuracy": round(metrics["balanced_accuracy"], 4),
+            "cv_balanced_accuracy": mean_pm_std(cv_metrics["balanced_accuracy"]),
+            "cv_balanced_accuracy_mean": round(cv_metrics["balanced_accuracy"]["mean"], 4),
+            "cv_balanced_accuracy_std": round(cv_metrics["balanced_accuracy"]["std"], 4),
+            "worst_class_recall": round(metrics["per_class"][worst_class]["recall"], 4),
+            "worst_class": worst_class,
+            "test_accuracy": round(metrics["accuracy"], 4),
+            "test_f1_macro": round(metrics["f1_macro"], 4),
+            "test_n": metrics["n"],
+            "per_class": _table(
+                [{"class": c, **metrics["per_class"][c]} for c in labels],
+                [("class", "string"), ("precision", "float"), ("recall", "float"), ("f1", "float"), ("support", "int")],
+            ),
+            # Inline tables (no dialog): rows are true classes, columns predicted ones.
+            "confusion_matrix_counts": _confusion_table(metrics["confusion_matrix"], labels, normalised=False),
+            "confusion_matrix_normalised": _confusion_table(metrics["confusion_matrix"], labels, normalised=True),
+            "confusion_matrix_plot": plots.embed(plot, "confusion matrix"),
+            "version": version,
+            "tenant": tenant.name,
+            "n_folds": len(paths),
+            "mode": labeled_dataset["mode"],
+            "source_counts": MetadataValue.json(summary["per_source"]),
+            "inference_s": round(seconds, 2),
+            "manifest": MetadataValue.path(str(run_manifest)),
+            "confusion_matrix_png": MetadataValue.path(str(plot)),
+            **links.urls({"manifest_url": run_manifest, "confusion_matrix_url": plot}),
+        }
+        context.log.info(
+            f"candidate {version}: test balanced accuracy {metrics['balanced_accuracy']:.4f} on {metrics['n']} sessions"
+        )
+        return Output({**manifest, "manifest_path": str(manifest_path), "run_dir": str(run_dir)}, metadata=metadata)
+
+    return [cv_metrics, ensemble_model]
 
 
 def _confusion_table(matrix: list[list[int]], labels: list[str], *, normalised: bool) -> MetadataValue:

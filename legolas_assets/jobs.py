@@ -1,21 +1,46 @@
-"""Jobs: the whole training chain as one job (the sensor's target and the UI's one-click retrain)."""
+"""Each tenant's assets, checks and training job (the sensor's target and the UI's one-click retrain)."""
 
 from dagster import define_asset_job
 
-from .data import labeled_dataset
-from .evaluation import cv_metrics, ensemble_model
-from .explainability import explainability_report
-from .lifecycle import promote_job, promoted_ensemble, rollback_job
-from .loop import ensemble_predictions, label_audit
-from .splits import stratified_splits
-from .training import fold_models
+from .checks import build_checks
+from .data import build_labeled_dataset
+from .evaluation import build_evaluation
+from .explainability import build_explainability_report
+from .lifecycle import build_promoted_ensemble, promote_job, rollback_job
+from .loop import build_ensemble_predictions, build_label_audit
+from .reviews import build_human_reviews
+from .splits import build_stratified_splits
+from .tenancy import TenantPlan
+from .training import build_fold_models
 
-ASSETS = [labeled_dataset, stratified_splits, fold_models, cv_metrics, ensemble_model, promoted_ensemble, explainability_report, ensemble_predictions, label_audit]
+__all__ = ["tenant_assets", "tenant_checks", "tenant_job", "promote_job", "rollback_job", "ASSET_NAMES"]
 
-__all__ = ["ASSETS", "training_job", "promote_job", "rollback_job"]
-
-training_job = define_asset_job(
-    "training_job",
-    selection=ASSETS,
-    description="Every asset, all fold partitions in one run: launch with a partition range 0...K-1",
+#: A tenant's assets in pipeline order (each is ``<tenant>/<name>``), the source asset apart.
+ASSET_NAMES = (
+    "labeled_dataset", "stratified_splits", "fold_models", "cv_metrics", "ensemble_model", "promoted_ensemble",
+    "explainability_report", "ensemble_predictions", "label_audit",
 )
+
+
+def tenant_assets(tenant: TenantPlan) -> list:
+    """The tenant's materializable assets, in pipeline order."""
+    return [
+        build_labeled_dataset(tenant), build_stratified_splits(tenant), build_fold_models(tenant), *build_evaluation(tenant),
+        build_promoted_ensemble(tenant), build_explainability_report(tenant), build_ensemble_predictions(tenant),
+        build_label_audit(tenant),
+    ]
+
+
+def tenant_checks(tenant: TenantPlan) -> list:
+    return build_checks(tenant)
+
+
+def tenant_job(tenant: TenantPlan, assets: list):
+    """``<tenant>__training_job``: every asset of the tenant, all its fold partitions in one run."""
+    return define_asset_job(
+        tenant.job_name,
+        selection=assets,
+        tags={"legolas/tenant": tenant.name},  # one run per tenant at a time (dagster.yaml), from the UI too
+        description=f"Tenant {tenant.name}: every asset, all fold partitions in one run: launch with the partition range "
+        f"0...{tenant.n_partitions - 1}",
+    )

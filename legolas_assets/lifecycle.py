@@ -6,6 +6,7 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    AssetsDefinition,
     Config,
     Failure,
     MetadataValue,
@@ -27,12 +28,14 @@ from legolas_ml.evaluation.metrics import classification_metrics
 from legolas_ml.tracking import redacted, tracker_from_settings
 
 from .resources import GPUResource, LifecycleResource, TrainingResource
-from .stages import LIFECYCLE, SINGLE_RUN
+from .stages import LIFECYCLE, SINGLE_RUN, placement
+from .tenancy import TenantPlan
 
-PROMOTION_CHECK = AssetCheckSpec(
-    "candidate_promoted", asset="promoted_ensemble",
-    description="the run's candidate was promoted (a warning names why it was not)",
-)
+def promotion_check(tenant: TenantPlan) -> AssetCheckSpec:
+    return AssetCheckSpec(
+        "candidate_promoted", asset=tenant.key("promoted_ensemble"),
+        description="the run's candidate was promoted (a warning names why it was not)",
+    )
 
 
 def run_actor(context) -> str:
@@ -59,78 +62,86 @@ def _recall_table(comparison) -> MetadataValue:
     ]))
 
 
-@asset(group_name=LIFECYCLE, backfill_policy=SINGLE_RUN, check_specs=[PROMOTION_CHECK])
-def promoted_ensemble(
-    context: AssetExecutionContext,
-    ensemble_model: dict,
-    labeled_dataset: dict,
-    training: TrainingResource,
-    lifecycle: LifecycleResource,
-    gpu: GPUResource,
-):
-    """The ensemble in service: the candidate if it beat the promotion rule, else the champion it challenged."""
-    tenant, version = ensemble_model["tenant"], ensemble_model["version"]
-    registry = lifecycle.registry(training, tenant)
-    policy = lifecycle.policy()
-    try:
-        champion = registry.champion()
-    except ChampionUnavailableError as exc:
-        raise Failure(description=f"promoted_ensemble: {exc}") from None
-    holdout = read_dataset(labeled_dataset["holdout_path"])
-    metadata: dict = {"tenant": tenant, "candidate_version": version, "holdout_n": len(holdout),
-                      "holdout_per_class": MetadataValue.json(labeled_dataset["summary"]["holdout"]["per_class"])}
-    earlier = registry.decision_for(version)
-    if champion is not None and champion["version"] == version:
-        promoted, reason, record = True, "the candidate is already the champion (same data, split and config)", None
-    elif earlier is not None and earlier.get("previous_champion") == (champion or {}).get("version"):
-        # Decided against this very champion before (a re-materialization): the decision stands.
-        promoted, reason, record = earlier["action"] == "promoted", f"decided at {earlier['at']}: {earlier['reason']}", earlier
-    else:
-        comparison = None
-        if len(holdout):
-            texts, y_true = holdout["text"].tolist(), holdout["label"].tolist()
-            candidate_pred = FoldEnsemble(ensemble_model["checkpoints"], device=gpu.device, precision=EVAL_PRECISION).predict(texts)
-            holdout_metrics = classification_metrics(y_true, candidate_pred, classes=sorted(set(y_true)))
-            metadata["candidate_holdout_balanced_accuracy"] = round(holdout_metrics["balanced_accuracy"], 4)
-            if champion is not None:
-                champion_pred = FoldEnsemble(champion["checkpoints"], device=gpu.device, precision=EVAL_PRECISION).predict(texts)
-                comparison = compare_on_holdout(y_true, candidate_pred, champion_pred, policy, seed=training.seed)
-        decision = decide_promotion(
-            ensemble_model["test_metrics"]["balanced_accuracy"], len(ensemble_model["labels"]), comparison, champion is not None, policy
+def build_promoted_ensemble(tenant: TenantPlan) -> AssetsDefinition:
+    """``<tenant>/promoted_ensemble``: the tenant's champion/challenger decision."""
+
+    @asset(
+        key=tenant.key("promoted_ensemble"), ins=tenant.ins("ensemble_model", "labeled_dataset"),
+        **placement(tenant, LIFECYCLE), backfill_policy=SINGLE_RUN, check_specs=[promotion_check(tenant)],
+    )
+    def promoted_ensemble(
+        context: AssetExecutionContext,
+        ensemble_model: dict,
+        labeled_dataset: dict,
+        training: TrainingResource,
+        lifecycle: LifecycleResource,
+        gpu: GPUResource,
+    ):
+        """The ensemble in service: the candidate if it beat the promotion rule, else the champion it challenged."""
+        version = ensemble_model["version"]
+        registry = lifecycle.registry(training, tenant.name)
+        policy = lifecycle.policy()
+        try:
+            champion = registry.champion()
+        except ChampionUnavailableError as exc:
+            raise Failure(description=f"promoted_ensemble: {exc}") from None
+        holdout = read_dataset(labeled_dataset["holdout_path"])
+        metadata: dict = {"tenant": tenant.name, "candidate_version": version, "holdout_n": len(holdout),
+                          "holdout_per_class": MetadataValue.json(labeled_dataset["summary"]["holdout"]["per_class"])}
+        earlier = registry.decision_for(version)
+        if champion is not None and champion["version"] == version:
+            promoted, reason, record = True, "the candidate is already the champion (same data, split and config)", None
+        elif earlier is not None and earlier.get("previous_champion") == (champion or {}).get("version"):
+            # Decided against this very champion before (a re-materialization): the decision stands.
+            promoted, reason, record = earlier["action"] == "promoted", f"decided at {earlier['at']}: {earlier['reason']}", earlier
+        else:
+            comparison = None
+            if len(holdout):
+                texts, y_true = holdout["text"].tolist(), holdout["label"].tolist()
+                candidate_pred = FoldEnsemble(ensemble_model["checkpoints"], device=gpu.device, precision=EVAL_PRECISION).predict(texts)
+                holdout_metrics = classification_metrics(y_true, candidate_pred, classes=sorted(set(y_true)))
+                metadata["candidate_holdout_balanced_accuracy"] = round(holdout_metrics["balanced_accuracy"], 4)
+                if champion is not None:
+                    champion_pred = FoldEnsemble(champion["checkpoints"], device=gpu.device, precision=EVAL_PRECISION).predict(texts)
+                    comparison = compare_on_holdout(y_true, candidate_pred, champion_pred, policy, seed=training.seed)
+            decision = decide_promotion(
+                ensemble_model["test_metrics"]["balanced_accuracy"], len(ensemble_model["labels"]), comparison, champion is not None, policy
+            )
+            details = {"decision": decision.to_dict(), "run_id": context.run_id}
+            action = registry.promote if decision.promote else registry.reject
+            record = action(version, actor=run_actor(context), reason=decision.reason, **details)
+            promoted, reason = decision.promote, decision.reason
+            if comparison is not None:
+                metadata.update({
+                    "champion_holdout_balanced_accuracy": round(comparison.champion_balanced_accuracy, 4),
+                    "difference": round(comparison.difference, 4),
+                    "difference_ci_low": round(comparison.ci_low, 4),
+                    "difference_ci_high": round(comparison.ci_high, 4),
+                    "recall_by_class": _recall_table(comparison),
+                })
+        if promoted and record is not None:
+            metadata.update(_mirror_champion(context, registry, tenant.name, version))
+        pruned = registry.prune(lifecycle.keep_decided, keep={version})
+        serving = registry.champion_version()
+        metadata.update({
+            "decision": "promoted" if promoted else "rejected",
+            "reason": reason,
+            "champion_version": serving or "none",
+            "previous_champion": (record or {}).get("previous_champion") or "none",
+            "pruned_versions": MetadataValue.json(pruned),
+            "decisions_log": MetadataValue.path(str(registry.decisions_path)),
+        })
+        (context.log.info if promoted else context.log.warning)(f"candidate {version}: {'promoted' if promoted else 'rejected'}: {reason}")
+        yield Output(
+            {"tenant": tenant.name, "champion_version": serving, "candidate_version": version, "promoted": promoted, "reason": reason},
+            metadata=metadata,
         )
-        details = {"decision": decision.to_dict(), "run_id": context.run_id}
-        action = registry.promote if decision.promote else registry.reject
-        record = action(version, actor=run_actor(context), reason=decision.reason, **details)
-        promoted, reason = decision.promote, decision.reason
-        if comparison is not None:
-            metadata.update({
-                "champion_holdout_balanced_accuracy": round(comparison.champion_balanced_accuracy, 4),
-                "difference": round(comparison.difference, 4),
-                "difference_ci_low": round(comparison.ci_low, 4),
-                "difference_ci_high": round(comparison.ci_high, 4),
-                "recall_by_class": _recall_table(comparison),
-            })
-    if promoted and record is not None:
-        metadata.update(_mirror_champion(context, registry, tenant, version))
-    pruned = registry.prune(lifecycle.keep_decided, keep={version})
-    serving = registry.champion_version()
-    metadata.update({
-        "decision": "promoted" if promoted else "rejected",
-        "reason": reason,
-        "champion_version": serving or "none",
-        "previous_champion": (record or {}).get("previous_champion") or "none",
-        "pruned_versions": MetadataValue.json(pruned),
-        "decisions_log": MetadataValue.path(str(registry.decisions_path)),
-    })
-    (context.log.info if promoted else context.log.warning)(f"candidate {version}: {'promoted' if promoted else 'rejected'}: {reason}")
-    yield Output(
-        {"tenant": tenant, "champion_version": serving, "candidate_version": version, "promoted": promoted, "reason": reason},
-        metadata=metadata,
-    )
-    yield AssetCheckResult(
-        check_name="candidate_promoted", passed=promoted, severity=AssetCheckSeverity.WARN,
-        metadata={"candidate_version": version, "champion_version": serving or "none", "reason": reason},
-    )
+        yield AssetCheckResult(
+            check_name="candidate_promoted", passed=promoted, severity=AssetCheckSeverity.WARN,
+            metadata={"candidate_version": version, "champion_version": serving or "none", "reason": reason},
+        )
+
+    return promoted_ensemble
 
 
 def _mirror_champion(context, registry: ModelRegistry, tenant: str, version: str) -> dict:

@@ -9,6 +9,7 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    AssetsDefinition,
     Failure,
     MetadataValue,
     Output,
@@ -30,30 +31,25 @@ from legolas_ml.review.queue import review_queue
 from legolas_ml.scoring.predictions import score_documents
 
 from .resources import GPUResource, LifecycleResource, MongoResource, ReviewLoopResource, TrainingResource
-from .stages import REVIEW_LOOP, SINGLE_RUN
+from .stages import REVIEW_LOOP, SINGLE_RUN, placement
+from .tenancy import TenantPlan
 
-COVERAGE_CHECK = AssetCheckSpec(
-    "predictions_cover_unreviewed", asset="ensemble_predictions",
-    description="every unreviewed document with a text carries a prediction of the model in service",
-)
-FLAGGED_SHARE_CHECK = AssetCheckSpec(
-    "flagged_share_under_threshold", asset="label_audit",
-    description="the share of audited LLM labels flagged for review stays under review.max_flagged_share",
-)
+COVERAGE = "predictions_cover_unreviewed"
+FLAGGED_SHARE = "flagged_share_under_threshold"
 # StoreBusyError: an import held the embedded store's writer lock longer than the wait; retry later.
 _STORE_ERRORS = (StoreUnavailableError, StoreBusyError, PyMongoError)
 
 
-def _settings_and_champion(asset_name: str, review: ReviewLoopResource, training: TrainingResource, lifecycle: LifecycleResource, tenant: str):
-    """The loop's settings (all checked before any work) and the champion's manifest (``None``: no model in service)."""
+def _settings_and_champion(asset_name: str, review: ReviewLoopResource, training: TrainingResource, lifecycle: LifecycleResource, owner: TenantPlan):
+    """The tenant's loop settings (all checked before any work) and its champion's manifest (``None``: no model in service)."""
     try:
-        settings = review.audit_settings()
-        return settings, lifecycle.registry(training, tenant).champion()
+        settings = review.audit_settings(owner)
+        return settings, lifecycle.registry(training, owner.name).champion()
     except (ValueError, ChampionUnavailableError) as exc:
         raise Failure(description=f"{asset_name}: {exc}") from None
 
 
-def _no_model_in_service(context, tenant: str, check: AssetCheckSpec, nothing: str):
+def _no_model_in_service(context, tenant: str, check: str, nothing: str):
     """A tenant without a champion: recorded as such, never a failure (a first candidate may be rejected)."""
     reason = (
         f"tenant {tenant!r} has no model in service yet: materialize the training chain until a candidate is "
@@ -61,61 +57,72 @@ def _no_model_in_service(context, tenant: str, check: AssetCheckSpec, nothing: s
     )
     context.log.warning(reason)
     yield Output({"tenant": tenant, "model_version": None}, metadata={"tenant": tenant, "model_version": "none", "reason": reason})
-    yield AssetCheckResult(check_name=check.name, passed=True, metadata={"reason": f"no model in service: {nothing}"})
+    yield AssetCheckResult(check_name=check, passed=True, metadata={"reason": f"no model in service: {nothing}"})
 
 
-@asset(group_name=REVIEW_LOOP, backfill_policy=SINGLE_RUN, deps=["promoted_ensemble"], check_specs=[COVERAGE_CHECK])
-def ensemble_predictions(
-    context: AssetExecutionContext,
-    mongo: MongoResource,
-    training: TrainingResource,
-    lifecycle: LifecycleResource,
-    review: ReviewLoopResource,
-    gpu: GPUResource,
-):
-    """The champion's class probabilities in every unreviewed document (only new, edited, or scored by another model)."""
-    tenant = mongo.tenant
-    _, champion = _settings_and_champion("ensemble_predictions", review, training, lifecycle, tenant)
-    if champion is None:
-        yield from _no_model_in_service(context, tenant, COVERAGE_CHECK, "nothing to score")
-        return
-    version = champion["version"]
-    ensemble = FoldEnsemble(champion["checkpoints"], device=gpu.device, precision=EVAL_PRECISION)
-    try:
-        with mongo.open() as store:
-            report = score_documents(
-                store, ensemble.predict_proba, ensemble.labels, version,
-                batch_size=review.scoring_batch_size, log=context.log.info,
-            )
-    except _STORE_ERRORS as exc:
-        # Every document written before the failure is complete; the retry scores only the rest.
-        raise Failure(description=f"ensemble_predictions: the store failed mid-run ({exc}); rerun to finish", allow_retries=True) from None
-    summary = report.to_dict()
-    metadata = {
-        "tenant": tenant,
-        "model_version": version,
-        "scored": report.scored,
-        "coverage": round(report.coverage, 4),
-        "documents_per_s": round(summary["documents_per_s"], 1),
-        "documents": report.documents,
-        "reviewed_by_human": report.reviewed,
-        "up_to_date": report.up_to_date,
-        "to_score_new": report.to_score.get("new", 0),
-        "to_score_model_changed": report.to_score.get("model_changed", 0),
-        "to_score_text_changed": report.to_score.get("text_changed", 0),
-        "reviewed_meanwhile": report.reviewed_meanwhile,
-        "edited_meanwhile": report.edited_meanwhile,
-        "unscorable": report.unscorable,
-        "duration_s": round(report.seconds, 1),
-        "device": str(ensemble.device),
-    }
-    context.log.info(f"tenant {tenant}: {report.scored} documents scored by {version}, coverage {report.coverage:.4f}")
-    yield Output({"tenant": tenant, **summary}, metadata=metadata)
-    yield AssetCheckResult(
-        check_name=COVERAGE_CHECK.name, passed=report.coverage >= 1.0, severity=AssetCheckSeverity.WARN,
-        metadata={"observed_coverage": round(report.coverage, 4), "expected": 1.0,
-                  "missing": report.scorable - report.reviewed_meanwhile - report.up_to_date - report.scored},
+def build_ensemble_predictions(owner: TenantPlan) -> AssetsDefinition:
+    """``<tenant>/ensemble_predictions``: the tenant's champion scores the tenant's unreviewed documents."""
+
+    @asset(
+        key=owner.key("ensemble_predictions"), **placement(owner, REVIEW_LOOP), backfill_policy=SINGLE_RUN,
+        deps=[owner.key("promoted_ensemble")], check_specs=[AssetCheckSpec(
+            COVERAGE, asset=owner.key("ensemble_predictions"),
+            description="every unreviewed document with a text carries a prediction of the model in service",
+        )],
     )
+    def ensemble_predictions(
+        context: AssetExecutionContext,
+        mongo: MongoResource,
+        training: TrainingResource,
+        lifecycle: LifecycleResource,
+        review: ReviewLoopResource,
+        gpu: GPUResource,
+    ):
+        """The champion's class probabilities in every unreviewed document (only new, edited, or scored by another model)."""
+        tenant = owner.name
+        _, champion = _settings_and_champion("ensemble_predictions", review, training, lifecycle, owner)
+        if champion is None:
+            yield from _no_model_in_service(context, tenant, COVERAGE, "nothing to score")
+            return
+        version = champion["version"]
+        ensemble = FoldEnsemble(champion["checkpoints"], device=gpu.device, precision=EVAL_PRECISION)
+        try:
+            with mongo.open(tenant) as store:
+                report = score_documents(
+                    store, ensemble.predict_proba, ensemble.labels, version,
+                    batch_size=review.scoring_batch_size, log=context.log.info,
+                )
+        except _STORE_ERRORS as exc:
+            # Every document written before the failure is complete; the retry scores only the rest.
+            raise Failure(description=f"ensemble_predictions: the store failed mid-run ({exc}); rerun to finish", allow_retries=True) from None
+        summary = report.to_dict()
+        metadata = {
+            "tenant": tenant,
+            "model_version": version,
+            "scored": report.scored,
+            "coverage": round(report.coverage, 4),
+            "documents_per_s": round(summary["documents_per_s"], 1),
+            "documents": report.documents,
+            "reviewed_by_human": report.reviewed,
+            "up_to_date": report.up_to_date,
+            "to_score_new": report.to_score.get("new", 0),
+            "to_score_model_changed": report.to_score.get("model_changed", 0),
+            "to_score_text_changed": report.to_score.get("text_changed", 0),
+            "reviewed_meanwhile": report.reviewed_meanwhile,
+            "edited_meanwhile": report.edited_meanwhile,
+            "unscorable": report.unscorable,
+            "duration_s": round(report.seconds, 1),
+            "device": str(ensemble.device),
+        }
+        context.log.info(f"tenant {tenant}: {report.scored} documents scored by {version}, coverage {report.coverage:.4f}")
+        yield Output({"tenant": tenant, **summary}, metadata=metadata)
+        yield AssetCheckResult(
+            check_name=COVERAGE, passed=report.coverage >= 1.0, severity=AssetCheckSeverity.WARN,
+            metadata={"observed_coverage": round(report.coverage, 4), "expected": 1.0,
+                      "missing": report.scorable - report.reviewed_meanwhile - report.up_to_date - report.scored},
+        )
+
+    return ensemble_predictions
 
 
 def _top_table(top: list[dict]) -> MetadataValue:
@@ -143,69 +150,80 @@ def _audit_inputs(training: TrainingResource, tenant: str, champion: dict, log):
     return plan, training_rows
 
 
-@asset(group_name=REVIEW_LOOP, backfill_policy=SINGLE_RUN, deps=[ensemble_predictions], check_specs=[FLAGGED_SHARE_CHECK])
-def label_audit(
-    context: AssetExecutionContext,
-    mongo: MongoResource,
-    training: TrainingResource,
-    lifecycle: LifecycleResource,
-    review: ReviewLoopResource,
-    gpu: GPUResource,
-):
-    """LLM labels that are probably wrong (cleanlab on out-of-fold probabilities + routing rules), flagged into the review queue."""
-    tenant = mongo.tenant
-    settings, champion = _settings_and_champion("label_audit", review, training, lifecycle, tenant)
-    if champion is None:
-        yield from _no_model_in_service(context, tenant, FLAGGED_SHARE_CHECK, "nothing audited")
-        return
-    plan, training_rows = _audit_inputs(training, tenant, champion, context.log.warning)
-    try:
-        with mongo.open() as store:
-            report, _ = run_label_audit(
-                store, champion, plan=plan, training=training_rows, settings=settings, device=gpu.device,
-                log=context.log.info, seed=training.seed,
-            )
-            queue = review_queue(store)
-    except _STORE_ERRORS as exc:
-        raise Failure(description=f"label_audit: the store failed mid-run ({exc}); rerun to finish", allow_retries=True) from None
-    queue_reasons: dict[str, int] = {}
-    queue_classes: dict[str, int] = {}
-    for record in queue:
-        for reason in record["review_reason"]:
-            queue_reasons[reason] = queue_reasons.get(reason, 0) + 1
-        label = str(record["llm_label"])
-        queue_classes[label] = queue_classes.get(label, 0) + 1
-    metadata = {
-        "tenant": tenant,
-        "model_version": report.model_version,
-        "review_queue_size": len(queue),
-        "flagged": report.flagged,
-        "flagged_share": round(report.flagged_share, 4),
-        "audited": report.audited,
-        "newly_flagged": report.newly_flagged,
-        "unflagged": report.unflagged,
-        "documents_updated": report.updated,
-        "cleared_after_review": report.cleared_after_review,
-        "skipped_meanwhile": report.skipped_meanwhile,
-        "ensemble_temperature": round(report.ensemble_temperature, 4),
-        "out_of_fold": report.out_of_fold,
-        "not_scored_yet": report.unscored,
-        "reviewed_by_human": report.reviewed,
-        "queue_by_reason": MetadataValue.json(dict(sorted(queue_reasons.items()))),
-        "queue_by_llm_label": MetadataValue.json(dict(sorted(queue_classes.items()))),
-        "flagged_by_reason": MetadataValue.json(report.per_reason),
-        "flagged_by_llm_label": MetadataValue.json(report.per_class),
-        "noise_rate_by_llm_label": MetadataValue.json({c: round(v, 4) for c, v in sorted(report.noise_rate.items())}),
-        "temperature": round(report.temperature, 4),
-        "novelty_threshold": round(report.novelty_threshold, 4) if report.novelty_threshold is not None else -1.0,
-        "top_of_queue": _top_table(report.top),
-        "export": MetadataValue.md(f"`legolas review-queue --tenant {tenant} --format csv --output queue.csv`"),
-        "duration_s": round(report.seconds, 1),
-    }
-    yield Output({"tenant": tenant, **report.to_dict(), "review_queue_size": len(queue)}, metadata=metadata)
-    yield AssetCheckResult(
-        check_name=FLAGGED_SHARE_CHECK.name, passed=report.flagged_share <= settings.max_flagged_share,
-        severity=AssetCheckSeverity.WARN,
-        metadata={"observed_share": round(report.flagged_share, 4), "threshold": settings.max_flagged_share,
-                  "flagged": report.flagged, "audited": report.audited},
+def build_label_audit(owner: TenantPlan) -> AssetsDefinition:
+    """``<tenant>/label_audit``: the tenant's LLM labels audited into the tenant's review queue."""
+
+    @asset(
+        key=owner.key("label_audit"), **placement(owner, REVIEW_LOOP), backfill_policy=SINGLE_RUN,
+        deps=[owner.key("ensemble_predictions")], check_specs=[AssetCheckSpec(
+            FLAGGED_SHARE, asset=owner.key("label_audit"),
+            description="the share of audited LLM labels flagged for review stays under review.max_flagged_share",
+        )],
     )
+    def label_audit(
+        context: AssetExecutionContext,
+        mongo: MongoResource,
+        training: TrainingResource,
+        lifecycle: LifecycleResource,
+        review: ReviewLoopResource,
+        gpu: GPUResource,
+    ):
+        """LLM labels that are probably wrong (cleanlab on out-of-fold probabilities + routing rules), flagged into the review queue."""
+        tenant = owner.name
+        settings, champion = _settings_and_champion("label_audit", review, training, lifecycle, owner)
+        if champion is None:
+            yield from _no_model_in_service(context, tenant, FLAGGED_SHARE, "nothing audited")
+            return
+        plan, training_rows = _audit_inputs(training, tenant, champion, context.log.warning)
+        try:
+            with mongo.open(tenant) as store:
+                report, _ = run_label_audit(
+                    store, champion, plan=plan, training=training_rows, settings=settings, device=gpu.device,
+                    log=context.log.info, seed=training.seed,
+                )
+                queue = review_queue(store)
+        except _STORE_ERRORS as exc:
+            raise Failure(description=f"label_audit: the store failed mid-run ({exc}); rerun to finish", allow_retries=True) from None
+        queue_reasons: dict[str, int] = {}
+        queue_classes: dict[str, int] = {}
+        for record in queue:
+            for reason in record["review_reason"]:
+                queue_reasons[reason] = queue_reasons.get(reason, 0) + 1
+            label = str(record["llm_label"])
+            queue_classes[label] = queue_classes.get(label, 0) + 1
+        metadata = {
+            "tenant": tenant,
+            "model_version": report.model_version,
+            "review_queue_size": len(queue),
+            "flagged": report.flagged,
+            "flagged_share": round(report.flagged_share, 4),
+            "audited": report.audited,
+            "newly_flagged": report.newly_flagged,
+            "unflagged": report.unflagged,
+            "documents_updated": report.updated,
+            "cleared_after_review": report.cleared_after_review,
+            "skipped_meanwhile": report.skipped_meanwhile,
+            "ensemble_temperature": round(report.ensemble_temperature, 4),
+            "out_of_fold": report.out_of_fold,
+            "not_scored_yet": report.unscored,
+            "reviewed_by_human": report.reviewed,
+            "queue_by_reason": MetadataValue.json(dict(sorted(queue_reasons.items()))),
+            "queue_by_llm_label": MetadataValue.json(dict(sorted(queue_classes.items()))),
+            "flagged_by_reason": MetadataValue.json(report.per_reason),
+            "flagged_by_llm_label": MetadataValue.json(report.per_class),
+            "noise_rate_by_llm_label": MetadataValue.json({c: round(v, 4) for c, v in sorted(report.noise_rate.items())}),
+            "temperature": round(report.temperature, 4),
+            "novelty_threshold": round(report.novelty_threshold, 4) if report.novelty_threshold is not None else -1.0,
+            "top_of_queue": _top_table(report.top),
+            "export": MetadataValue.md(f"`legolas review-queue --tenant {tenant} --format csv --output queue.csv`"),
+            "duration_s": round(report.seconds, 1),
+        }
+        yield Output({"tenant": tenant, **report.to_dict(), "review_queue_size": len(queue)}, metadata=metadata)
+        yield AssetCheckResult(
+            check_name=FLAGGED_SHARE, passed=report.flagged_share <= settings.max_flagged_share,
+            severity=AssetCheckSeverity.WARN,
+            metadata={"observed_share": round(report.flagged_share, 4), "threshold": settings.max_flagged_share,
+                      "flagged": report.flagged, "audited": report.audited},
+        )
+
+    return label_audit

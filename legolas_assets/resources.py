@@ -7,7 +7,7 @@ variable, so a fresh clone trains on demo data in the embedded store with no con
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dagster import ConfigurableResource, InitResourceContext, ResourceDefinition, ScalarUnion, Selector, StringSource
 from dagster import Field as DagsterField
@@ -26,6 +26,9 @@ from legolas_ml.data.store import open_tenant_store, redact_uri
 from . import recovery
 from .configuration import ConfigurationError, reported_in_one_line
 
+if TYPE_CHECKING:
+    from .tenancy import TenantPlan
+
 # The presets, K and every other LEGOLAS_* variable are parsed by legolas_ml.settings; preset()
 # and preset_name() stay importable from here for the asset modules.
 preset = settings.preset
@@ -33,20 +36,29 @@ preset_name = settings.preset_name
 
 
 class MongoResource(ConfigurableResource):
-    """The tenant's classification and review store: MongoDB when ``uri`` is set, embedded otherwise."""
+    """The deployment's classification and review store: MongoDB when ``uri`` is set, embedded otherwise.
+
+    One store serves every tenant; each asset opens it for its own tenant (``open(tenant)``), and
+    every query of the returned ``TenantStore`` is scoped to that tenant.
+    """
 
     uri: str = Field(default="", description="MongoDB URI (from LEGOLAS_MONGO_URI); empty = embedded store")
     database: str = Field(default="legolas", description="database name")
-    tenant: str = Field(default=settings.DEFAULT_TENANT, description="the tenant whose data is trained on")
     data_dir: str = Field(default="", description="embedded store directory; empty = $LEGOLAS_HOME")
     timeout_s: float = Field(default=5.0, description="server selection timeout: an outage fails fast")
 
-    def open(self):
-        """Context manager yielding the tenant's ``TenantStore``; the client is always closed."""
-        validate_tenant(self.tenant)
+    def open(self, tenant: str):
+        """Context manager yielding ``tenant``'s ``TenantStore``; the client is always closed."""
+        validate_tenant(tenant)
         return open_tenant_store(
-            self.uri or None, self.data_dir or settings.data_dir(), self.database, self.tenant, self.timeout_s
+            self.uri or None, self.data_dir or settings.data_dir(), self.database, tenant, self.timeout_s
         )
+
+    def catalogue(self):
+        """Context manager yielding the deployment's ``TenantCatalogue`` (``legolas_ml.data.tenants``)."""
+        from legolas_ml.data.tenants import open_catalogue
+
+        return open_catalogue(self.uri or None, self.data_dir or settings.data_dir(), self.database, self.timeout_s)
 
     def describe(self) -> str:
         """Where the data comes from, with any password redacted."""
@@ -81,8 +93,8 @@ def mongo_resource() -> ResourceDefinition:
     """``mongo`` as the definitions bind it: ``MongoResource``'s fields, ``uri`` typed ``MongoUriSource``.
 
     Defaults come from the environment: ``uri`` is the reference ``{env: LEGOLAS_MONGO_URI}`` when
-    that variable is set (the embedded store otherwise), ``database`` and ``tenant`` are
-    LEGOLAS_DATABASE and LEGOLAS_TENANT.
+    that variable is set (the embedded store otherwise), ``database`` is LEGOLAS_DATABASE. There is
+    no tenant here: each tenant's assets name their own.
     """
     fields = MongoResource.to_fields_dict()
 
@@ -92,7 +104,6 @@ def mongo_resource() -> ResourceDefinition:
     schema = {
         **fields,
         "database": defaulting_to("database", settings.database_name()),
-        "tenant": defaulting_to("tenant", settings.tenant()),
         "uri": DagsterField(
             MongoUriSource(),
             default_value={"env": settings.MONGO_URI_VARIABLE} if settings.mongo_uri() else "",
@@ -165,9 +176,9 @@ class TrainingResource(ConfigurableResource):
     def artifacts(self, tenant: str) -> TenantArtifacts:
         return TenantArtifacts(self.output_root(), tenant)
 
-    def config(self, gpu: GPUResource) -> TrainingConfig:
-        """The ``TrainingConfig`` of this run, validated."""
-        base = preset()
+    def config(self, gpu: GPUResource, tenant: "TenantPlan") -> TrainingConfig:
+        """The ``TrainingConfig`` of ``tenant``'s training: its own K, model, epochs and length where it sets them."""
+        base, own = tenant.layout, tenant.settings
         try:
             overrides = json.loads(self.model_overrides_json)
         except json.JSONDecodeError as exc:
@@ -177,8 +188,8 @@ class TrainingResource(ConfigurableResource):
         config = TrainingConfig(
             n_folds=base["n_folds"],
             kfold=base["kfold"],
-            epochs=self.epochs or base["epochs"],
-            max_length=self.max_length or base["max_length"],
+            epochs=own.epochs or self.epochs or preset()["epochs"],
+            max_length=own.max_length or self.max_length or preset()["max_length"],
             batch_size=self.batch_size,
             lr=self.lr,
             loss=self.loss,
@@ -186,7 +197,7 @@ class TrainingResource(ConfigurableResource):
             patience=self.patience,
             min_delta=self.min_delta,
             seed=self.seed,
-            model_name=self.model_name,
+            model_name=own.model_name or self.model_name,
             model_init=self.model_init,
             model_overrides=overrides,
             device=gpu.device,
@@ -230,13 +241,24 @@ class ReviewLoopResource(ConfigurableResource):
     novelty_quantile: float = Field(default=0.99, description="novelty: farther from the training data than this quantile of its own nearest distances")
     max_flagged_share: float = Field(default=0.3, description="check: the share of audited documents flagged stays under this")
 
-    def audit_settings(self) -> AuditSettings:
-        """Raises ValueError naming the field, its allowed values and the value received."""
+    def audit_settings(self, tenant: "TenantPlan | None" = None) -> AuditSettings:
+        """The audit's rules, with the tenant's own where it sets them.
+
+        Raises:
+            ValueError: naming the field, its allowed values and the value received.
+        """
         if self.scoring_batch_size < 1:
             raise ValueError(f"review.scoring_batch_size must be >= 1, got {self.scoring_batch_size}")
+        own = tenant.settings if tenant is not None else None
+
+        def pick(name: str, value):
+            theirs = getattr(own, name, None) if own is not None else None
+            return value if theirs is None else theirs
+
         return AuditSettings(
-            reasons=tuple(self.reasons), min_confidence=self.min_confidence, max_entropy=self.max_entropy,
-            novelty_quantile=self.novelty_quantile, max_flagged_share=self.max_flagged_share,
+            reasons=tuple(pick("review_reasons", tuple(self.reasons))), min_confidence=pick("min_confidence", self.min_confidence),
+            max_entropy=pick("max_entropy", self.max_entropy), novelty_quantile=self.novelty_quantile,
+            max_flagged_share=pick("max_flagged_share", self.max_flagged_share),
         )
 
 

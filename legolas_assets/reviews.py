@@ -1,20 +1,21 @@
-"""The tenant's human reviews as an observable source asset: how many there are, how many wait.
+"""Each tenant's human reviews as an observable source asset: how many there are, how many wait.
 
 Observed by the retraining sensor on every tick whose counts changed (and by the UI's "Observe
 sources" button), so the asset page answers "how many reviews are waiting for a retraining?".
 """
 
 import warnings
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from dagster import AssetObservation, BetaWarning, DataVersion, ObserveResult, observable_source_asset
 from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
 from legolas_ml import settings
-from legolas_ml.lifecycle.retraining import ReviewBacklog, waited_for
+from legolas_ml.lifecycle.retraining import RetrainPolicy, ReviewBacklog, waited_for
 
 from .resources import LifecycleResource, MongoResource, TrainingResource
 from .stages import DATA
+from .tenancy import TenantPlan
 
 REVIEWS_KEY = "human_reviews"
 #: Waiting reviews read per tick (the oldest first); beyond it they are counted, not read.
@@ -24,15 +25,17 @@ WAITING_READ_LIMIT = 10_000
 warnings.filterwarnings("ignore", category=BetaWarning, message=".*observable_source_asset.*")
 
 
-def read_backlog(mongo: MongoResource, training: TrainingResource, lifecycle: LifecycleResource) -> tuple[ReviewBacklog, list[dict]]:
-    """The tenant's review backlog against the model in service, and the waiting reviews (oldest first).
+def read_backlog(
+    mongo: MongoResource, training: TrainingResource, lifecycle: LifecycleResource, tenant: str
+) -> tuple[ReviewBacklog, list[dict]]:
+    """The tenant's review backlog against its model in service, and the waiting reviews (oldest first).
 
     Raises:
         StoreUnavailableError: the store cannot be reached.
     """
-    consumed = lifecycle.registry(training, mongo.tenant).consumed_reviews()
+    consumed = lifecycle.registry(training, tenant).consumed_reviews()
     after = consumed.as_tuple() if consumed else None
-    with mongo.open() as store:
+    with mongo.open(tenant) as store:
         waiting = store.reviews_after(after, limit=WAITING_READ_LIMIT)
         # Past the read limit only the oldest are held; the UI and the sensor show the true count.
         count = store.count_reviews_after(after) if len(waiting) >= WAITING_READ_LIMIT else None
@@ -40,7 +43,7 @@ def read_backlog(mongo: MongoResource, training: TrainingResource, lifecycle: Li
     return ReviewBacklog.of(total, consumed, waiting, waiting_count=count), waiting
 
 
-def backlog_metadata(tenant: str, backlog: ReviewBacklog, now: datetime | None = None) -> dict:
+def backlog_metadata(tenant: "TenantPlan", backlog: ReviewBacklog, now: datetime | None = None) -> dict:
     """The observation's metadata: the counts first, then what they are measured against."""
     now = now or datetime.now(timezone.utc).replace(tzinfo=None)
     age_h = waited_for(backlog.oldest_waiting, now).total_seconds() / 3600 if backlog.oldest_waiting else 0.0
@@ -52,17 +55,17 @@ def backlog_metadata(tenant: str, backlog: ReviewBacklog, now: datetime | None =
         # Reviews dated after now (clock skew, test data) wait 0 hours instead of a negative age; flagged here.
         "dated_in_future": backlog.future_dated,
         **({"clock_warning": backlog.future_note().removeprefix("; ")} if backlog.future_dated else {}),
-        "retrain_threshold": settings.retrain_threshold(),
+        "retrain_threshold": retrain_policy(tenant).threshold,
         "consumed_up_to": str(backlog.consumed) if backlog.consumed else "nothing yet (no decided training)",
-        "tenant": tenant,
+        "tenant": tenant.name,
     }
 
 
-def backlog_observation(tenant: str, backlog: ReviewBacklog) -> AssetObservation:
+def backlog_observation(tenant: "TenantPlan", backlog: ReviewBacklog) -> AssetObservation:
     # With its data version: Dagster reads a source's version from its latest observation of any
     # kind, so a sensor observation without one would reset it to "INITIAL" on every tick.
     return AssetObservation(
-        asset_key=REVIEWS_KEY, metadata=backlog_metadata(tenant, backlog),
+        asset_key=tenant.key(REVIEWS_KEY), metadata=backlog_metadata(tenant, backlog),
         tags={DATA_VERSION_TAG: _data_version(backlog).value},
     )
 
@@ -72,10 +75,23 @@ def _data_version(backlog: ReviewBacklog) -> DataVersion:
     return DataVersion(f"{backlog.total}-{backlog.newest_waiting or backlog.consumed or 'none'}")
 
 
-@observable_source_asset(
-    name=REVIEWS_KEY, group_name=DATA,
-    description="The tenant's human reviews: total, waiting since the model in service, oldest waiting",
-)
-def human_reviews(mongo: MongoResource, training: TrainingResource, lifecycle: LifecycleResource) -> ObserveResult:
-    backlog, _ = read_backlog(mongo, training, lifecycle)
-    return ObserveResult(data_version=_data_version(backlog), metadata=backlog_metadata(mongo.tenant, backlog))
+def build_human_reviews(tenant: TenantPlan):
+    """``<tenant>/human_reviews``: the tenant's reviews as an observable source asset."""
+
+    @observable_source_asset(
+        key=tenant.key(REVIEWS_KEY), group_name=tenant.prefix, tags={"stage": DATA},
+        description=f"Tenant {tenant.name}'s human reviews: total, waiting since the model in service, oldest waiting",
+    )
+    def human_reviews(mongo: MongoResource, training: TrainingResource, lifecycle: LifecycleResource) -> ObserveResult:
+        backlog, _ = read_backlog(mongo, training, lifecycle, tenant.name)
+        return ObserveResult(data_version=_data_version(backlog), metadata=backlog_metadata(tenant, backlog))
+
+    return human_reviews
+
+
+def retrain_policy(tenant: TenantPlan) -> RetrainPolicy:
+    """When the tenant retrains: its own threshold and age where it sets them, else LEGOLAS_RETRAIN_*."""
+    own = tenant.settings
+    threshold = own.retrain_threshold or settings.retrain_threshold()
+    hours = own.retrain_max_age_hours if own.retrain_max_age_hours is not None else settings.retrain_max_age_hours()
+    return RetrainPolicy(threshold=threshold, max_age=timedelta(hours=hours) if hours > 0 else None)

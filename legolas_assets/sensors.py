@@ -1,4 +1,9 @@
-"""Retrain the whole chain when reviewers have labelled enough new conversations."""
+"""Retrain a tenant's chain when its reviewers have labelled enough new conversations.
+
+One sensor watches every tenant of the code location. Each tenant has its own entry in the cursor
+(its pending request and backlog), its own threshold (the tenant's settings, else
+``LEGOLAS_RETRAIN_THRESHOLD``) and its own job, so new reviews of tenant A launch A's chain only.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,9 @@ from dagster import (
     DefaultSensorStatus,
     RunRequest,
     RunsFilter,
+    SensorDefinition,
     SensorEvaluationContext,
     SensorResult,
-    SkipReason,
     sensor,
 )
 
@@ -21,35 +26,29 @@ from legolas_ml.lifecycle.retraining import (
     FAILED,
     IN_PROGRESS,
     SUCCEEDED,
-    RetrainPolicy,
     RetryPolicy,
     backlog_in_state,
     parse_sensor_state,
+    parse_tenant_states,
     plan_tick,
     serialize_sensor_state,
+    serialize_tenant_states,
 )
 
-from .jobs import training_job
 from .resources import LifecycleResource, MongoResource, TrainingResource
-from .reviews import backlog_observation, read_backlog
-from .stages import n_fold_partitions
-
-
-def policy_from_env() -> RetrainPolicy:
-    hours = settings.retrain_max_age_hours()
-    return RetrainPolicy(threshold=settings.retrain_threshold(), max_age=timedelta(hours=hours) if hours > 0 else None)
-
+from .reviews import backlog_observation, read_backlog, retrain_policy
+from .tenancy import TenantPlan
 
 #: Every retraining run carries the id of the request it answers; the sensor follows it to the run's outcome.
 REQUEST_TAG = "legolas/request"
+TENANT_TAG = "legolas/tenant"
 
 
-def retraining_tags(tenant: str, reason: str) -> dict[str, str]:
-    """One run of every asset over all fold partitions: folds first, then cv_metrics and the ensemble once."""
+def retraining_tags(tenant: TenantPlan, reason: str) -> dict[str, str]:
+    """One run of every asset of the tenant over all its fold partitions: folds first, then the rest once."""
     return {
-        "dagster/asset_partition_range_start": "0",
-        "dagster/asset_partition_range_end": str(n_fold_partitions() - 1),
-        "legolas/tenant": tenant,  # dagster.yaml allows one run per tenant at a time; others queue
+        **tenant.range_tags(),
+        TENANT_TAG: tenant.name,  # dagster.yaml allows one run per tenant at a time; others queue
         "legolas/trigger": reason[:200],
     }
 
@@ -77,39 +76,62 @@ def run_status_lookup(instance):
     return lookup
 
 
-@sensor(
-    job=training_job,
-    minimum_interval_seconds=60,
-    default_status=DefaultSensorStatus.RUNNING,
-    description="Retrains every asset when enough new human reviews arrived (LEGOLAS_RETRAIN_THRESHOLD, default 50); "
-    "reviews are consumed only when the run decided on a candidate, failed runs are retried with backoff",
-)
-def retrain_on_new_reviews(
-    context: SensorEvaluationContext, mongo: MongoResource, training: TrainingResource, lifecycle: LifecycleResource
-):
-    tenant = mongo.tenant
-    pending = parse_sensor_state(context.cursor)
+def tick_tenant(context, tenant: TenantPlan, state: str | None, mongo, training, lifecycle, now: datetime):
+    """One tenant's part of a tick: ``(run request or None, new state, reason, observations)``."""
+    pending = parse_sensor_state(state)
     try:
-        backlog, waiting = read_backlog(mongo, training, lifecycle)
+        backlog, waiting = read_backlog(mongo, training, lifecycle, tenant.name)
     except StoreUnavailableError as exc:
         # The state stays as it is: these reviews will be counted once the store is back.
-        consumed = lifecycle.registry(training, tenant).consumed_reviews()
-        return SkipReason(f"tenant {tenant}: store unavailable, consumed up to {consumed or 'nothing yet'}: {exc}")
-    consumed = backlog.consumed
+        consumed = lifecycle.registry(training, tenant.name).consumed_reviews()
+        return None, state, f"tenant {tenant.name}: store unavailable, consumed up to {consumed or 'nothing yet'}: {exc}", []
     # The human_reviews asset shows the counts: observed on the first tick and whenever they change.
-    events = [] if backlog_in_state(context.cursor) == backlog.to_dict() else [backlog_observation(tenant, backlog)]
+    events = [] if backlog_in_state(state) == backlog.to_dict() else [backlog_observation(tenant, backlog)]
     retry = RetryPolicy(
         backoff=timedelta(seconds=lifecycle.retry_backoff_s),
         max_backoff=timedelta(seconds=lifecycle.retry_max_backoff_s),
         max_attempts=lifecycle.max_attempts,
     )
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
-    plan = plan_tick(tenant, consumed, waiting, pending, run_status_lookup(context.instance), now, policy_from_env(), retry)
-    cursor = serialize_sensor_state(plan.pending, backlog)
+    plan = plan_tick(tenant.name, backlog.consumed, waiting, pending, run_status_lookup(context.instance), now, retrain_policy(tenant), retry)
+    new_state = serialize_sensor_state(plan.pending, backlog)
     if plan.request is None:
-        return SensorResult(skip_reason=f"{plan.reason} | {backlog.describe()}", cursor=cursor, asset_events=events)
-    context.log.info(f"{plan.reason}; requesting {plan.request.request_id}")
+        return None, new_state, f"{plan.reason} | {backlog.describe()}", events
+    context.log.info(f"{plan.reason}; requesting {plan.request.request_id} ({tenant.job_name})")
     tags = {**retraining_tags(tenant, plan.reason), REQUEST_TAG: plan.request.request_id}
-    return SensorResult(
-        run_requests=[RunRequest(run_key=plan.request.request_id, tags=tags)], cursor=cursor, asset_events=events,
+    return RunRequest(run_key=plan.request.request_id, job_name=tenant.job_name, tags=tags), new_state, plan.reason, events
+
+
+def build_retrain_sensor(tenants: list[TenantPlan], jobs: list) -> SensorDefinition:
+    """``retrain_on_new_reviews``: one sensor over every tenant, targeting each tenant's own job."""
+
+    @sensor(
+        name="retrain_on_new_reviews",
+        jobs=jobs,
+        minimum_interval_seconds=60,
+        default_status=DefaultSensorStatus.RUNNING,
+        description="Retrains a tenant's chain when enough of its new human reviews arrived (tenant setting "
+        "retrain_threshold, else LEGOLAS_RETRAIN_THRESHOLD, default 50); reviews are consumed only when the run "
+        "decided on a candidate, failed runs are retried with backoff; one cursor entry per tenant",
     )
+    def retrain_on_new_reviews(
+        context: SensorEvaluationContext, mongo: MongoResource, training: TrainingResource, lifecycle: LifecycleResource
+    ):
+        states = parse_tenant_states(context.cursor, legacy_tenant=settings.tenant())
+        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        requests, reasons, events = [], [], []
+        for tenant in tenants:
+            request, state, reason, observed = tick_tenant(context, tenant, states.get(tenant.name), mongo, training, lifecycle, now)
+            if state is not None:
+                states[tenant.name] = state
+            events += observed
+            if request is not None:
+                requests.append(request)
+            else:
+                reasons.append(reason)
+        # Tenants no longer in the code location keep their entry: brought back, they resume where they were.
+        cursor = serialize_tenant_states(states) if states else None
+        if not requests:
+            return SensorResult(skip_reason="\n".join(reasons), cursor=cursor, asset_events=events)
+        return SensorResult(run_requests=requests, cursor=cursor, asset_events=events)
+
+    return retrain_on_new_reviews

@@ -1,11 +1,8 @@
-"""Names and layout shared by the asset modules: groups, fold partitions, backfill policy."""
+"""Names shared by the asset modules: the stages (an asset tag), the backfill policy."""
 
 import warnings
 
-from dagster import BackfillPolicy, BetaWarning, StaticPartitionsDefinition
-
-from .configuration import reported_in_one_line
-from .resources import preset
+from dagster import BackfillPolicy, BetaWarning
 
 DATA = "data"
 TRAINING = "training"
@@ -19,16 +16,14 @@ REVIEW_LOOP = "review_loop"
 warnings.filterwarnings("ignore", category=BetaWarning, message=".*(backfill_policy|data_version).*")
 
 #: Every asset runs a partition range in one run: this is what lets
-#: `dagster asset materialize --select '*' --partition-range 0...K-1` run the whole chain at once.
+#: `dagster asset materialize --select 'demo/*' --partition-range 0...K-1` run a tenant's whole chain at once.
 SINGLE_RUN = BackfillPolicy.single_run()
 
 
-def n_fold_partitions() -> int:
-    """K, or 1 in the dev preset; an invalid LEGOLAS_PRESET / LEGOLAS_N_FOLDS is a one-line error."""
-    with reported_in_one_line():
-        values = preset()
-    return values["n_folds"] if values["kfold"] else 1
+def placement(tenant, stage: str) -> dict:
+    """Where an asset of ``tenant`` sits in the UI: the tenant's group, tagged with its stage.
 
-
-#: One partition per fold, "0".."K-1"; K comes from LEGOLAS_PRESET / LEGOLAS_N_FOLDS at load time.
-fold_partitions = StaticPartitionsDefinition([str(k) for k in range(n_fold_partitions())])
+    The group is the tenant (one lineage box per tenant in the asset graph); the stage tag lets the
+    catalog filter one stage across tenants (``tag:stage=training``).
+    """
+    return {"group_name": tenant.prefix, "tags": {"stage": stage}}

@@ -2,7 +2,7 @@
 
 import json
 
-from dagster import AssetExecutionContext, AssetObservation, Failure, MetadataValue, Output, TableColumn, TableRecord, TableSchema, asset
+from dagster import AssetExecutionContext, AssetsDefinition, AssetObservation, Failure, MetadataValue, Output, TableColumn, TableRecord, TableSchema, asset
 
 from legolas_ml.lifecycle.artifacts import read_dataset, training_key
 from legolas_ml.runners.base import FoldWorkerLostError
@@ -16,118 +16,126 @@ from legolas_ml.training.trainer import NonFiniteLossError
 from legolas_ml.training.training_log import close_training_log, open_training_log
 
 from . import plots
-from .checks import FOLD_CHECK_SPECS, fold_check_results
+from .checks import fold_check_results, fold_check_specs
 from .resources import GPUResource, TrainingResource
-from .stages import SINGLE_RUN, TRAINING, fold_partitions
+from .stages import SINGLE_RUN, TRAINING, placement
+from .tenancy import TenantPlan
 
 
-@asset(
-    group_name=TRAINING,
-    partitions_def=fold_partitions,
-    backfill_policy=SINGLE_RUN,
-    pool="gpu",
-    check_specs=FOLD_CHECK_SPECS,
-)
-def fold_models(
-    context: AssetExecutionContext,
-    labeled_dataset: dict,
-    stratified_splits: dict,
-    training: TrainingResource,
-    gpu: GPUResource,
-):
-    """One model per fold (focal loss, rewind early stopping), keeping only its best epoch."""
-    config = training.config(gpu)
-    device = gpu.resolved()
-    plan = SplitPlan.from_dict(json.loads(open(stratified_splits["path"]).read()))
-    keys = list(context.partition_keys)
-    if plan.n_folds != len(fold_partitions.get_partition_keys()):
-        raise Failure(
-            description=f"the split has {plan.n_folds} folds but fold_models has "
-            f"{len(fold_partitions.get_partition_keys())} partitions: LEGOLAS_PRESET/LEGOLAS_N_FOLDS changed "
-            "since stratified_splits was materialized; re-materialize stratified_splits"
-        )
-    artifacts = training.artifacts(labeled_dataset["tenant"])
-    # Keyed by data version, split and config: a retraining never writes into the champion's folds.
-    key_of_training = training_key(labeled_dataset["data_version"], plan.fingerprint(), config.to_dict())
-    folds_dir = artifacts.folds_dir(key_of_training)
-    data = encode_dataset(read_dataset(labeled_dataset["path"]), config, cache_dir=artifacts.tokens_dir)
-    logger, log_path = open_training_log(artifacts.logs_dir, context.run_id)
-    context.log.info(f"training folds {keys} on {device['name']} ({device['precision']}); log file: {log_path}")
+def build_fold_models(tenant: TenantPlan) -> AssetsDefinition:
+    """``<tenant>/fold_models``: one partition per fold of the tenant's K."""
 
-    estimate = TrainingProgress([int(k) for k in keys], config.epochs)
-    if training.reuse_finished_folds:  # folds finished by an earlier run train no epoch in this one
-        for key in keys:
-            checkpoint = folds_dir / checkpoint_filename(config.text_format, config.model_name, int(key))
-            if finished_fold(checkpoint, labeled_dataset["data_version"], plan.fingerprint(), config) is not None:
-                estimate.mark_reused(int(key))
-
-    def progress(record: dict) -> None:
-        snapshot = estimate.epoch_finished(record["fold"], record["epoch"], stopping=record.get("stopping", False))
-        line = (
-            f"fold {record['fold']} epoch {record['epoch']}: train_loss {record['train_loss']:.4f} "
-            f"val_loss {record['val_loss']:.4f} val_bal_acc {record['val_balanced_accuracy']:.4f} "
-            f"({record['elapsed_s']:.0f}s) - {record['checkpoint']}; {snapshot.describe()}"
-        )
-        context.log.info(line)
-        logger.info(line)
-        # One observation per fold and epoch: the run page's event stream and the partition's
-        # events show the curve growing while the fold trains, before any materialization exists.
-        context.log_event(AssetObservation(
-            asset_key=context.asset_key, partition=str(record["fold"]), metadata=epoch_metadata(record, snapshot),
-        ))
-
-    def note(line: str) -> None:
-        context.log.info(line)
-        logger.info(line)
-
-    results = {}
-    try:
-        runner = training.fold_runner()
-        note(f"runner {runner.name}: folds {keys}, {len(data.session_ids)} sessions")
-        try:
-            fold_results = runner.run_folds(
-                data, plan, [int(k) for k in keys], config, folds_dir, data_version=labeled_dataset["data_version"],
-                on_epoch=progress, reuse_finished=training.reuse_finished_folds, log=note,
+    @asset(
+        key=tenant.key("fold_models"),
+        ins=tenant.ins("labeled_dataset", "stratified_splits"),
+        **placement(tenant, TRAINING),
+        partitions_def=tenant.fold_partitions,
+        backfill_policy=SINGLE_RUN,
+        pool="gpu",
+        check_specs=fold_check_specs(tenant),
+    )
+    def fold_models(
+        context: AssetExecutionContext,
+        labeled_dataset: dict,
+        stratified_splits: dict,
+        training: TrainingResource,
+        gpu: GPUResource,
+    ):
+        """One model per fold (focal loss, rewind early stopping), keeping only its best epoch."""
+        config = training.config(gpu, tenant)
+        device = gpu.resolved()
+        plan = SplitPlan.from_dict(json.loads(open(stratified_splits["path"]).read()))
+        keys = list(context.partition_keys)
+        if plan.n_folds != tenant.n_partitions:
+            raise Failure(
+                description=f"the split has {plan.n_folds} folds but {tenant.key('fold_models').to_user_string()} has "
+                f"{tenant.n_partitions} partitions: the tenant's n_folds (or LEGOLAS_PRESET/LEGOLAS_N_FOLDS) changed "
+                "since stratified_splits was materialized; re-materialize stratified_splits"
             )
-        except (NonFiniteLossError, FoldWorkerLostError) as exc:
-            logger.error(str(exc))
-            raise Failure(description=str(exc)) from None
-        for key in keys:
-            result = fold_results[int(key)]
-            curve = plots.training_curve(result.history, folds_dir / "curves" / f"fold{key}.png", f"fold {key}")
-            results[key] = {
-                **result.to_dict(),
-                "data_version": labeled_dataset["data_version"],
-                "split_fingerprint": plan.fingerprint(),
-                "training_key": key_of_training,
-                "curve_path": str(curve),
-                "log_path": str(log_path),
-            }
-            if result.reused:
-                note(f"fold {key}: finished earlier with the same data, split and config; checkpoint verified and reused")
-            logger.info(f"fold {key}: done, shipped epoch {result.best_epoch}, {result.stop_reason}, reused={result.reused}")
-    finally:
-        close_training_log(logger)
+        artifacts = training.artifacts(tenant.name)
+        # Keyed by data version, split and config: a retraining never writes into the champion's folds.
+        key_of_training = training_key(labeled_dataset["data_version"], plan.fingerprint(), config.to_dict())
+        folds_dir = artifacts.folds_dir(key_of_training)
+        data = encode_dataset(read_dataset(labeled_dataset["path"]), config, cache_dir=artifacts.tokens_dir)
+        logger, log_path = open_training_log(artifacts.logs_dir, context.run_id)
+        context.log.info(f"training folds {keys} on {device['name']} ({device['precision']}); log file: {log_path}")
 
-    try:  # MLflow mirrors the registry: a bad URI, a missing package or an outage never fails a training
-        tracker = tracker_from_settings()  # None unless LEGOLAS_MLFLOW_TRACKING_URI is set
-        run_ids = tracker.log_folds(labeled_dataset["tenant"], key_of_training, config.to_dict(), results) if tracker else {}
-    except Exception as exc:  # noqa: BLE001
-        context.log.warning(f"MLflow tracking failed, folds not logged there: {redacted(exc)}")
-        run_ids = {}
-    for key, run_id in run_ids.items():
-        results[key]["mlflow_run_id"] = run_id
-    # Each fold partition gets its own numbers and curve, even when all folds train in one run
-    # (Output metadata alone would give every partition of the run the same values).
-    for key in keys:
-        context.add_asset_metadata(fold_metadata(results[key]), partition_key=key)
-    metadata = {
-        "folds_in_this_run": len(keys),
-        "device": device["name"],
-        "training_log": MetadataValue.path(str(log_path)),
-    }
-    yield Output(results[keys[0]] if len(keys) == 1 else results, metadata=metadata)
-    yield from fold_check_results(results, n_classes=len(data.labels))
+        estimate = TrainingProgress([int(k) for k in keys], config.epochs)
+        if training.reuse_finished_folds:  # folds finished by an earlier run train no epoch in this one
+            for key in keys:
+                checkpoint = folds_dir / checkpoint_filename(config.text_format, config.model_name, int(key))
+                if finished_fold(checkpoint, labeled_dataset["data_version"], plan.fingerprint(), config) is not None:
+                    estimate.mark_reused(int(key))
+
+        def progress(record: dict) -> None:
+            snapshot = estimate.epoch_finished(record["fold"], record["epoch"], stopping=record.get("stopping", False))
+            line = (
+                f"fold {record['fold']} epoch {record['epoch']}: train_loss {record['train_loss']:.4f} "
+                f"val_loss {record['val_loss']:.4f} val_bal_acc {record['val_balanced_accuracy']:.4f} "
+                f"({record['elapsed_s']:.0f}s) - {record['checkpoint']}; {snapshot.describe()}"
+            )
+            context.log.info(line)
+            logger.info(line)
+            # One observation per fold and epoch: the run page's event stream and the partition's
+            # events show the curve growing while the fold trains, before any materialization exists.
+            context.log_event(AssetObservation(
+                asset_key=context.asset_key, partition=str(record["fold"]), metadata=epoch_metadata(record, snapshot),
+            ))
+
+        def note(line: str) -> None:
+            context.log.info(line)
+            logger.info(line)
+
+        results = {}
+        try:
+            runner = training.fold_runner()
+            note(f"runner {runner.name}: folds {keys}, {len(data.session_ids)} sessions")
+            try:
+                fold_results = runner.run_folds(
+                    data, plan, [int(k) for k in keys], config, folds_dir, data_version=labeled_dataset["data_version"],
+                    on_epoch=progress, reuse_finished=training.reuse_finished_folds, log=note,
+                )
+            except (NonFiniteLossError, FoldWorkerLostError) as exc:
+                logger.error(str(exc))
+                raise Failure(description=str(exc)) from None
+            for key in keys:
+                result = fold_results[int(key)]
+                curve = plots.training_curve(result.history, folds_dir / "curves" / f"fold{key}.png", f"fold {key}")
+                results[key] = {
+                    **result.to_dict(),
+                    "data_version": labeled_dataset["data_version"],
+                    "split_fingerprint": plan.fingerprint(),
+                    "training_key": key_of_training,
+                    "curve_path": str(curve),
+                    "log_path": str(log_path),
+                }
+                if result.reused:
+                    note(f"fold {key}: finished earlier with the same data, split and config; checkpoint verified and reused")
+                logger.info(f"fold {key}: done, shipped epoch {result.best_epoch}, {result.stop_reason}, reused={result.reused}")
+        finally:
+            close_training_log(logger)
+
+        try:  # MLflow mirrors the registry: a bad URI, a missing package or an outage never fails a training
+            tracker = tracker_from_settings()  # None unless LEGOLAS_MLFLOW_TRACKING_URI is set
+            run_ids = tracker.log_folds(tenant.name, key_of_training, config.to_dict(), results) if tracker else {}
+        except Exception as exc:  # noqa: BLE001
+            context.log.warning(f"MLflow tracking failed, folds not logged there: {redacted(exc)}")
+            run_ids = {}
+        for key, run_id in run_ids.items():
+            results[key]["mlflow_run_id"] = run_id
+        # Each fold partition gets its own numbers and curve, even when all folds train in one run
+        # (Output metadata alone would give every partition of the run the same values).
+        for key in keys:
+            context.add_asset_metadata(fold_metadata(results[key]), partition_key=key)
+        metadata = {
+            "folds_in_this_run": len(keys),
+            "device": device["name"],
+            "training_log": MetadataValue.path(str(log_path)),
+        }
+        yield Output(results[keys[0]] if len(keys) == 1 else results, metadata=metadata)
+        yield from fold_check_results(results, n_classes=len(data.labels), asset_key=tenant.key("fold_models"))
+
+    return fold_models
 
 
 def epoch_metadata(record: dict, snapshot: ProgressSnapshot) -> dict:

@@ -12,11 +12,12 @@ import sys
 from pathlib import Path
 
 from legolas_ml import settings
+from legolas_ml.data import tenant_commands
 from legolas_ml.lifecycle import commands as lifecycle_commands
 from legolas_ml.lifecycle.artifacts import TenantArtifacts
 from legolas_ml.lifecycle.commands import tenant_argument
 from legolas_ml.lifecycle.registry import ChampionUnavailableError, ModelRegistry
-from legolas_ml.data.demo_data import generate_demo_data
+from legolas_ml.data.demo_data import DOMAINS, generate_demo_data
 from legolas_ml.data.review_import import IMPORT_FORMATS, import_reviews
 from legolas_ml.review.queue import FORMATS, queue_size, review_queue, write_queue
 from legolas_ml.data.store import StoreUnavailableError, list_tenants, open_tenant_store, scrub, validate_database
@@ -32,7 +33,7 @@ def _store(args, writer: bool = False, verify: bool = True):
 
 
 def cmd_demo_data(args) -> int:
-    classifications, reviews = generate_demo_data(args.conversations, args.reviews, args.seed)
+    classifications, reviews = generate_demo_data(args.conversations, args.reviews, args.seed, domain=args.domain)
     with _store(args, writer=True) as store:
         existing = store.counts()
         if existing["classifications"] and not args.reset:
@@ -87,34 +88,58 @@ def cmd_review_queue(args) -> int:
     return 0
 
 
-def cmd_status(args) -> int:
-    from legolas_ml.data.store import connect
+def _age(created_at: str | None) -> str:
+    """``2026-12-01T10:00:00Z`` -> ``"3h"`` / ``"2d"``: how long the model has been in service."""
+    from datetime import datetime, timezone
 
-    client = connect(settings.mongo_uri(), settings.data_dir())
+    if not created_at:
+        return "-"
     try:
-        tenants = list_tenants(client[validate_database(settings.database_name())])
-    finally:
-        client.close()
-    if not tenants:
+        then = datetime.strptime(created_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return "-"
+    hours = max((datetime.now(timezone.utc) - then).total_seconds(), 0) / 3600
+    return f"{hours * 60:.0f}m" if hours < 1 else f"{hours:.0f}h" if hours < 48 else f"{hours / 24:.0f}d"
+
+
+def cmd_status(args) -> int:
+    """Every tenant of the deployment: documents, reviews, waiting reviews, queue, model in service."""
+    from legolas_ml.data.tenants import open_catalogue
+
+    with open_catalogue(settings.mongo_uri(), settings.data_dir(), settings.database_name()) as catalogue:
+        found = catalogue.discover()
+    if not found.tenants:
         print("no tenants in the store yet (run: legolas demo-data)")
         return 0
-    print(f"{'tenant':<20} {'documents':>10} {'reviews':>8} {'waiting':>8} {'queue':>6}  {'newest review':<20} champion")
+    print(
+        f"{'tenant':<16} {'K':>3} {'documents':>10} {'reviews':>8} {'waiting':>8} {'queue':>6}  {'newest review':<20} "
+        f"{'champion':<18} {'test BA':>8} {'holdout BA':>10} {'age':>5}"
+    )
     champions = {}
-    for tenant in tenants:
-        args.tenant = tenant
-        registry = ModelRegistry(TenantArtifacts(settings.output_dir(), tenant))
+    for tenant in found.tenants:
+        args.tenant = tenant.name
+        registry = ModelRegistry(TenantArtifacts(settings.output_dir(), tenant.name))
         try:
-            champions[tenant] = registry.champion()
-            label = champions[tenant]["version"] if champions[tenant] else "none"
+            champions[tenant.name] = registry.champion()
+            label = champions[tenant.name]["version"] if champions[tenant.name] else "none"
         except ChampionUnavailableError as exc:
-            champions[tenant], label = None, f"DAMAGED: {exc}"
+            champions[tenant.name], label = None, f"DAMAGED: {exc}"
         consumed = registry.consumed_reviews()
         with _store(args) as store:
             counts = store.counts()
-            waiting = len(store.reviews_after(consumed.as_tuple() if consumed else None))
+            waiting = store.count_reviews_after(consumed.as_tuple() if consumed else None)
             queued = queue_size(store)
+        manifest = champions[tenant.name] or {}
+        test_ba = (manifest.get("test_metrics") or {}).get("balanced_accuracy")
+        holdout_ba = _holdout_balanced_accuracy(registry, manifest.get("version"))
+        k = tenant.settings.n_folds or settings.preset()["n_folds"]
         newest = counts["newest_review"].isoformat(timespec="seconds") if counts["newest_review"] else "-"
-        print(f"{tenant:<20} {counts['classifications']:>10} {counts['reviews']:>8} {waiting:>8} {queued:>6}  {newest:<20} {label}")
+        print(
+            f"{tenant.name:<16} {k:>3} {counts['classifications']:>10} {counts['reviews']:>8} {waiting:>8} {queued:>6}  "
+            f"{newest:<20} {label:<18} {_number(test_ba):>8} {_number(holdout_ba):>10} {_age(_promoted_at(registry, manifest)):>5}"
+        )
+    for problem in found.refused:
+        print(f"refused: {problem}")
     for tenant, manifest in champions.items():
         if manifest is None:
             continue
@@ -123,7 +148,7 @@ def cmd_status(args) -> int:
         print(
             f"\n{tenant}: champion {manifest['version']}, ensemble of {len(manifest['checkpoints'])} folds "
             f"({manifest['mode']} training, {manifest['created_at']}), test balanced accuracy "
-            f"{test['balanced_accuracy']:.4f} on {test['n']} sessions"
+            f"{test['balanced_accuracy']:.4f} on {test['n']} sessions, classes {', '.join(manifest.get('labels') or []) or '-'}"
         )
         last = registry.history()[-1] if registry.history() else None
         if last:
@@ -135,6 +160,45 @@ def cmd_status(args) -> int:
             print(f"  report:    {report}")
         print(f"  decisions: {registry.decisions_path} (`legolas versions --tenant {tenant}`)")
     return 0
+
+
+def _number(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _promoted_at(registry: ModelRegistry, manifest: dict) -> str | None:
+    """When the champion went into service (the pointer's ``since``), else when it was created."""
+    import json
+
+    try:
+        since = json.loads(registry.pointer_path.read_text()).get("since")
+    except (OSError, ValueError, AttributeError):
+        since = None
+    return _as_zulu(since) or manifest.get("created_at")
+
+
+def _as_zulu(at: str | None) -> str | None:
+    from datetime import datetime, timezone
+
+    if not at:
+        return None
+    try:
+        moment = datetime.fromisoformat(at.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _holdout_balanced_accuracy(registry: ModelRegistry, version: str | None) -> float | None:
+    """The champion's holdout balanced accuracy, as measured when it was promoted (None: first training)."""
+    if not version:
+        return None
+    for record in reversed(registry.history()):
+        if record.get("version") == version and record.get("action") == "promoted":
+            comparison = ((record.get("decision") or {}).get("comparison")) or {}
+            return comparison.get("candidate_balanced_accuracy")
+    return None
 
 
 def cmd_repair_store(args) -> int:
@@ -181,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--reviews", type=int, default=300)
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--reset", action="store_true", help="replace the tenant's existing documents")
+    demo.add_argument("--domain", choices=sorted(DOMAINS), default="support", help="the tenant's classes: support (5) or insurance (3)")
     demo.set_defaults(func=cmd_demo_data)
     imp = sub.add_parser("import-reviews", help="import human reviews from a JSONL file")
     imp.add_argument("file")
@@ -191,12 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
     queue.add_argument("--format", choices=FORMATS, default="jsonl")
     queue.add_argument("--output", default="-", help="a file to write (atomically); default: standard output")
     queue.set_defaults(func=cmd_review_queue)
-    status = sub.add_parser("status", help="documents, reviews and model per tenant")
+    status = sub.add_parser("status", help="every tenant: documents, reviews, waiting reviews, queue, model in service")
     status.set_defaults(func=cmd_status)
     repair = sub.add_parser("repair-store", help="remove duplicate copies that break the store's unique indexes")
     repair.add_argument("--tenant", type=tenant_argument, default=None, help="default: every tenant in the store")
     repair.set_defaults(func=cmd_repair_store)
     lifecycle_commands.add_commands(sub, settings.tenant())
+    tenant_commands.add_commands(sub)
     for p in (demo, imp, queue):
         p.add_argument("--tenant", type=tenant_argument, default=settings.tenant(), help="default: $LEGOLAS_TENANT or 'demo'")
     return parser

@@ -1,5 +1,6 @@
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 # Tests never reach a model hub: the bundled tokenizer and config are local files.
@@ -9,3 +10,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 # The fold partitions are defined at import time from the preset: tests use K=3 folds.
 os.environ.setdefault("LEGOLAS_N_FOLDS", "3")
+
+# Importing legolas_assets.definitions discovers the tenants in $LEGOLAS_HOME's store: never the
+# developer's own var/ (tests that need a home set their own).
+os.environ.setdefault("LEGOLAS_HOME", tempfile.mkdtemp(prefix="legolas-tests-"))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from dagster import AssetKey, DagsterInstance
 
-from dagster_helpers import run_chain
+from dagster_helpers import ASSETS, key, run_chain
 from synthetic import TINY_OVERRIDES
 from legolas_ml.lifecycle.artifacts import TenantArtifacts
 from legolas_ml.lifecycle.registry import ModelRegistry
@@ -38,7 +38,7 @@ def chain(tmp_path_factory):
 
 
 def _metadata(result, asset):
-    mats = [m for m in result.get_asset_materialization_events() if m.asset_key == AssetKey(asset)]
+    mats = [m for m in result.get_asset_materialization_events() if m.asset_key == key(asset)]
     return mats[-1].materialization.metadata
 
 
@@ -46,10 +46,10 @@ def test_whole_chain_materializes(chain):
     home, _, result = chain
     assert result.success
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    assert materialized == {
+    assert materialized == {f"demo/{name}" for name in (
         "labeled_dataset", "stratified_splits", "fold_models", "cv_metrics", "ensemble_model", "promoted_ensemble", "explainability_report",
         "ensemble_predictions", "label_audit",
-    }
+    )}
     checks = result.get_asset_check_evaluations()
     assert len(checks) == 16
     assert [c.check_name for c in checks if not c.passed and c.severity.value == "ERROR"] == []
@@ -65,7 +65,7 @@ def test_metadata_users_look_for(chain):
     ens = _metadata(result, "ensemble_model")
     assert ens["test_balanced_accuracy"].value > 1 / 5 + 0.05  # the blocking check's own threshold
     assert "data:image/png;base64" in ens["confusion_matrix_plot"].value
-    folds = [m.materialization for m in result.get_asset_materialization_events() if m.asset_key == AssetKey("fold_models")]
+    folds = [m.materialization for m in result.get_asset_materialization_events() if m.asset_key == key("fold_models")]
     assert sorted(m.partition for m in folds) == ["0", "1", "2"]
     xai = _metadata(result, "explainability_report")
     assert xai["texts_explained"].value >= 5 and Path(xai["report"].value).exists()
@@ -118,17 +118,19 @@ def test_blocking_check_stops_downstream(tmp_path):
             store.insert_review({"session_id": f"s{i}", "label": label, "text": f"text number {i}", "reviewed_at": f"2026-01-01T00:00:{i:02d}"})
     from dagster_helpers import resources
     from dagster import materialize
-    from legolas_assets.definitions import ASSETS
-    from legolas_assets.checks import ALL_CHECKS
+    from legolas_assets.jobs import tenant_assets, tenant_checks
+    from legolas_assets.tenancy import TenantPlan
 
+    tiny = TenantPlan("tiny")
+    tiny_assets, tiny_checks = tenant_assets(tiny), tenant_checks(tiny)
     instance = DagsterInstance.ephemeral()
     result = materialize(
-        ASSETS + ALL_CHECKS, resources=resources(tmp_path, tenant="tiny"), instance=instance,
-        selection=["labeled_dataset", "stratified_splits"], raise_on_error=False,
+        tiny_assets + tiny_checks, resources=resources(tmp_path), instance=instance,
+        selection=[tiny.key("labeled_dataset"), tiny.key("stratified_splits")], raise_on_error=False,
     )
     assert not result.success
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    assert materialized == {"labeled_dataset"}  # stratified_splits never ran
+    assert materialized == {"tiny/labeled_dataset"}  # stratified_splits never ran
     failed = [c for c in result.get_asset_check_evaluations() if not c.passed]
     assert [c.check_name for c in failed] == ["enough_members_per_class"]
     assert failed[0].metadata["needed_per_class"].value == 4  # the numbers are shown, not just "failed"
@@ -139,14 +141,14 @@ def test_blocking_check_stops_downstream(tmp_path):
 
     [event] = instance.all_logs(result.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
 
-    from legolas_assets.checks import enough_members_per_class
+    [enough_members_per_class] = [c for c in tiny_checks if c.check_key.name == "enough_members_per_class"]
 
     materialized_at = f"{datetime.fromtimestamp(event.timestamp, timezone.utc):%Y-%m-%dT%H:%M:%S} UTC"
     meta = failed[0].metadata
     assert meta["evaluated_run"].value == result.run_id and meta["evaluated_in_this_run"].value is True
     assert meta["evaluated_materialized_at"].value == materialized_at and meta["checked_at"].value.endswith(" UTC")
     later = materialize(
-        ASSETS + ALL_CHECKS, resources=resources(tmp_path, tenant="tiny"), instance=instance,
+        tiny_assets + tiny_checks, resources=resources(tmp_path), instance=instance,
         selection=AssetSelection.checks(enough_members_per_class),
         raise_on_error=False,
     )
@@ -179,41 +181,37 @@ def _cli(home: Path, *args: str, command: tuple[str, ...] = ("asset", "materiali
 
 def test_cli_single_fold_and_partition_range(tmp_path):
     fill_demo(tmp_path, conversations=300, reviews=60)
-    up = _cli(tmp_path, "--select", "labeled_dataset,stratified_splits")
+    up = _cli(tmp_path, "--select", "demo/labeled_dataset,demo/stratified_splits")
     assert up.returncode == 0, up.stderr[-3000:]
-    one = _cli(tmp_path, "--select", "fold_models", "--partition", "1")
+    one = _cli(tmp_path, "--select", "demo/fold_models", "--partition", "1")
     assert one.returncode == 0, one.stderr[-3000:]
-    values = tmp_path / "output" / "asset_values" / "fold_models"
+    values = tmp_path / "output" / "asset_values" / "demo" / "fold_models"
     assert sorted(p.name for p in values.glob("*.json")) == ["1.json"]
-    every = _cli(tmp_path, "--select", "fold_models", "--partition-range", "0...2")
+    every = _cli(tmp_path, "--select", "demo/fold_models", "--partition-range", "0...2")
     assert every.returncode == 0, every.stderr[-3000:]
     assert sorted(p.name for p in values.glob("*.json")) == ["0.json", "1.json", "2.json"]
     assert "fold_models" in every.stderr and "RUN_SUCCESS" in every.stderr
     # The README's and `make demo`'s chain command: one run of the named job, every fold partition in it
     # (the folds just trained are reused: same data, split and config).
     tags = json.dumps({"dagster/asset_partition_range_start": "0", "dagster/asset_partition_range_end": "2"})
-    chain = _cli(tmp_path, "-j", "training_job", "--tags", tags, command=("job", "execute"))
+    chain = _cli(tmp_path, "-j", "demo__training_job", "--tags", tags, command=("job", "execute"))
     assert chain.returncode == 0, chain.stderr[-3000:]
     from dagster import DagsterEventType, RunsFilter
 
-    from legolas_assets.jobs import ASSETS
-
     with DagsterInstance.from_config(str(tmp_path / "dagster")) as instance:
-        assert {r.job_name for r in instance.get_runs()} == {"training_job", "__ASSET_JOB"}
-        [run] = instance.get_runs(filters=RunsFilter(job_name="training_job"))
+        assert {r.job_name for r in instance.get_runs()} == {"demo__training_job", "__ASSET_JOB"}
+        [run] = instance.get_runs(filters=RunsFilter(job_name="demo__training_job"))
         assert run.is_success
         events = [e.dagster_event for e in instance.all_logs(run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)]
     assert {e.asset_key for e in events} == {a.key for a in ASSETS}  # the whole chain
-    assert sorted(e.partition for e in events if e.asset_key == AssetKey("fold_models")) == ["0", "1", "2"]
+    assert sorted(e.partition for e in events if e.asset_key == key("fold_models")) == ["0", "1", "2"]
 
 
 def test_sensor_retrains_on_imported_reviews(chain, tmp_path, monkeypatch):
     """First training -> import reviews with the CLI -> the sensor requests the chain -> retrained on humans only."""
     from dagster import build_sensor_context
 
-    from dagster_helpers import resources
-    from legolas_assets.jobs import training_job
-    from legolas_assets.sensors import retrain_on_new_reviews
+    from dagster_helpers import DEMO, resources, retrain_on_new_reviews
     from legolas_ml.cli import main
 
     home, instance, _ = chain
@@ -232,8 +230,10 @@ def test_sensor_retrains_on_imported_reviews(chain, tmp_path, monkeypatch):
     context = build_sensor_context(instance=instance, resources={k: res[k] for k in ("mongo", "training", "lifecycle")})
     result = retrain_on_new_reviews(context)
     request = result.run_requests[0]
-    assert set(training_job.selection.resolve(build_defs_graph())) == {
-        AssetKey(a) for a in (
+    assert request.job_name == DEMO.job_name
+    defs = build_defs()
+    assert set(defs.resolve_job_def(DEMO.job_name).asset_layer.selected_asset_keys) == {
+        DEMO.key(a) for a in (
             "labeled_dataset", "stratified_splits", "fold_models", "cv_metrics", "ensemble_model", "promoted_ensemble", "explainability_report",
             "ensemble_predictions", "label_audit",
         )
@@ -250,10 +250,11 @@ def test_sensor_retrains_on_imported_reviews(chain, tmp_path, monkeypatch):
     assert "0 new reviews" in retrain_on_new_reviews(fresh).skip_reason.skip_message
 
 
-def build_defs_graph():
-    from legolas_assets.definitions import defs
+def build_defs():
+    from legolas_assets.definitions import build_definitions
+    from dagster_helpers import DEMO
 
-    return defs.get_repository_def().asset_graph
+    return build_definitions([DEMO])
 
 
 def _snapshot(registry: ModelRegistry, version: str) -> dict[str, str]:

@@ -83,13 +83,13 @@ def _unreachable_uri() -> str:
 
 def test_store_outage_fails_labeled_dataset_fast_and_redacted(tmp_path):
     from dagster_helpers import resources
-    from legolas_assets.definitions import ASSETS
+    from dagster_helpers import ASSETS, key
     from legolas_assets.resources import MongoResource
 
     res = resources(tmp_path)
     res["mongo"] = MongoResource(uri=_unreachable_uri(), timeout_s=1.0)
     started = time.monotonic()
-    result = materialize(ASSETS, resources=res, selection=["labeled_dataset"], instance=DagsterInstance.ephemeral(), raise_on_error=False)
+    result = materialize(ASSETS, resources=res, selection=[key("labeled_dataset")], instance=DagsterInstance.ephemeral(), raise_on_error=False)
     assert not result.success and time.monotonic() - started < 30
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     text = str(failure.event_specific_data.error)
@@ -100,7 +100,7 @@ def test_outage_then_recovery_counts_every_review_once(tmp_path, monkeypatch):
     from dagster import SensorResult, build_sensor_context
 
     from legolas_assets.resources import LifecycleResource, MongoResource, TrainingResource
-    from legolas_assets.sensors import retrain_on_new_reviews
+    from dagster_helpers import retrain_on_new_reviews
     from legolas_ml.data.store import open_tenant_store
     from legolas_ml.lifecycle.artifacts import TenantArtifacts
     from legolas_ml.lifecycle.registry import ModelRegistry
@@ -115,7 +115,8 @@ def test_outage_then_recovery_counts_every_review_once(tmp_path, monkeypatch):
     base = {"training": training, "lifecycle": LifecycleResource()}
     down = build_sensor_context(instance=DagsterInstance.ephemeral(), resources={"mongo": MongoResource(uri=_unreachable_uri(), timeout_s=0.5), **base})
     skipped = retrain_on_new_reviews(down)
-    assert "store unavailable" in skipped.skip_message and SECRET not in skipped.skip_message and down.cursor is None
+    message = skipped.skip_reason.skip_message
+    assert "store unavailable" in message and SECRET not in message and skipped.cursor is None
     up = build_sensor_context(instance=DagsterInstance.ephemeral(), resources={"mongo": MongoResource(data_dir=str(tmp_path)), **base})
     result = retrain_on_new_reviews(up)
     assert isinstance(result, SensorResult) and "45 new reviews" in result.run_requests[0].tags["legolas/trigger"]
@@ -131,7 +132,7 @@ def test_outage_then_recovery_counts_every_review_once(tmp_path, monkeypatch):
 
 def test_unwritable_output_dir_is_a_clear_error(tmp_path):
     from dagster_helpers import resources
-    from legolas_assets.definitions import ASSETS
+    from dagster_helpers import ASSETS, key
     from legolas_assets.resources import TrainingResource
     from legolas_ml.data.store import open_tenant_store
 
@@ -141,12 +142,12 @@ def test_unwritable_output_dir_is_a_clear_error(tmp_path):
     blocker.write_text("a file where the output directory should be")
     res = resources(tmp_path)
     res["training"] = TrainingResource(output_dir=str(blocker / "output"))
-    result = materialize(ASSETS, resources=res, selection=["labeled_dataset"], instance=DagsterInstance.ephemeral(), raise_on_error=False)
+    result = materialize(ASSETS, resources=res, selection=[key("labeled_dataset")], instance=DagsterInstance.ephemeral(), raise_on_error=False)
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert str(blocker) in str(failure.event_specific_data.error)
     # The asset raised instead of passing on a value: the IO manager stored nothing downstream could read.
-    assert not (tmp_path / "output" / "asset_values" / "labeled_dataset").exists()
+    assert not (tmp_path / "output" / "asset_values" / "demo" / "labeled_dataset").exists()
     assert not any(e.event_type_value == "ASSET_MATERIALIZATION" for e in result.all_events)
 
 
@@ -158,12 +159,13 @@ def test_concurrent_retraining_of_one_tenant_is_serialised():
     import yaml
 
     from legolas_assets.sensors import retraining_tags
+    from legolas_assets.tenancy import TenantPlan
 
     config = yaml.safe_load((ROOT / "dagster.yaml").read_text())
     limits = config["concurrency"]["runs"]["tag_concurrency_limits"]
     assert {"key": "legolas/tenant", "value": {"applyLimitPerUniqueValue": True}, "limit": 1} in limits
     assert config["concurrency"]["pools"]["default_limit"] == 1
-    assert retraining_tags("acme", "50 new reviews")["legolas/tenant"] == "acme"
+    assert retraining_tags(TenantPlan("acme"), "50 new reviews")["legolas/tenant"] == "acme"
 
 
 # --- hostile documents -------------------------------------------------------------------------

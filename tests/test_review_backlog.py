@@ -6,20 +6,23 @@ from datetime import datetime, timedelta, timezone
 from dagster import AssetKey, DagsterInstance, Definitions, define_asset_job
 
 from legolas_assets.resources import LifecycleResource, MongoResource, TrainingResource
-from legolas_assets.reviews import human_reviews
+from dagster_helpers import DEMO, retrain_on_new_reviews, tenant_state
+from legolas_assets.reviews import build_human_reviews
+
+human_reviews = build_human_reviews(DEMO)
 from legolas_ml.lifecycle.retraining import RetrainPolicy, ReviewBacklog, ReviewCursor
 from test_sensor import T0, add_reviews, all_reviews, decide, home, skip_message, tick  # noqa: F401 (fixture)
 
 
 def _observed(result) -> list[dict]:
-    return [{k: v.value for k, v in e.metadata.items()} for e in result.asset_events if e.asset_key == AssetKey("human_reviews")]
+    return [{k: v.value for k, v in e.metadata.items()} for e in result.asset_events if e.asset_key == DEMO.key("human_reviews")]
 
 
 def test_the_first_tick_shows_every_review_waiting_and_observes_the_counts(home):
     add_reviews(home, 12)
     result = tick(home)
     assert "12 reviews in total, 12 waiting since the model in service (consumed up to nothing yet)" in skip_message(result)
-    assert json.loads(result.cursor)["reviews"] == {
+    assert json.loads(tenant_state(result.cursor))["reviews"] == {
         "total": 12, "waiting": 12, "oldest_waiting": T0.isoformat(timespec="seconds"), "consumed_up_to": None, "dated_in_future": 0,
     }
     [observed] = _observed(result)
@@ -55,7 +58,7 @@ def test_the_source_asset_observes_the_same_counts(home):
     job = define_asset_job("observe", selection=[human_reviews])  # what "Observe sources" in the UI runs
     result = Definitions(assets=[human_reviews], jobs=[job], resources=resources).resolve_job_def("observe").execute_in_process(instance=instance)
     assert result.success
-    record = instance.fetch_observations(AssetKey("human_reviews"), limit=1).records[0]
+    record = instance.fetch_observations(DEMO.key("human_reviews"), limit=1).records[0]
     metadata = {k: v.value for k, v in record.asset_observation.metadata.items()}
     assert (metadata["total"], metadata["waiting"]) == (8, 3)
 
@@ -104,7 +107,7 @@ def test_sensor_observations_keep_the_sources_data_version(home):
     from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
     add_reviews(home, 5)
-    [event] = [e for e in tick(home).asset_events if e.asset_key == AssetKey("human_reviews")]
+    [event] = [e for e in tick(home).asset_events if e.asset_key == DEMO.key("human_reviews")]
     assert event.tags[DATA_VERSION_TAG] == "5-" + str(ReviewCursor.of(all_reviews(home)[-1]))
 
 

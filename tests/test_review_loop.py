@@ -408,8 +408,10 @@ def test_the_loop_assets_wait_for_a_model_in_service(tmp_path):
     """A tenant whose first candidate was not promoted: both assets say so and write nothing."""
     from dagster import DagsterInstance, materialize
 
-    from dagster_helpers import resources
-    from legolas_assets.loop import ensemble_predictions, label_audit
+    from dagster_helpers import DEMO, resources
+    from legolas_assets.loop import build_ensemble_predictions, build_label_audit
+
+    ensemble_predictions, label_audit = build_ensemble_predictions(DEMO), build_label_audit(DEMO)
 
     docs, _ = generate_demo_data(60, 0, seed=1)
     with open_tenant_store(None, tmp_path, "legolas", "demo") as store:

@@ -8,7 +8,8 @@ import pytest
 from dagster import DagsterInstance, materialize
 
 from legolas_assets.configuration import ConfigurationError
-from legolas_assets.definitions import ASSETS, defs
+from dagster_helpers import ASSETS, key
+from legolas_assets.definitions import defs
 from legolas_assets.io_manager import JsonIOManager
 from legolas_assets.resources import MongoUriSource, TrainingResource, default_resources
 from legolas_ml.data import store as store_module
@@ -62,7 +63,7 @@ def _run(home: Path, instance: DagsterInstance, run_config=None):
         "training": TrainingResource(output_dir=str(home / "output")),
         "io_manager": JsonIOManager(base_dir=str(home / "output" / "asset_values")),
     }
-    return materialize(ASSETS, selection=["labeled_dataset"], resources=resources, instance=instance, run_config=run_config or {})
+    return materialize(ASSETS, selection=[key("labeled_dataset")], resources=resources, instance=instance, run_config=run_config or {})
 
 
 def _uri_config(uri) -> dict:

@@ -9,7 +9,8 @@ from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, SensorResult,
 from dagster._core.utils import make_new_run_id
 
 from legolas_assets.resources import LifecycleResource, MongoResource, TrainingResource
-from legolas_assets.sensors import REQUEST_TAG, retrain_on_new_reviews
+from dagster_helpers import retrain_on_new_reviews, tenant_state
+from legolas_assets.sensors import REQUEST_TAG
 from legolas_ml.lifecycle.artifacts import TenantArtifacts
 from legolas_ml.lifecycle.registry import ModelRegistry
 from legolas_ml.lifecycle.retraining import (
@@ -93,7 +94,7 @@ def test_at_threshold_requests_every_fold_and_waits_for_the_decision(home):
     tags = result.run_requests[0].tags
     assert tags["dagster/asset_partition_range_start"] == "0" and tags["dagster/asset_partition_range_end"] == "2"
     assert tags["legolas/tenant"] == "demo"
-    pending = parse_sensor_state(result.cursor)
+    pending = parse_sensor_state(tenant_state(result.cursor))
     assert pending.attempt == 1 and pending.target.reviewed_at == T0 + timedelta(seconds=49)
     assert tags[REQUEST_TAG] == pending.request_id == result.run_requests[0].run_key
     # Requested is not consumed: while the run is going, the reviews still wait and nothing is requested twice.
@@ -110,7 +111,7 @@ def test_a_failed_run_is_retried_with_backoff_and_nothing_is_lost(home):
     add_reviews(home, 60)
     instance = DagsterInstance.ephemeral()
     first = tick(home, instance=instance)
-    pending = parse_sensor_state(first.cursor)
+    pending = parse_sensor_state(tenant_state(first.cursor))
     add_run(instance, pending.request_id, DagsterRunStatus.FAILURE)
     waiting = tick(home, first.cursor, instance=instance, retry_backoff_s=3600)
     assert "failed (attempt 1/3)" in skip_message(waiting) and "retry in" in skip_message(waiting)
@@ -119,7 +120,7 @@ def test_a_failed_run_is_retried_with_backoff_and_nothing_is_lost(home):
     time.sleep(1.1)  # past a 1 s backoff
     retried = tick(home, waiting.cursor, instance=instance, retry_backoff_s=1, retry_max_backoff_s=1)
     assert len(retried.run_requests) == 1
-    second = parse_sensor_state(retried.cursor)
+    second = parse_sensor_state(tenant_state(retried.cursor))
     assert second.attempt == 2 and second.request_id != pending.request_id
     assert second.target == ReviewCursor.of(all_reviews(home)[-1])  # the retry trains on the 5 newer ones too
     # The retry decides on every review it read: all 65 consumed once, none counted again.
@@ -136,14 +137,14 @@ def test_gives_up_after_max_attempts_until_newer_reviews_arrive(home):
     state = LifecycleResource(retry_backoff_s=1, retry_max_backoff_s=1, max_attempts=2).model_dump()
     result = tick(home, instance=instance, **state)
     for _ in range(2):
-        add_run(instance, parse_sensor_state(result.cursor).request_id, DagsterRunStatus.FAILURE)
+        add_run(instance, parse_sensor_state(tenant_state(result.cursor)).request_id, DagsterRunStatus.FAILURE)
         time.sleep(1.05)
         nxt = tick(home, result.cursor, instance=instance, **state)
         result = nxt if nxt.run_requests or "gave up" in skip_message(nxt) else result
     assert "gave up after 2 runs" in skip_message(result)
     add_reviews(home, 1, start=200)
     fresh = tick(home, result.cursor, instance=instance, **state)
-    assert len(fresh.run_requests) == 1 and parse_sensor_state(fresh.cursor).attempt == 1
+    assert len(fresh.run_requests) == 1 and parse_sensor_state(tenant_state(fresh.cursor)).attempt == 1
 
 
 def test_equal_timestamps_are_neither_lost_nor_double_counted(home):
@@ -162,9 +163,9 @@ def test_unreachable_store_skips_and_keeps_the_state(home):
         resources={"mongo": down, "training": TrainingResource(output_dir=str(home / "output")), "lifecycle": LifecycleResource()},
     )
     result = retrain_on_new_reviews(context)
-    assert isinstance(result, SkipReason) and "store unavailable" in result.skip_message
-    assert "topsecret" not in result.skip_message and "127.0.0.1:9" in result.skip_message
-    assert context.cursor == cursor
+    message = skip_message(result)
+    assert "store unavailable" in message and "topsecret" not in message and "127.0.0.1:9" in message
+    assert tenant_state(result.cursor) == tenant_state(cursor)  # the tenant's state stays as it was
 
 
 def test_starts_after_the_reviews_of_the_last_decision(home):

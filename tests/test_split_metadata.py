@@ -3,7 +3,7 @@
 from dagster import AssetKey, DagsterInstance, materialize
 
 from dagster_helpers import resources
-from legolas_assets.definitions import ASSETS
+from dagster_helpers import ASSETS, key
 from legolas_ml.data.store import open_tenant_store
 
 
@@ -13,10 +13,10 @@ def test_classes_named_split_and_n_keep_the_table_intact(tmp_path):
             label = ("split", "n", "billing")[i % 3]
             store.insert_review({"session_id": f"s{i:03d}", "label": label, "text": f"conversation {i} about {label}",
                                  "reviewed_at": f"2026-01-01T10:00:{i % 60:02d}"})
-    result = materialize(ASSETS, selection=["labeled_dataset", "stratified_splits"], resources=resources(tmp_path),
+    result = materialize(ASSETS, selection=[key("labeled_dataset"), key("stratified_splits")], resources=resources(tmp_path),
                          instance=DagsterInstance.ephemeral())
     assert result.success
-    (mat,) = [m for m in result.get_asset_materialization_events() if m.asset_key == AssetKey("stratified_splits")]
+    (mat,) = [m for m in result.get_asset_materialization_events() if m.asset_key == key("stratified_splits")]
     table = mat.materialization.metadata["class_proportions"].value
     columns = [c.name for c in table.schema.columns]
     assert len(columns) == len(set(columns)) == 5

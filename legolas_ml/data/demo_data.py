@@ -12,6 +12,7 @@ queue and spot-check the rest, so some wrong LLM labels survive into the first t
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -127,17 +128,78 @@ _LATER = [
 ]
 
 
-def _conversation(rng: random.Random, label: str, extra_turns: float = 0.0) -> str:
-    issue = rng.choice(_ISSUES[label])
-    extras = rng.sample(_SHARED[label], k=rng.randint(0, 2))
+# A second tenant with its own classes (``legolas demo-data --domain insurance``): an insurer's
+# claims desk, three classes, so one deployment shows tenants with different class sets.
+INSURANCE_SHARES = {"claim_status": 0.45, "policy_change": 0.35, "complaint": 0.20}
+INSURANCE_CONFUSED_WITH = {"claim_status": "complaint", "policy_change": "claim_status", "complaint": "claim_status"}
+_INSURANCE_ISSUES = {
+    "claim_status": [
+        "I filed a claim for the water damage three weeks ago and heard nothing",
+        "what is the status of my car accident claim",
+        "the adjuster was supposed to call me back about my claim",
+        "has my claim been approved, the repair shop is waiting",
+        "I sent the photos of the damage, is anything else needed for the claim",
+        "when will the claim payment reach my account",
+        "my claim number does not show up on the website",
+        "the assessor visited last week, what happens next with the claim",
+    ],
+    "policy_change": [
+        "I want to add my partner as a driver on my car policy",
+        "please update the address on my home insurance, we moved",
+        "can I increase the coverage of my contents insurance",
+        "I would like to switch my policy to monthly payments",
+        "remove the old car from my policy, I sold it",
+        "I need to change the beneficiary on my life insurance",
+        "can I add flood cover to my existing home policy",
+        "my new car needs to be insured from Monday, please update the policy",
+    ],
+    "complaint": [
+        "this is unacceptable, nobody answers the claims line",
+        "I am very unhappy with how my claim was handled",
+        "your adjuster was rude and dismissed the damage",
+        "I want to file a formal complaint about the delay",
+        "I have been transferred five times and nobody helps",
+        "the settlement offer is insulting compared to the damage",
+        "I was promised a call back three times and it never came",
+        "I am considering taking this to the ombudsman",
+    ],
+}
+_INSURANCE_SHARED = {
+    "claim_status": ["it's about my claim", "I have my policy number ready", "it has been weeks"],
+    "complaint": ["it's about my claim", "I have been a customer for years", "it has been weeks"],
+    "policy_change": ["I have my policy number ready", "the renewal is next month", "I checked the website first"],
+}
+
+
+@dataclass(frozen=True)
+class DemoDomain:
+    """The classes of one demo tenant, how often each occurs, which one an LLM confuses it with, and its phrases."""
+
+    shares: dict[str, float]
+    confused_with: dict[str, str]
+    issues: dict[str, list[str]]
+    shared: dict[str, list[str]]
+
+
+#: ``legolas demo-data --domain NAME``: ``support`` (the demo tenant, 5 classes) or ``insurance`` (3 classes).
+DOMAINS = {
+    "support": DemoDomain(CLASS_SHARES, CONFUSED_WITH, _ISSUES, _SHARED),
+    "insurance": DemoDomain(INSURANCE_SHARES, INSURANCE_CONFUSED_WITH, _INSURANCE_ISSUES, _INSURANCE_SHARED),
+}
+
+
+def _conversation(rng: random.Random, label: str, extra_turns: float = 0.0, domain: DemoDomain | None = None) -> str:
+    domain = domain or DOMAINS["support"]
+    issue = rng.choice(domain.issues[label])
+    extras = rng.sample(domain.shared[label], k=rng.randint(0, 2))
     opening = " ".join(p for p in [rng.choice(_OPEN), issue + ".", *[e + "." for e in extras], rng.choice(_CLOSE)] if p)
     turns = [f"Customer: {opening}"]
     if rng.random() < 0.7:
         turns += [rng.choice(_AGENT), rng.choice(_FOLLOW)]
     if rng.random() < 0.3:
         # A second concern, often from the confusable class: the label follows the main request.
-        other = CONFUSED_WITH[label] if rng.random() < 0.6 else label
-        turns.append(f"Customer: Also, {rng.choice(_ISSUES[other])}.")
+        other = domain.confused_with[label] if rng.random() < 0.6 else label
+        turns.append(f"Customer: Also, {rng.choice(domain.issues[other])}.")
     # Long conversations: a geometric number of extra exchanges (mean `extra_turns`) gives the long tail.
     while extra_turns > 0 and rng.random() < extra_turns / (1 + extra_turns):
         turns.append(rng.choice(_LATER))
@@ -156,6 +218,7 @@ def generate_demo_data(
     start: datetime | None = None,
     extra_turns: float = 0.0,
     truth: dict[str, str] | None = None,
+    domain: str = "support",
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Classification documents and human review documents (without the ``tenant`` field).
 
@@ -168,6 +231,7 @@ def generate_demo_data(
             variable texts, for benchmarks; the demo keeps 0 so it trains in minutes).
         truth: filled with ``session_id -> true class`` when given (benchmarks measure the label
             audit against it; the store never sees it).
+        domain: the tenant's classes and phrases, a key of ``DOMAINS``.
 
     Returns:
         ``(classifications, reviews)``.
@@ -176,18 +240,21 @@ def generate_demo_data(
         raise ValueError(f"n_conversations must be >= 50 to hold every class, got {n_conversations}")
     if not 0 <= n_reviews <= n_conversations:
         raise ValueError(f"n_reviews must be in 0..n_conversations ({n_conversations}), got {n_reviews}")
+    if domain not in DOMAINS:
+        raise ValueError(f"domain must be one of {sorted(DOMAINS)}, got {domain!r}")
+    spec = DOMAINS[domain]
     rng = random.Random(seed)
     start = start or datetime(2026, 1, 5, 9, 0)
-    labels = list(CLASS_SHARES)
+    labels = list(spec.shares)
     classifications = []
     truth = {} if truth is None else truth
     for i in range(n_conversations):
-        label = rng.choices(labels, weights=list(CLASS_SHARES.values()), k=1)[0]
+        label = rng.choices(labels, weights=list(spec.shares.values()), k=1)[0]
         session_id = f"conv-{i:06d}"
         truth[session_id] = label
         wrong = rng.random() < 0.12
         if wrong:
-            predicted = CONFUSED_WITH[label] if rng.random() < 0.7 else rng.choice([c for c in labels if c != label])
+            predicted = spec.confused_with[label] if rng.random() < 0.7 else rng.choice([c for c in labels if c != label])
             confidence = round(rng.uniform(0.40, 0.85), 3)
         else:
             predicted = label
@@ -196,7 +263,7 @@ def generate_demo_data(
         classifications.append(
             {
                 "session_id": session_id,
-                "text": _conversation(rng, label, extra_turns),
+                "text": _conversation(rng, label, extra_turns, spec),
                 "llm_prediction": predicted,
                 "llm_confidence": confidence,
                 "classification_method": _weighted(rng, METHODS),
@@ -231,13 +298,13 @@ def generate_demo_data(
         first = reviews[0]
         reviews.append({**first, "notes": "second opinion", "reviewed_at": last + timedelta(minutes=1)})
         reviews.append({**reviews[-1], "label": "  ", "reviewed_at": last + timedelta(minutes=2)})
-    reviews.append({"session_id": "conv-missing", "label": "billing", "reviewer": "anna", "reviewed_at": last})
+    reviews.append({"session_id": "conv-missing", "label": labels[0], "reviewer": "anna", "reviewed_at": last})
     for k in range(3):
         classifications.append(
             {
                 "session_id": f"conv-empty-{k}",
                 "text": " " * k,
-                "llm_prediction": "billing",
+                "llm_prediction": labels[0],
                 "llm_confidence": 0.9,
                 "classification_method": "llm",
                 "needs_review": False,

@@ -308,3 +308,40 @@ def plan_tick(
         return TickPlan(None, f"tenant {tenant}: {reason}; consumed up to {consumed or 'nothing yet'}", None)
     request = PendingRetraining(newest, 1, request_id(tenant, newest, 1))
     return TickPlan(request, f"tenant {tenant}: {reason}; {waits}", request)
+
+
+def parse_tenant_states(text: str | None, legacy_tenant: str) -> dict[str, str]:
+    """The multi-tenant sensor's cursor: each tenant's own state (``serialize_sensor_state`` text).
+
+    Tenants come and go between ticks; each keeps its own entry, so adding or removing one never
+    moves another's. A cursor written before tenants were first-class (one tenant's state at the
+    top level) becomes ``legacy_tenant``'s entry. Names that are not valid tenants are dropped.
+
+    Raises:
+        ValueError: if the text is not a cursor LEGOLAS wrote.
+    """
+    from legolas_ml.lifecycle.artifacts import validate_tenant
+
+    if not text:
+        return {}
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"unreadable retraining sensor cursor {text!r}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"unreadable retraining sensor cursor {text!r}: not a JSON object")
+    if "tenants" not in data:
+        return {legacy_tenant: text}
+    states = {}
+    for tenant, state in (data["tenants"] or {}).items():
+        try:
+            validate_tenant(tenant)
+        except ValueError:
+            continue
+        states[tenant] = json.dumps(state)
+    return states
+
+
+def serialize_tenant_states(states: dict[str, str]) -> str:
+    """The multi-tenant cursor: ``{"tenants": {tenant: state}}``, tenants sorted."""
+    return json.dumps({"tenants": {tenant: json.loads(states[tenant]) for tenant in sorted(states)}})

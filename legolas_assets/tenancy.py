@@ -1,0 +1,144 @@
+"""The tenants of the code location: each one gets its own assets, checks, fold partitions and job.
+
+**Why an asset factory with one key prefix per tenant** (and not a tenant partition dimension):
+tenants differ in K, so their fold partitions differ (``0..2`` for one, ``0..9`` for another); a
+``tenant x fold`` multi-partition would force one fold range on every tenant. A prefix also gives
+each tenant its own lineage group, checks, materialization history and job in the UI, and every
+tenant's assets keep the single-tenant commands: ``--select insurance/fold_models --partition 2``.
+
+Tenants are discovered when Dagster loads the code location (``legolas_ml.data.tenants``): a tenant
+added with ``legolas tenants add`` or by importing its documents appears after a reload of the code
+location, without code changes. When the store cannot be reached at load time the tenants of the
+last successful discovery (``$LEGOLAS_HOME/output/tenants.json``) are used, so a store outage never
+makes the UI lose its assets; with no tenant at all, ``LEGOLAS_TENANT`` (default ``demo``) is shown.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from dagster import AssetIn, AssetKey, StaticPartitionsDefinition
+
+from legolas_ml import settings
+from legolas_ml.atomic_io import write_json_atomic
+from legolas_ml.data.store import StoreUnavailableError
+from legolas_ml.data.tenants import TenantSettings, open_catalogue
+from legolas_ml.lifecycle.artifacts import validate_tenant
+
+from .configuration import ConfigurationError, reported_in_one_line
+
+log = logging.getLogger("legolas.tenants")
+_NOT_DAGSTER = re.compile(r"[^A-Za-z0-9_]")
+
+
+def dagster_name(tenant: str) -> str:
+    """The tenant's name where Dagster allows only letters, digits and '_' (key prefix, group, job)."""
+    return _NOT_DAGSTER.sub("_", tenant)
+
+
+@dataclass(frozen=True)
+class TenantPlan:
+    """One tenant as the code location builds it: its name, its settings and what they decide."""
+
+    name: str
+    settings: TenantSettings = field(default_factory=TenantSettings)
+
+    def __post_init__(self) -> None:
+        validate_tenant(self.name)
+
+    @property
+    def prefix(self) -> str:
+        """The asset key prefix and group name: the tenant's name, '.' and '-' written as '_'."""
+        return dagster_name(self.name)
+
+    @property
+    def job_name(self) -> str:
+        return f"{self.prefix}__training_job"
+
+    def key(self, asset: str) -> AssetKey:
+        return AssetKey([self.prefix, asset])
+
+    def ins(self, *assets: str) -> dict[str, AssetIn]:
+        """The tenant's upstream assets, by the parameter names of the asset function."""
+        return {asset: AssetIn(key=self.key(asset)) for asset in assets}
+
+    @cached_property
+    def layout(self) -> dict:
+        """``{"n_folds": K, "kfold": bool}``: the tenant's K, else the preset's (dev: one split)."""
+        with reported_in_one_line():
+            base = settings.preset()
+        if self.settings.n_folds is not None:
+            return {"n_folds": self.settings.n_folds, "kfold": True}
+        return {"n_folds": base["n_folds"], "kfold": base["kfold"]}
+
+    @property
+    def n_partitions(self) -> int:
+        return self.layout["n_folds"] if self.layout["kfold"] else 1
+
+    @cached_property
+    def fold_partitions(self) -> StaticPartitionsDefinition:
+        """One partition per fold, "0".."K-1"."""
+        return StaticPartitionsDefinition([str(k) for k in range(self.n_partitions)])
+
+    def range_tags(self) -> dict[str, str]:
+        """The tags of a run over every fold partition (what ``--partition-range 0...K-1`` sets)."""
+        return {"dagster/asset_partition_range_start": "0", "dagster/asset_partition_range_end": str(self.n_partitions - 1)}
+
+
+def tenants_cache_path() -> Path:
+    return settings.output_dir() / "tenants.json"
+
+
+def discover_tenants() -> list[TenantPlan]:
+    """The tenants of this deployment, read from the store (see the module docstring for fallbacks).
+
+    Raises:
+        ConfigurationError: when two tenants would share a Dagster name (``a-b`` and ``a_b``), or a
+            setting is invalid; one line naming it.
+    """
+    cache = tenants_cache_path()
+    try:
+        with reported_in_one_line():
+            uri, data_dir, database = settings.mongo_uri(), settings.data_dir(), settings.database_name()
+        with open_catalogue(uri, data_dir, database, timeout_s=5.0) as catalogue:
+            found = catalogue.discover()
+        for problem in found.refused:
+            log.warning(f"tenant refused: {problem}")
+        plans = [TenantPlan(t.name, t.settings) for t in found.tenants]
+        if plans:
+            write_json_atomic(cache, {"tenants": [{"name": p.name, "settings": p.settings.to_dict()} for p in plans]})
+    except StoreUnavailableError as exc:
+        plans = _cached_plans(cache)
+        log.warning(f"the store is unavailable, using the tenants of the last discovery ({cache}): {exc}")
+    if not plans:
+        with reported_in_one_line():
+            plans = [TenantPlan(settings.tenant())]
+    _refuse_collisions(plans)
+    return plans
+
+
+def _cached_plans(cache: Path) -> list[TenantPlan]:
+    if not cache.exists():
+        return []
+    try:
+        entries = json.loads(cache.read_text())["tenants"]
+        return [TenantPlan(e["name"], TenantSettings.from_dict(e["settings"])) for e in entries]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning(f"ignoring the unreadable tenants cache {cache}: {exc}")
+        return []
+
+
+def _refuse_collisions(plans: list[TenantPlan]) -> None:
+    seen: dict[str, str] = {}
+    for plan in plans:
+        other = seen.setdefault(plan.prefix, plan.name)
+        if other != plan.name:
+            raise ConfigurationError(
+                f"tenants {other!r} and {plan.name!r} would share the Dagster name {plan.prefix!r} ('.' and '-' "
+                f"become '_' in asset keys): rename one of them, or `legolas tenants remove` one"
+            )

@@ -1,0 +1,94 @@
+"""`legolas tenants add|list|remove`: the deployment's tenants and their settings, from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from legolas_ml import settings
+from legolas_ml.data.tenants import TenantSettings, open_catalogue
+from legolas_ml.lifecycle.commands import tenant_argument
+
+RELOAD_HINT = (
+    "the Dagster UI shows it after a reload of the code location (Deployment > Code locations > Reload, "
+    "or restart `make ui`); `dagster asset materialize` and `dagster job execute` load it at once"
+)
+
+
+def _catalogue():
+    return open_catalogue(settings.mongo_uri(), settings.data_dir(), settings.database_name())
+
+
+def settings_from_args(args) -> TenantSettings:
+    """The tenant's settings: ``--settings JSON`` first, then the named options on top."""
+    values: dict = {}
+    if args.settings:
+        try:
+            values = json.loads(args.settings)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--settings must be a JSON object of tenant settings, got {args.settings!r}: {exc.msg}") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"--settings must be a JSON object of tenant settings, got {args.settings!r}")
+    for name in ("n_folds", "model_name", "epochs", "max_length", "retrain_threshold"):
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)
+    return TenantSettings.from_dict(values)
+
+
+def cmd_tenants_add(args) -> int:
+    own = settings_from_args(args)
+    with _catalogue() as catalogue:
+        tenant = catalogue.add(args.name, own)
+    print(f"tenant {tenant.name!r} added ({tenant.settings.describe()}); {RELOAD_HINT}")
+    return 0
+
+
+def cmd_tenants_remove(args) -> int:
+    with _catalogue() as catalogue:
+        removed = catalogue.remove(args.name)
+    if not removed:
+        print(f"legolas: no tenant {args.name!r} in this deployment (`legolas tenants list`)")
+        return 2
+    print(
+        f"tenant {args.name!r} removed from the deployment: its documents and artifacts stay, nothing is deleted; "
+        f"`legolas tenants add {args.name}` brings it back; {RELOAD_HINT}"
+    )
+    return 0
+
+
+def cmd_tenants_list(args) -> int:
+    with _catalogue() as catalogue:
+        found = catalogue.discover()
+    if not found.tenants:
+        print("no tenants yet (`legolas demo-data`, `legolas import-reviews --tenant T` or `legolas tenants add T`)")
+    for tenant in found.tenants:
+        where = "catalogue" if tenant.in_catalogue else "documents"
+        print(f"{tenant.name:<24} {where:<10} {tenant.settings.describe()}")
+    for name in found.removed:
+        print(f"{name:<24} {'removed':<10} (documents and artifacts kept)")
+    for problem in found.refused:
+        print(f"refused: {problem}")
+    return 0
+
+
+def add_commands(sub) -> None:
+    """Register `legolas tenants ...` on the `legolas` parser."""
+    tenants = sub.add_parser("tenants", help="the deployment's tenants: add, list, remove")
+    actions = tenants.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", help="add a tenant (or change its settings, or bring a removed one back)")
+    add.add_argument("name", type=tenant_argument)
+    add.add_argument("--n-folds", dest="n_folds", type=int, default=None, help="K of K-fold for this tenant")
+    add.add_argument("--model", dest="model_name", default=None, help="a Hugging Face id or a local model directory")
+    add.add_argument("--epochs", type=int, default=None)
+    add.add_argument("--max-length", dest="max_length", type=int, default=None)
+    add.add_argument("--retrain-threshold", dest="retrain_threshold", type=int, default=None)
+    add.add_argument(
+        "--settings", default=None,
+        help="JSON object of tenant settings, e.g. '{\"min_confidence\": 0.6, \"review_reasons\": [\"label_issue\"]}'",
+    )
+    add.set_defaults(func=cmd_tenants_add)
+    remove = actions.add_parser("remove", help="take a tenant out of the deployment (its data and artifacts stay)")
+    remove.add_argument("name", type=tenant_argument)
+    remove.set_defaults(func=cmd_tenants_remove)
+    listing = actions.add_parser("list", help="the tenants, where each was found and its settings")
+    listing.set_defaults(func=cmd_tenants_list)
