@@ -60,16 +60,19 @@ def _no_model_in_service(context, tenant: str, check: str, nothing: str):
     yield AssetCheckResult(check_name=check, passed=True, metadata={"reason": f"no model in service: {nothing}"})
 
 
+def _loop_asset(owner: TenantPlan, name: str, *, after: str, check: str, check_description: str):
+    """The decorator of a loop asset of ``owner``: after ``after`` in the tenant's chain, with its one check."""
+    return asset(
+        key=owner.key(name), **placement(owner, REVIEW_LOOP), backfill_policy=SINGLE_RUN, deps=[owner.key(after)],
+        check_specs=[AssetCheckSpec(check, asset=owner.key(name), description=check_description)],
+    )
+
+
 def build_ensemble_predictions(owner: TenantPlan) -> AssetsDefinition:
     """``<tenant>/ensemble_predictions``: the tenant's champion scores the tenant's unreviewed documents."""
 
-    @asset(
-        key=owner.key("ensemble_predictions"), **placement(owner, REVIEW_LOOP), backfill_policy=SINGLE_RUN,
-        deps=[owner.key("promoted_ensemble")], check_specs=[AssetCheckSpec(
-            COVERAGE, asset=owner.key("ensemble_predictions"),
-            description="every unreviewed document with a text carries a prediction of the model in service",
-        )],
-    )
+    @_loop_asset(owner, "ensemble_predictions", after="promoted_ensemble", check=COVERAGE,
+                 check_description="every unreviewed document with a text carries a prediction of the model in service")
     def ensemble_predictions(
         context: AssetExecutionContext,
         mongo: MongoResource,
@@ -153,13 +156,8 @@ def _audit_inputs(training: TrainingResource, tenant: str, champion: dict, log):
 def build_label_audit(owner: TenantPlan) -> AssetsDefinition:
     """``<tenant>/label_audit``: the tenant's LLM labels audited into the tenant's review queue."""
 
-    @asset(
-        key=owner.key("label_audit"), **placement(owner, REVIEW_LOOP), backfill_policy=SINGLE_RUN,
-        deps=[owner.key("ensemble_predictions")], check_specs=[AssetCheckSpec(
-            FLAGGED_SHARE, asset=owner.key("label_audit"),
-            description="the share of audited LLM labels flagged for review stays under review.max_flagged_share",
-        )],
-    )
+    @_loop_asset(owner, "label_audit", after="ensemble_predictions", check=FLAGGED_SHARE,
+                 check_description="the share of audited LLM labels flagged for review stays under review.max_flagged_share")
     def label_audit(
         context: AssetExecutionContext,
         mongo: MongoResource,

@@ -287,7 +287,7 @@ def plan_tick(
             return TickPlan(
                 None,
                 f"tenant {tenant}: gave up after {pending.attempt} runs of the reviews up to {pending.target} ({what}); "
-                f"waiting for newer reviews or a manual run of training_job; {waits}",
+                f"waiting for newer reviews or a manual run of the tenant's training job; {waits}",
                 pending,
             )
         else:
