@@ -41,7 +41,7 @@ def build_definitions(tenants: list[TenantPlan] | None = None, resources: dict |
         executor=in_process_executor,
         asset_checks=checks,
         jobs=[*jobs, promote_job, rollback_job],
-        sensors=[build_retrain_sensor(tenants, jobs)],
+        sensors=[build_retrain_sensor(tenants, jobs)] if tenants else [],  # every tenant removed: nothing to watch
         resources=resources,
     )
 

@@ -77,14 +77,24 @@ def run_status_lookup(instance):
 
 
 def tick_tenant(context, tenant: TenantPlan, state: str | None, mongo, training, lifecycle, now: datetime):
-    """One tenant's part of a tick: ``(run request or None, new state, reason, observations)``."""
-    pending = parse_sensor_state(state)
+    """One tenant's part of a tick: ``(run request or None, new state, reason, observations)``.
+
+    Whatever goes wrong for one tenant (its store unreachable, busy or damaged, its cursor entry or
+    registry unreadable) is that tenant's skip line, with its state kept; the other tenants tick on.
+    """
     try:
-        backlog, waiting = read_backlog(mongo, training, lifecycle, tenant.name)
+        return _tick_tenant(context, tenant, state, mongo, training, lifecycle, now)
     except StoreUnavailableError as exc:
         # The state stays as it is: these reviews will be counted once the store is back.
-        consumed = lifecycle.registry(training, tenant.name).consumed_reviews()
-        return None, state, f"tenant {tenant.name}: store unavailable, consumed up to {consumed or 'nothing yet'}: {exc}", []
+        return None, state, f"tenant {tenant.name}: store unavailable, its state kept: {exc}", []
+    except Exception as exc:  # noqa: BLE001 - one tenant's failure must not stop every other tenant's retraining
+        context.log.warning(f"tenant {tenant.name}: tick failed: {type(exc).__name__}: {exc}")
+        return None, state, f"tenant {tenant.name}: tick failed ({type(exc).__name__}: {exc}), its state kept", []
+
+
+def _tick_tenant(context, tenant: TenantPlan, state: str | None, mongo, training, lifecycle, now: datetime):
+    pending = parse_sensor_state(state)
+    backlog, waiting = read_backlog(mongo, training, lifecycle, tenant.name)
     # The human_reviews asset shows the counts: observed on the first tick and whenever they change.
     events = [] if backlog_in_state(state) == backlog.to_dict() else [backlog_observation(tenant, backlog)]
     retry = RetryPolicy(

@@ -8,16 +8,17 @@ tenant's assets keep the single-tenant commands: ``--select insurance/fold_model
 
 Tenants are discovered when Dagster loads the code location (``legolas_ml.data.tenants``): a tenant
 added with ``legolas tenants add`` or by importing its documents appears after a reload of the code
-location, without code changes. When the store cannot be reached at load time the tenants of the
+location, without code changes. When the store cannot be read at load time the tenants of the
 last successful discovery (``$LEGOLAS_HOME/output/tenants.json``) are used, so a store outage never
-makes the UI lose its assets; with no tenant at all, ``LEGOLAS_TENANT`` (default ``demo``) is shown.
+makes the UI lose its assets. A store that names no tenant at all (a fresh deployment) shows
+``LEGOLAS_TENANT`` (default ``demo``), whose first run says how to load data; a deployment whose
+tenants were all removed shows none.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -27,18 +28,17 @@ from dagster import AssetIn, AssetKey, StaticPartitionsDefinition
 from legolas_ml import settings
 from legolas_ml.atomic_io import write_json_atomic
 from legolas_ml.data.store import StoreUnavailableError
-from legolas_ml.data.tenants import TenantSettings, open_catalogue
+from legolas_ml.data.tenants import TenantSettings, key_name, open_catalogue
 from legolas_ml.lifecycle.artifacts import validate_tenant
 
-from .configuration import ConfigurationError, reported_in_one_line
+from .configuration import reported_in_one_line
 
 log = logging.getLogger("legolas.tenants")
-_NOT_DAGSTER = re.compile(r"[^A-Za-z0-9_]")
 
 
 def dagster_name(tenant: str) -> str:
     """The tenant's name where Dagster allows only letters, digits and '_' (key prefix, group, job)."""
-    return _NOT_DAGSTER.sub("_", tenant)
+    return key_name(tenant)
 
 
 @dataclass(frozen=True)
@@ -97,48 +97,49 @@ def tenants_cache_path() -> Path:
 def discover_tenants() -> list[TenantPlan]:
     """The tenants of this deployment, read from the store (see the module docstring for fallbacks).
 
+    Tenants the store names but that cannot be used (invalid name or settings, a key name another
+    tenant has) are logged and left out; the others load. ``legolas tenants list`` shows why.
+
     Raises:
-        ConfigurationError: when two tenants would share a Dagster name (``a-b`` and ``a_b``), or a
-            setting is invalid; one line naming it.
+        ConfigurationError: a ``LEGOLAS_*`` setting is invalid; one line naming it.
     """
+    from pymongo.errors import PyMongoError
+
     cache = tenants_cache_path()
+    with reported_in_one_line():
+        uri, data_dir, database = settings.mongo_uri(), settings.data_dir(), settings.database_name()
     try:
-        with reported_in_one_line():
-            uri, data_dir, database = settings.mongo_uri(), settings.data_dir(), settings.database_name()
         with open_catalogue(uri, data_dir, database, timeout_s=5.0) as catalogue:
-            found = catalogue.discover()
+            found, known = catalogue.discover(), catalogue.known()
+    except (StoreUnavailableError, PyMongoError, OSError) as exc:
+        cached = _cached_plans(cache)
+        log.warning(f"the store cannot be read, using the tenants of the last discovery ({cache if cached is not None else 'none yet'}): {exc}")
+        if cached is not None:
+            return cached
+        known = False  # never discovered: show the default tenant, whose runs then report the outage
+        found = None
+    plans = []
+    if found is not None:
         for problem in found.refused:
             log.warning(f"tenant refused: {problem}")
         plans = [TenantPlan(t.name, t.settings) for t in found.tenants]
-        if plans:
+        try:
             write_json_atomic(cache, {"tenants": [{"name": p.name, "settings": p.settings.to_dict()} for p in plans]})
-    except StoreUnavailableError as exc:
-        plans = _cached_plans(cache)
-        log.warning(f"the store is unavailable, using the tenants of the last discovery ({cache}): {exc}")
-    if not plans:
+        except OSError as exc:
+            log.warning(f"could not write the tenants cache {cache}: {exc}")
+    if not known:
         with reported_in_one_line():
             plans = [TenantPlan(settings.tenant())]
-    _refuse_collisions(plans)
     return plans
 
 
-def _cached_plans(cache: Path) -> list[TenantPlan]:
+def _cached_plans(cache: Path) -> list[TenantPlan] | None:
+    """The tenants of the last discovery; ``None`` when there was none (or its file is unreadable)."""
     if not cache.exists():
-        return []
+        return None
     try:
         entries = json.loads(cache.read_text())["tenants"]
         return [TenantPlan(e["name"], TenantSettings.from_dict(e["settings"])) for e in entries]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning(f"ignoring the unreadable tenants cache {cache}: {exc}")
-        return []
-
-
-def _refuse_collisions(plans: list[TenantPlan]) -> None:
-    seen: dict[str, str] = {}
-    for plan in plans:
-        other = seen.setdefault(plan.prefix, plan.name)
-        if other != plan.name:
-            raise ConfigurationError(
-                f"tenants {other!r} and {plan.name!r} would share the Dagster name {plan.prefix!r} ('.' and '-' "
-                f"become '_' in asset keys): rename one of them, or `legolas tenants remove` one"
-            )
+        return None

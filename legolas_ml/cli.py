@@ -26,7 +26,16 @@ from legolas_ml.data.store_lock import StoreBusyError
 
 
 def _store(args, writer: bool = False, verify: bool = True):
-    """The tenant's store; writing commands hold the embedded store's writer lock from the start."""
+    """The tenant's store; writing commands hold the embedded store's writer lock from the start.
+
+    A command that writes the first documents of a new tenant refuses a name whose key name another
+    tenant already has (``acme-eu`` beside ``acme_eu``), before anything is written.
+    """
+    if writer:
+        from legolas_ml.data.tenants import open_catalogue
+
+        with open_catalogue(settings.mongo_uri(), settings.data_dir(), settings.database_name()) as catalogue:
+            catalogue.check_new_name(args.tenant)
     return open_tenant_store(
         settings.mongo_uri(), settings.data_dir(), settings.database_name(), args.tenant, writer=writer, verify=verify
     )
@@ -109,7 +118,10 @@ def cmd_status(args) -> int:
     with open_catalogue(settings.mongo_uri(), settings.data_dir(), settings.database_name()) as catalogue:
         found = catalogue.discover()
     if not found.tenants:
-        print("no tenants in the store yet (run: legolas demo-data)")
+        removed = f" ({len(found.removed)} removed: `legolas tenants list`)" if found.removed else " (run: legolas demo-data)"
+        print(f"no active tenant{removed}")
+        for problem in found.refused:
+            print(f"refused: {problem}")
         return 0
     print(
         f"{'tenant':<16} {'K':>3} {'documents':>10} {'reviews':>8} {'waiting':>8} {'queue':>6}  {'newest review':<20} "
@@ -125,10 +137,14 @@ def cmd_status(args) -> int:
         except ChampionUnavailableError as exc:
             champions[tenant.name], label = None, f"DAMAGED: {exc}"
         consumed = registry.consumed_reviews()
-        with _store(args) as store:
-            counts = store.counts()
-            waiting = store.count_reviews_after(consumed.as_tuple() if consumed else None)
-            queued = queue_size(store)
+        try:
+            with _store(args) as store:
+                counts = store.counts()
+                waiting = store.count_reviews_after(consumed.as_tuple() if consumed else None)
+                queued = queue_size(store)
+        except (StoreBusyError, StoreIntegrityError) as exc:  # one tenant's damaged documents: its row says so
+            print(f"{tenant.name:<16} store problem: {scrub(str(exc), settings.mongo_uri())}")
+            continue
         manifest = champions[tenant.name] or {}
         test_ba = (manifest.get("test_metrics") or {}).get("balanced_accuracy")
         holdout_ba = _holdout_balanced_accuracy(registry, manifest.get("version"))
@@ -208,11 +224,14 @@ def cmd_repair_store(args) -> int:
 
     tenants = [args.tenant]
     if args.tenant is None:
-        client = connect(settings.mongo_uri(), settings.data_dir())
-        try:
-            tenants = list_tenants(client[validate_database(settings.database_name())])
-        finally:
-            client.close()
+        from legolas_ml.data.tenants import open_catalogue
+
+        with open_catalogue(settings.mongo_uri(), settings.data_dir(), settings.database_name()) as catalogue:
+            found = catalogue.discover()
+        # Every valid tenant name in the store, removed ones too: they are repaired, never skipped.
+        tenants = sorted(set(found.names()) | set(found.removed) | set(found.held_back))
+        for problem in found.refused:
+            print(f"refused: {problem}")
     backup_dir = settings.home_dir() / "store-repairs"
     for tenant in tenants:
         args.tenant = tenant

@@ -180,8 +180,10 @@ class TenantStore:
     """
 
     def __init__(self, database, tenant: str, writer_lock: StoreWriterLock | None = None) -> None:
+        from legolas_ml.lifecycle.artifacts import validate_tenant  # the name also names files (repair backups)
+
         self.db = database
-        self.tenant = tenant
+        self.tenant = validate_tenant(tenant)
         self.classifications = database[CLASSIFICATIONS]
         self.reviews = database[REVIEWS]
         self.writer_lock = writer_lock

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from legolas_ml import settings
-from legolas_ml.data.tenants import TenantSettings, open_catalogue
+from legolas_ml.data.tenants import open_catalogue
 from legolas_ml.lifecycle.commands import tenant_argument
 
 RELOAD_HINT = (
@@ -19,8 +19,8 @@ def _catalogue():
     return open_catalogue(settings.mongo_uri(), settings.data_dir(), settings.database_name())
 
 
-def settings_from_args(args) -> TenantSettings:
-    """The tenant's settings: ``--settings JSON`` first, then the named options on top."""
+def changes_from_args(args) -> dict:
+    """The settings to change: ``--settings JSON`` first, then the named options on top."""
     values: dict = {}
     if args.settings:
         try:
@@ -32,13 +32,12 @@ def settings_from_args(args) -> TenantSettings:
     for name in ("n_folds", "model_name", "epochs", "max_length", "retrain_threshold"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
-    return TenantSettings.from_dict(values)
+    return values
 
 
 def cmd_tenants_add(args) -> int:
-    own = settings_from_args(args)
     with _catalogue() as catalogue:
-        tenant = catalogue.add(args.name, own)
+        tenant = catalogue.add(args.name, changes_from_args(args), unset=tuple(args.unset))
     print(f"tenant {tenant.name!r} added ({tenant.settings.describe()}); {RELOAD_HINT}")
     return 0
 
@@ -60,7 +59,7 @@ def cmd_tenants_list(args) -> int:
     with _catalogue() as catalogue:
         found = catalogue.discover()
     if not found.tenants:
-        print("no tenants yet (`legolas demo-data`, `legolas import-reviews --tenant T` or `legolas tenants add T`)")
+        print("no active tenant (`legolas demo-data`, `legolas import-reviews --tenant T` or `legolas tenants add T`)")
     for tenant in found.tenants:
         where = "catalogue" if tenant.in_catalogue else "documents"
         print(f"{tenant.name:<24} {where:<10} {tenant.settings.describe()}")
@@ -75,7 +74,7 @@ def add_commands(sub) -> None:
     """Register `legolas tenants ...` on the `legolas` parser."""
     tenants = sub.add_parser("tenants", help="the deployment's tenants: add, list, remove")
     actions = tenants.add_subparsers(dest="action", required=True)
-    add = actions.add_parser("add", help="add a tenant (or change its settings, or bring a removed one back)")
+    add = actions.add_parser("add", help="add a tenant, change some of its settings, or bring a removed one back (stored settings are kept)")
     add.add_argument("name", type=tenant_argument)
     add.add_argument("--n-folds", dest="n_folds", type=int, default=None, help="K of K-fold for this tenant")
     add.add_argument("--model", dest="model_name", default=None, help="a Hugging Face id or a local model directory")
@@ -86,6 +85,8 @@ def add_commands(sub) -> None:
         "--settings", default=None,
         help="JSON object of tenant settings, e.g. '{\"min_confidence\": 0.6, \"review_reasons\": [\"label_issue\"]}'",
     )
+    add.add_argument("--unset", action="append", default=[], metavar="SETTING",
+                     help="give a setting back to the deployment's value (repeatable); other stored settings are kept")
     add.set_defaults(func=cmd_tenants_add)
     remove = actions.add_parser("remove", help="take a tenant out of the deployment (its data and artifacts stay)")
     remove.add_argument("name", type=tenant_argument)

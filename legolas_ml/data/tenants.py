@@ -12,7 +12,7 @@ a run: a hostile name (``../x``) stored by some other writer is skipped and repo
 
 Example:
     >>> with open_catalogue(None, "var") as catalogue:  # doctest: +SKIP
-    ...     catalogue.add("insurance", TenantSettings(n_folds=3))
+    ...     catalogue.add("insurance", {"n_folds": 3})
     ...     [t.name for t in catalogue.tenants()]
     ['demo', 'insurance']
 """
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -61,8 +62,16 @@ class TenantSettings:
         _whole("epochs", self.epochs, 1)
         _whole("max_length", self.max_length, 8)
         _whole("retrain_threshold", self.retrain_threshold, 1)
-        if self.model_name is not None and (not isinstance(self.model_name, str) or not self.model_name.strip()):
-            raise ValueError(f"tenant setting model_name must be a Hugging Face id or a local directory, got {self.model_name!r}")
+        if self.model_name is not None:
+            from legolas_ml.settings import is_local_model_path
+
+            if not isinstance(self.model_name, str) or not self.model_name.strip():
+                raise ValueError(f"tenant setting model_name must be a Hugging Face id or a local directory, got {self.model_name!r}")
+            if is_local_model_path(self.model_name) and not Path(self.model_name).expanduser().is_dir():
+                raise ValueError(
+                    f"tenant setting model_name must be a Hugging Face id (org/name) or an existing local model "
+                    f"directory, got {self.model_name!r}: no such directory"
+                )
         if self.retrain_max_age_hours is not None:
             _number("retrain_max_age_hours", self.retrain_max_age_hours, "a number of hours >= 0 (0 turns it off)", lambda v: v >= 0)
         for name in ("min_confidence", "max_entropy", "max_flagged_share"):
@@ -70,8 +79,10 @@ class TenantSettings:
         if self.review_reasons is not None:
             from legolas_ml.review.audit import REASONS  # numpy: only when a tenant sets its own reasons
 
+            if not isinstance(self.review_reasons, tuple):
+                raise ValueError(f"tenant setting review_reasons must be a list among {list(REASONS)}, got {self.review_reasons!r}")
             unknown = [r for r in self.review_reasons if r not in REASONS]
-            if not isinstance(self.review_reasons, tuple) or unknown or not self.review_reasons:
+            if unknown or not self.review_reasons:
                 raise ValueError(
                     f"tenant setting review_reasons must be a non-empty list among {list(REASONS)}, got {list(self.review_reasons)!r}"
                 )
@@ -79,6 +90,8 @@ class TenantSettings:
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> "TenantSettings":
         """Settings from a stored or typed mapping; unknown keys are refused with the known ones listed."""
+        if values is not None and not isinstance(values, dict):
+            raise ValueError(f"tenant settings must be an object of settings, got {values!r}")
         values = dict(values or {})
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
@@ -86,6 +99,9 @@ class TenantSettings:
             raise ValueError(f"unknown tenant setting(s) {unknown}; the settings are {sorted(known)}")
         if isinstance(values.get("review_reasons"), list):
             values["review_reasons"] = tuple(values["review_reasons"])
+        if isinstance(values.get("model_name"), str) and values["model_name"].startswith(("./", "../", "~")):
+            # Stored absolute: the Dagster run does not start in the directory the command ran in.
+            values["model_name"] = str(Path(values["model_name"]).expanduser().resolve())
         return cls(**{k: v for k, v in values.items() if v is not None})
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,6 +110,20 @@ class TenantSettings:
 
     def describe(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.to_dict().items()) or "deployment defaults"
+
+    def merged(self, changes: dict[str, Any], unset: tuple[str, ...] = ()) -> "TenantSettings":
+        """These settings with ``changes`` on top and the ``unset`` fields back to the deployment's."""
+        values = {**self.to_dict(), **changes}
+        unknown = sorted(set(unset) - {f.name for f in fields(self)})
+        if unknown:
+            raise ValueError(f"unknown tenant setting(s) {unknown} to unset; the settings are {sorted(f.name for f in fields(self))}")
+        return TenantSettings.from_dict({k: v for k, v in values.items() if k not in unset})
+
+
+def key_name(tenant: str) -> str:
+    """The tenant's name where only letters, digits and '_' are allowed (asset keys, job names):
+    '.' and '-' become '_'. Two tenants with the same key name cannot share a deployment."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", tenant)
 
 
 def _whole(name: str, value: Any, minimum: int) -> None:
@@ -123,8 +153,9 @@ class Discovery:
     """The tenants found, and what was found but refused (hostile names, unreadable settings)."""
 
     tenants: list[Tenant]
-    refused: list[str]
+    refused: list[str]  # why, one line each
     removed: list[str]
+    held_back: list[str] = field(default_factory=list)  # valid names refused for their settings or key name
 
     def names(self) -> list[str]:
         return [t.name for t in self.tenants]
@@ -144,7 +175,10 @@ class TenantCatalogue:
         self.writer_lock = writer_lock
 
     def discover(self) -> Discovery:
-        """Active tenants, sorted by name; refused names and unreadable settings are reported, not used."""
+        """Active tenants, sorted by name. Refused, never used, and reported with the reason: names
+        that are not valid tenants, tenants whose stored settings are invalid (never trained with the
+        deployment's settings instead), and tenants whose key name another known tenant already has.
+        """
         refused: list[str] = []
         entries: dict[str, dict] = {}
         for doc in self.collection.find({}, {"_id": 0}):
@@ -153,12 +187,13 @@ class TenantCatalogue:
                 refused.append(f"tenants collection: {name!r} is not a valid tenant name")
                 continue
             entries[name] = doc
-        found: dict[str, Tenant] = {}
         removed = sorted(n for n, d in entries.items() if d.get("removed"))
+        found: dict[str, Tenant] = {}
+        held_back: list[str] = []
         for name in list_tenants(self.db):
             if not _valid(name):
                 refused.append(f"documents: tenant {name!r} is not a valid tenant name")
-            elif name not in removed:
+            elif name not in entries:
                 found[name] = Tenant(name)
         for name, doc in entries.items():
             if doc.get("removed"):
@@ -166,10 +201,40 @@ class TenantCatalogue:
             try:
                 settings = TenantSettings.from_dict(doc.get("settings"))
             except (TypeError, ValueError) as exc:
-                refused.append(f"tenants collection: {name}: {exc}")
+                refused.append(f"tenant {name!r}: its settings are invalid, so it is not trained until `legolas tenants add {name}` fixes them: {exc}")
+                held_back.append(name)
                 continue
             found[name] = Tenant(name, settings, in_catalogue=True, added_at=doc.get("added_at"))
-        return Discovery(sorted(found.values(), key=lambda t: t.name), refused, removed)
+        # Two tenants with one key name would share asset keys and asset values: the first name (in
+        # sort order, removed tenants included) keeps it, the others are refused.
+        owners: dict[str, str] = {}
+        for name in sorted(set(found) | set(removed)):
+            owner = owners.setdefault(key_name(name), name)
+            if owner != name and name in found:
+                del found[name]
+                held_back.append(name)
+                refused.append(f"tenant {name!r}: its key name {key_name(name)!r} is tenant {owner!r}'s ('.' and '-' become '_'); rename it")
+        return Discovery(sorted(found.values(), key=lambda t: t.name), refused, removed, sorted(held_back))
+
+    def known(self) -> bool:
+        """Whether the store names any valid tenant at all (documents or catalogue, active or removed)."""
+        names = set(list_tenants(self.db)) | {d.get("name") for d in self.collection.find({}, {"name": 1})}
+        return any(_valid(n) for n in names)
+
+    def check_new_name(self, name: str) -> None:
+        """Refuse a tenant whose key name another known tenant has (``acme-eu`` beside ``acme_eu``).
+
+        Raises:
+            ValueError: naming both tenants.
+        """
+        validate_tenant(name)
+        names = set(list_tenants(self.db)) | {d.get("name") for d in self.collection.find({}, {"name": 1})}
+        for other in sorted(n for n in names if isinstance(n, str) and n != name):
+            if key_name(other) == key_name(name):
+                raise ValueError(
+                    f"tenant {name!r} cannot be added: its key name {key_name(name)!r} (with '.' and '-' as '_') is "
+                    f"tenant {other!r}'s; choose another name"
+                )
 
     def tenants(self) -> list[Tenant]:
         return self.discover().tenants
@@ -178,24 +243,39 @@ class TenantCatalogue:
         validate_tenant(name)
         return next((t for t in self.tenants() if t.name == name), None)
 
-    def add(self, name: str, settings: TenantSettings | None = None, *, actor: str = "legolas tenants add") -> Tenant:
-        """Add (or bring back) a tenant with its settings; replaces the settings of an existing one."""
-        validate_tenant(name)
-        settings = settings or TenantSettings()
+    def add(self, name: str, changes: dict[str, Any] | None = None, *, unset: tuple[str, ...] = (),
+            actor: str = "legolas tenants add") -> Tenant:
+        """Add a tenant, or bring a removed one back, or change some of its settings.
+
+        The stored settings are kept: ``changes`` (setting -> value) go on top and the ``unset``
+        fields go back to the deployment's values. The result is validated before anything is written.
+
+        Raises:
+            ValueError: a bad name, a key-name collision, or a bad setting (naming it).
+        """
+        self.check_new_name(name)
         now = datetime.now(timezone.utc).replace(tzinfo=None)
         with self._writing():
+            doc = self.collection.find_one({"name": name}) or {}
+            try:
+                stored = TenantSettings.from_dict(doc.get("settings"))
+            except (TypeError, ValueError):
+                stored = TenantSettings()  # invalid stored settings: replaced by what is given now
+            settings = stored.merged(dict(changes or {}), unset)
             self.collection.update_one(
                 {"name": name},
                 {"$set": {"name": name, "settings": settings.to_dict(), "removed": False, "updated_at": now, "updated_by": actor},
                  "$setOnInsert": {"added_at": now}},
                 upsert=True,
             )
-        return Tenant(name, settings, in_catalogue=True, added_at=now)
+        return Tenant(name, settings, in_catalogue=True, added_at=doc.get("added_at", now))
 
     def remove(self, name: str, *, actor: str = "legolas tenants remove") -> bool:
         """Take a tenant out of the deployment; its documents and artifacts stay. ``False``: unknown tenant."""
         validate_tenant(name)
-        if self.get(name) is None:
+        active = {d.get("name") for d in self.collection.find({"removed": {"$ne": True}}, {"name": 1})}
+        removed = {d.get("name") for d in self.collection.find({"removed": True}, {"name": 1})}
+        if name not in (active | set(list_tenants(self.db))) - removed:
             return False
         now = datetime.now(timezone.utc).replace(tzinfo=None)
         with self._writing():
@@ -208,10 +288,11 @@ class TenantCatalogue:
 
     @contextlib.contextmanager
     def _writing(self):
-        if self.writer_lock is None:
-            yield
-            return
-        with self.writer_lock:
+        """Writes hold the embedded store's writer lock; the unique index keeps one document per tenant."""
+        lock = self.writer_lock if self.writer_lock is not None else contextlib.nullcontext()
+        with lock:
+            if "tenant_name" not in self.collection.index_information():
+                self.collection.create_index([("name", 1)], unique=True, name="tenant_name")
             yield
 
 

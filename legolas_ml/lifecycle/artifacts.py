@@ -29,13 +29,20 @@ from legolas_ml.atomic_io import write_text_atomic
 _TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
+#: Names of what lives beside the tenants' directories under the output directory.
+RESERVED_TENANT_NAMES = ("asset_values", "logs", "tenants.json")
+
+
 def validate_tenant(tenant: str) -> str:
-    """Tenants name directories: letters, digits, '.', '_' and '-' only (no path traversal)."""
+    """Tenants name directories: letters, digits, '.', '_' and '-' only (no path traversal), and
+    none of the names the output directory keeps for itself (``RESERVED_TENANT_NAMES``)."""
     if not isinstance(tenant, str) or not _TENANT_RE.fullmatch(tenant) or ".." in tenant:
         raise ValueError(
             f"tenant must be 1-64 characters of letters, digits, '.', '_' or '-', starting with a letter "
             f"or digit; got {tenant!r}"
         )
+    if tenant in RESERVED_TENANT_NAMES:
+        raise ValueError(f"tenant must not be one of {list(RESERVED_TENANT_NAMES)} (folders of the output directory); got {tenant!r}")
     return tenant
 
 

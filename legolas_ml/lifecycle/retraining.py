@@ -332,13 +332,16 @@ def parse_tenant_states(text: str | None, legacy_tenant: str) -> dict[str, str]:
         raise ValueError(f"unreadable retraining sensor cursor {text!r}: not a JSON object")
     if "tenants" not in data:
         return {legacy_tenant: text}
+    if not isinstance(data["tenants"] or {}, dict):
+        raise ValueError(f"unreadable retraining sensor cursor {text!r}: 'tenants' is not an object")
     states = {}
     for tenant, state in (data["tenants"] or {}).items():
         try:
             validate_tenant(tenant)
         except ValueError:
             continue
-        states[tenant] = json.dumps(state)
+        if isinstance(state, dict):  # anything else holds no state: the tenant starts afresh
+            states[tenant] = json.dumps(state)
     return states
 
 
