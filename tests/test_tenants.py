@@ -389,11 +389,13 @@ def deployment(tmp_path_factory):
     instance = DagsterInstance.ephemeral()
     tenants = {t.name: t for t in discover_tenants()}
     results = {}
-    for name, tenant in tenants.items():
-        job = defs.resolve_job_def(tenant.job_name)
-        results[name] = job.execute_in_process(instance=instance, tags=tenant.range_tags())
-    yield home, defs, instance, tenants, results
-    patch.undo()
+    try:
+        for name, tenant in tenants.items():
+            job = defs.resolve_job_def(tenant.job_name)
+            results[name] = job.execute_in_process(instance=instance, tags=tenant.range_tags())
+    finally:
+        patch.undo()  # the tests set what they need: nothing leaks into the rest of the module
+    return home, defs, instance, tenants, results
 
 
 @pytest.mark.slow
@@ -424,8 +426,10 @@ def test_two_tenants_train_end_to_end_with_their_own_classes_and_k(deployment):
 
 
 @pytest.mark.slow
-def test_new_reviews_of_one_tenant_retrain_that_tenant_only(deployment, tmp_path, capsys):
+def test_new_reviews_of_one_tenant_retrain_that_tenant_only(deployment, tmp_path, capsys, monkeypatch):
     home, defs, instance, tenants, _ = deployment
+    monkeypatch.setenv("LEGOLAS_HOME", str(home))
+    monkeypatch.setenv("LEGOLAS_RETRAIN_THRESHOLD", "40")
     sensor = defs.resolve_sensor_def("retrain_on_new_reviews")
     res = resources(home)
 
@@ -472,6 +476,7 @@ def test_each_tenant_keeps_its_cursor_entry_when_tenants_come_and_go(tmp_path, m
     from test_sensor import add_reviews
 
     monkeypatch.setenv("LEGOLAS_RETRAIN_MAX_AGE_HOURS", "0")
+    monkeypatch.setenv("LEGOLAS_RETRAIN_THRESHOLD", "50")
     add_reviews(tmp_path, 12)  # tenant demo: 12 reviews waiting, under the threshold
     demo, acme = TenantPlan("demo"), TenantPlan("acme", TenantSettings(retrain_threshold=3))
     with open_tenant_store(None, tmp_path, "legolas", "acme") as store:
