@@ -54,19 +54,31 @@ def test_only_the_demo_preset_freezes():
     assert PRESETS["default"]["freeze_layers"] == 0 and PRESETS["demo"]["freeze_layers"] > 0
 
 
-def test_int8_backend_scores_like_fp32(tmp_path):
+def test_ensemble_runs_the_shared_frozen_trunk_once_with_the_same_probabilities(tmp_path):
     df = separable_frame(30)
-    result = run_cross_validation(df, tiny_config(n_folds=2, epochs=4), tmp_path, log=lambda line: None)
+    result = run_cross_validation(df, tiny_config(epochs=3, freeze_layers=1), tmp_path, log=lambda line: None)
     paths = [f["checkpoint_path"] for f in result["folds"]]
     texts = df["text"].tolist()
-    fp32 = FoldEnsemble(paths, device="cpu", precision="fp32").predict_proba(texts)
-    int8_ensemble = FoldEnsemble(paths, device="cpu", backend="int8")
-    assert int8_ensemble.backend == "int8"
-    model = next(int8_ensemble.models())
-    assert any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in model.modules()), "no Linear was quantised"
-    int8 = int8_ensemble.predict_proba(texts)
-    check_probabilities(int8)
-    assert np.abs(int8 - fp32).max() < 0.05
-    assert np.mean(int8.argmax(1) == fp32.argmax(1)) >= 0.95
-    with pytest.raises(ValueError, match=r"backend must be one of \('eager', 'int8'\), got 'onnx'"):
-        FoldEnsemble(paths, backend="onnx")
+    ensemble = FoldEnsemble(paths, device="cpu", precision="fp32", resident=True)
+    assert ensemble.shared_trunk_layers == 1
+    probs = ensemble.predict_proba(texts)
+    assert ensemble._trunk_checked is True
+    check_probabilities(probs)
+    singles = [FoldEnsemble([p], device="cpu", precision="fp32").predict_proba(texts) for p in paths]
+    assert np.allclose(probs, np.mean(singles, axis=0), atol=1e-6)
+    # The stubs are gone afterwards: each model is whole again (the explainer uses them).
+    for model in ensemble.models():
+        assert type(model.base_model.embeddings).__name__ == "BertEmbeddings"
+
+    # A fold whose trunk differs is never given another fold's: the plain path runs.
+    tampered = FoldEnsemble(paths, device="cpu", precision="fp32", resident=True)
+    models = list(tampered.models())
+    with torch.no_grad():
+        models[1].base_model.embeddings.word_embeddings.weight.mul_(1.5)
+    tampered_probs = tampered.predict_proba(texts)
+    assert tampered._trunk_checked is False
+    plain = FoldEnsemble(paths, device="cpu", precision="fp32", resident=True)
+    plain.shared_trunk_layers = 0
+    for model, other in zip(plain.models(), models):
+        model.load_state_dict(other.state_dict())
+    assert np.allclose(tampered_probs, plain.predict_proba(texts), atol=1e-6)
