@@ -9,3 +9,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 # The fold partitions are defined at import time from the preset: tests use K=3 folds.
 os.environ.setdefault("LEGOLAS_N_FOLDS", "3")
+
+# Under pytest-xdist (`make test`: 2 workers) each worker and every subprocess it starts runs torch
+# on one thread: two workers of 2 OpenMP threads each on 2 cores spin against each other.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_variable, "1")
