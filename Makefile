@@ -30,8 +30,9 @@ demo: setup
 	LEGOLAS_PRESET=demo $(BIN)/dagster job execute -m legolas_assets.definitions -j insurance__training_job --tags '{"dagster/asset_partition_range_start": "0", "dagster/asset_partition_range_end": "2"}'
 	$(BIN)/legolas status
 
+# 2 workers, one module per worker at a time (module fixtures train once); conftest.py gives each one torch thread.
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope
 
 ui: setup
 	LEGOLAS_PRESET=demo LEGOLAS_ARTIFACTS_URL=http://127.0.0.1:3001 $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000

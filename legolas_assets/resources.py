@@ -200,6 +200,7 @@ class TrainingResource(ConfigurableResource):
             model_name=own.model_name or self.model_name,
             model_init=self.model_init,
             model_overrides=overrides,
+            freeze_layers=preset().get("freeze_layers", 0),  # the demo preset's lever; real use trains every layer
             device=gpu.device,
             precision=gpu.precision,
         )

@@ -14,3 +14,9 @@ os.environ.setdefault("LEGOLAS_N_FOLDS", "3")
 # Importing legolas_assets.definitions discovers the tenants in $LEGOLAS_HOME's store: never the
 # developer's own var/ (tests that need a home set their own).
 os.environ.setdefault("LEGOLAS_HOME", tempfile.mkdtemp(prefix="legolas-tests-"))
+
+# Under pytest-xdist (`make test`: 2 workers) each worker and every subprocess it starts runs torch
+# on one thread: two workers of 2 OpenMP threads each on 2 cores spin against each other.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_variable, "1")

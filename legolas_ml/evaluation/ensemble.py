@@ -3,10 +3,17 @@
 ``p(c | x) = (1/K) * sum_k softmax(f_k(x))_c``; each row sums to 1 (``check_probabilities``).
 Models stay resident when they fit in the memory budget and are otherwise loaded one at a time,
 so inference memory is bounded by one model plus one batch.
+
+**Shared frozen trunk.** Folds trained with ``freeze_layers = N`` (the demo preset) all carry the
+same pretrained embeddings and lowest N layers. Verified equal tensor by tensor, that trunk runs
+once per batch (fold 0's) and the other folds run only their upper layers on its output: the
+same arithmetic on the same inputs, so the same probabilities, for ``(N + K(L - N)) / (K L)`` of
+the cost (5 MiniLM folds with 4 of 6 layers frozen: 2.1x faster).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -15,11 +22,52 @@ import torch
 
 from legolas_ml.training.batching import EncodedTexts, collate, encode_texts, length_grouped_batches
 from legolas_ml.training.checkpoint import CheckpointError, load_checkpoint, read_sidecar
-from legolas_ml.training.modeling import autocast, load_tokenizer, model_from_state, resolve_device, resolve_precision
+from legolas_ml.training.modeling import (
+    _encoder_layers, autocast, load_tokenizer, model_from_state, resolve_device, resolve_precision,
+)
 
 #: The precision of every reported number (test metrics, the holdout comparison, IG). Folds may
 #: train in bf16; evaluating in one precision keeps the evaluated mistakes and the explained ones equal.
 EVAL_PRECISION = "fp32"
+
+
+class _Given(torch.nn.Module):
+    """Stands for the frozen embeddings: returns the shared trunk's output for this batch."""
+
+    def __init__(self, hidden: torch.Tensor) -> None:
+        super().__init__()
+        self.hidden = hidden
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        return self.hidden
+
+
+class _Passthrough(torch.nn.Module):
+    """Stands for a frozen layer whose output is already in the trunk's."""
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return hidden_states
+
+
+@contextlib.contextmanager
+def _trunk_given(model: torch.nn.Module, n_layers: int, hidden: torch.Tensor):
+    """Run ``model`` from layer ``n_layers`` on ``hidden`` (its embeddings and lower layers stubbed)."""
+    base, layers = model.base_model, _encoder_layers(model)
+    embeddings, lower = base.embeddings, list(layers[:n_layers])
+    base.embeddings = _Given(hidden)
+    for i in range(n_layers):
+        layers[i] = _Passthrough()
+    try:
+        yield
+    finally:
+        base.embeddings = embeddings
+        for i, layer in enumerate(lower):
+            layers[i] = layer
+
+
+def _trunk_state(model: torch.nn.Module, n_layers: int) -> list[torch.Tensor]:
+    modules = [model.base_model.embeddings, *_encoder_layers(model)[:n_layers]]
+    return [t for module in modules for t in (*module.parameters(), *module.buffers())]
 
 
 def available_memory_bytes(device: torch.device) -> int:
@@ -84,6 +132,10 @@ class FoldEnsemble:
             resident = weight_bytes < available_memory_bytes(self.device) // 2
         self.resident = resident
         self._resident: dict[int, torch.nn.Module] = {}
+        frozen = {meta["training_config"].get("freeze_layers", 0) for meta in self.sidecars}
+        #: Frozen layers every fold shares by its config; confirmed on the weights before use.
+        self.shared_trunk_layers: int = frozen.pop() if len(frozen) == 1 and len(self.paths) > 1 else 0
+        self._trunk_checked: bool | None = None  # the resident folds' trunks are equal (None: not yet looked)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -117,6 +169,11 @@ class FoldEnsemble:
         total = torch.zeros((n, len(self.labels)), dtype=torch.float32)
         batches = length_grouped_batches(encoded.lengths, batch_size)
         pad_id = self.tokenizer.pad_token_id or 0
+        if self.shared_trunk_layers and self.resident:
+            models = list(self.models())
+            if self._trunk_is_shared(models):
+                self._predict_shared_trunk(models, encoded, batches, pad_id, total)
+                return (total / len(self.paths)).numpy()
         for model in self.models():
             for idx in batches:
                 batch = {k: v.to(self.device) for k, v in collate(encoded, idx, pad_id).items()}
@@ -124,6 +181,36 @@ class FoldEnsemble:
                     logits = model(**batch).logits
                 total[torch.from_numpy(idx)] += torch.softmax(logits.float(), dim=-1).cpu()  # (batch, n_classes)
         return (total / len(self.paths)).numpy()
+
+    def _trunk_is_shared(self, models: list[torch.nn.Module]) -> bool:
+        if self._trunk_checked is None:
+            n = self.shared_trunk_layers
+            first = _trunk_state(models[0], n)
+            self._trunk_checked = all(
+                len(state) == len(first) and all(torch.equal(a, b) for a, b in zip(first, state))
+                for state in (_trunk_state(m, n) for m in models[1:])
+            )
+        return self._trunk_checked
+
+    def _predict_shared_trunk(self, models, encoded, batches, pad_id, total) -> None:
+        n_layers = self.shared_trunk_layers
+        captured: list[torch.Tensor] = []
+        hook = _encoder_layers(models[0])[n_layers - 1].register_forward_hook(lambda module, args, out: captured.append(out))
+        try:
+            for idx in batches:
+                batch = {k: v.to(self.device) for k, v in collate(encoded, idx, pad_id).items()}
+                rows = torch.from_numpy(idx)
+                captured.clear()
+                with autocast(self.device, self.precision):
+                    logits = [models[0](**batch).logits]
+                    hidden = captured[0]  # (batch, width, hidden): the output of the last frozen layer
+                    for model in models[1:]:
+                        with _trunk_given(model, n_layers, hidden):
+                            logits.append(model(**batch).logits)
+                for fold_logits in logits:
+                    total[rows] += torch.softmax(fold_logits.float(), dim=-1).cpu()  # (batch, n_classes)
+        finally:
+            hook.remove()
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Mean softmax probabilities of the K folds, shape ``(len(texts), n_classes)``."""

@@ -63,6 +63,9 @@ class TrainingConfig:
     weight_decay: float = 0.01  # AdamW decay, never applied to biases and LayerNorm weights
     warmup_ratio: float = 0.1  # share of optimizer steps spent in linear warmup
     max_grad_norm: float = 1.0  # gradient clipping; 0 disables it
+    # Embeddings and the lowest N transformer layers stay as pretrained (no gradients, no dropout):
+    # the demo preset's speed lever (backward stops at layer N). 0 trains every layer (real use).
+    freeze_layers: int = 0
     max_length: int = 256  # tokens per text after truncation
     truncation_side: str = "right"  # which end of a long text is cut
 
@@ -114,6 +117,8 @@ class TrainingConfig:
             bad("overfit_ratio", "None or > 0", self.overfit_ratio)
         if self.best_metric not in BEST_METRICS:
             bad("best_metric", f"one of {BEST_METRICS}", self.best_metric)
+        if not isinstance(self.freeze_layers, int) or isinstance(self.freeze_layers, bool) or self.freeze_layers < 0:
+            bad("freeze_layers", "an integer >= 0 (0 trains every layer)", self.freeze_layers)
         for name in ("epochs", "batch_size", "eval_batch_size", "max_length"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

@@ -96,6 +96,47 @@ def build_model(config: TrainingConfig, labels: list[str]) -> torch.nn.Module:
     return AutoModelForSequenceClassification.from_config(hf_config)
 
 
+def _encoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    base = model.base_model
+    for path in ("encoder.layer", "transformer.layer", "encoder.layers", "layers"):
+        module = base
+        for part in path.split("."):
+            module = getattr(module, part, None)
+            if module is None:
+                break
+        if isinstance(module, torch.nn.ModuleList):
+            return module
+    raise ValueError(
+        f"freeze_layers needs a model whose encoder layers are a ModuleList at base_model.encoder.layer "
+        f"(BERT, RoBERTa, MiniLM), .transformer.layer (DistilBERT) or .encoder.layers; {type(model).__name__} has none"
+    )
+
+
+def freeze_lower_layers(model: torch.nn.Module, n_layers: int) -> list[torch.nn.Module]:
+    """Freeze the embeddings and the lowest ``n_layers`` encoder layers; return the frozen modules.
+
+    Frozen parameters get no gradient, so backward stops at the first trained layer: with L layers
+    and N frozen, a step costs about ``1/3 + 2(L-N)/(3L)`` of full fine-tuning. The caller keeps the
+    returned modules in ``eval()`` mode (no dropout: they are fixed feature extractors).
+
+    Args:
+        model: a sequence classifier with an embeddings module and a list of encoder layers.
+        n_layers: how many of the lowest layers to freeze, ``0..L``; 0 freezes nothing.
+
+    Raises:
+        ValueError: if ``n_layers`` exceeds the model's layer count or the layers cannot be found.
+    """
+    if n_layers == 0:
+        return []
+    layers = _encoder_layers(model)
+    if not 0 <= n_layers <= len(layers):
+        raise ValueError(f"freeze_layers must be in 0..{len(layers)} (the model's layers), got {n_layers}")
+    frozen = [model.base_model.embeddings, *layers[:n_layers]]
+    for module in frozen:
+        module.requires_grad_(False)
+    return frozen
+
+
 def model_from_state(model_config: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
     """Rebuild a classifier from a saved HF config dict and its weights (strict: every key must match)."""
     values = dict(model_config)

@@ -27,7 +27,9 @@ from legolas_ml.training.config import TrainingConfig, legolas_version
 from legolas_ml.training.early_stopping import RewindEarlyStopping
 from legolas_ml.training.losses import build_loss
 from legolas_ml.evaluation.metrics import classification_metrics
-from legolas_ml.training.modeling import autocast, build_model, device_description, resolve_device, resolve_precision
+from legolas_ml.training.modeling import (
+    autocast, build_model, device_description, freeze_lower_layers, resolve_device, resolve_precision,
+)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -87,6 +89,18 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
             continue
         (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainingConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters, fused into one kernel per step on CPU and CUDA.
+
+    The fused kernel does the same update as the default per-parameter loop (to float rounding)
+    and saves most of its time: MiniLM steps +7% faster on a 2-core AVX2 CPU over 16 mid-length
+    batches (bench/train_levers.py), +2% over a whole epoch of ~83-token texts (README "Speed").
+    """
+    return torch.optim.AdamW(
+        _param_groups(model, config.weight_decay), lr=config.lr, fused=device.type in ("cpu", "cuda")
+    )
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -171,9 +185,11 @@ def train_fold(
     if model is None:
         model = build_model(config, labels)
     model.to(device)
+    frozen = freeze_lower_layers(model, config.freeze_layers)
     class_counts = np.bincount(train.targets, minlength=len(labels))
     loss_fn = build_loss(config.loss, np.maximum(class_counts, 1), config.focal_alpha, config.focal_gamma).to(device)
-    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
+    optimizer = build_optimizer(model, config, device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
     steps_per_epoch = math.ceil(len(train.targets) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
@@ -197,6 +213,8 @@ def train_fold(
         # --- forward / backward / step ---
         tick = time.perf_counter()
         model.train()
+        for module in frozen:
+            module.eval()  # fixed feature extractors: no dropout
         loss_sum = torch.zeros((), device=device)  # accumulated on device: no host sync per step
         for idx in length_grouped_batches(train.encoded.lengths, config.batch_size, rng):
             batch = {k: v.to(device, non_blocking=True) for k, v in collate(train.encoded, idx, pad_id).items()}
@@ -205,7 +223,7 @@ def train_fold(
             loss = loss_fn(logits.float(), train_targets[idx].to(device))
             loss.backward()
             if config.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
