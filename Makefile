@@ -28,7 +28,7 @@ demo: setup
 	LEGOLAS_PRESET=demo $(BIN)/legolas tenants add insurance --n-folds 3
 	LEGOLAS_PRESET=demo $(BIN)/dagster job execute -m legolas_assets.definitions -j demo__training_job --tags '{"dagster/asset_partition_range_start": "0", "dagster/asset_partition_range_end": "4"}'
 	LEGOLAS_PRESET=demo $(BIN)/dagster job execute -m legolas_assets.definitions -j insurance__training_job --tags '{"dagster/asset_partition_range_start": "0", "dagster/asset_partition_range_end": "2"}'
-	$(BIN)/legolas status
+	LEGOLAS_PRESET=demo $(BIN)/legolas status
 
 # 2 workers, one module per worker at a time (module fixtures train once); conftest.py gives each one torch thread.
 test: setup
