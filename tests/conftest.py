@@ -12,8 +12,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("LEGOLAS_N_FOLDS", "3")
 
 # Importing legolas_assets.definitions discovers the tenants in $LEGOLAS_HOME's store: never the
-# developer's own var/ (tests that need a home set their own).
-os.environ.setdefault("LEGOLAS_HOME", tempfile.mkdtemp(prefix="legolas-tests-"))
+# developer's own var/ (tests that need a home set their own). One home per process: xdist workers
+# inherit the controller's environment, and two workers opening one embedded store at collection
+# time can meet its SQLite lock ("database is locked").
+if "LEGOLAS_HOME" not in os.environ or os.environ.get("LEGOLAS_TESTS_OWN_HOME"):
+    _worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    os.environ["LEGOLAS_HOME"] = tempfile.mkdtemp(prefix=f"legolas-tests-{_worker}-")
+    os.environ["LEGOLAS_TESTS_OWN_HOME"] = "1"
 
 # Under pytest-xdist (`make test`: 2 workers) each worker and every subprocess it starts runs torch
 # on one thread: two workers of 2 OpenMP threads each on 2 cores spin against each other.

@@ -104,7 +104,7 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
     try:
         meta = json.loads(Path(meta_path).read_text())
     except FileNotFoundError as exc:
-        raise CheckpointError(f"checkpoint sidecar {meta_path} is missing") from exc
+        raise CheckpointError(f"checkpoint sidecar {meta_path} of {Path(path).name} is missing") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"checkpoint sidecar {meta_path} is not valid JSON: {exc}") from exc
     if not isinstance(meta, dict):
