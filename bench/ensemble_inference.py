@@ -12,6 +12,8 @@ the default MiniLM: the heads and the top layers are trained, as in `make demo`)
 * `eager fp32`: `FoldEnsemble`, the fallback and the precision of every reported metric;
 * `eager fp32, every fold whole`: the same without the shared frozen trunk (demo folds share
   their frozen lower layers; `FoldEnsemble` runs them once per batch);
+* `eager fp32, whole, all positions`: also without the [CLS]-only last layer (`cls_only=False`):
+  what scoring cost before either lever;
 * `int8`: torch's dynamic int8 quantisation of every Linear layer (fbgemm);
 * with `--onnx`: ONNX Runtime fp32 and ONNX Runtime dynamic int8 (`onnxruntime.quantization`) of the
   same folds, exported with `torch.onnx.export` (export and quantisation time printed apart);
@@ -183,7 +185,10 @@ def main() -> None:
           f"quantized engines {torch.backends.quantized.supported_engines}:")
     whole = FoldEnsemble(paths, device="cpu", precision="fp32")
     whole.shared_trunk_layers = 0
+    every_position = FoldEnsemble(paths, device="cpu", precision="fp32")
+    every_position.shared_trunk_layers, every_position.cls_only = 0, False
     predictors = {"eager fp32": eager.predict_proba, "eager fp32, every fold whole": whole.predict_proba,
+                  "eager fp32, whole, all positions": every_position.predict_proba,
                   "int8 (torch dynamic)": Int8Ensemble(paths, device="cpu", precision="fp32").predict_proba}
     with tempfile.TemporaryDirectory() as tmp:
         if args.onnx:

@@ -8,7 +8,9 @@ Usage (from the project root):
 A lever set is `+`-joined words: `loop` (torch's default per-parameter AdamW), `foreach`, `fused`
 (LEGOLAS's optimizer), `noclip` (no gradient clipping), `freezeN` (embeddings and the lowest N
 layers frozen, as `TrainingConfig.freeze_layers`), `compile` (`torch.compile(dynamic=True)`; its
-warm-up is printed apart). Each set runs in its own subprocess on the first `--steps` length-grouped
+warm-up is printed apart), `clsonly` (the last layer at [CLS] only, training/last_layer.py),
+`pcgdrop` (dropout masks from PCG64, training/dropout.py) and `bf16` (bf16 autocast). LEGOLAS's
+trainer runs `fused+clsonly+pcgdrop` on CPU. Each set runs in its own subprocess on the first `--steps` length-grouped
 batches of fold 0 (batch 16, MiniLM-L6, fp32 on CPU); the first 2 steps are warm-up. Prints
 samples/s per set. Not a test: numbers depend on the machine.
 """
@@ -16,6 +18,7 @@ samples/s per set. Not a test: numbers depend on the machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -51,7 +54,19 @@ def run(levers: str, args) -> None:
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused="fused" in words, foreach=True if "foreach" in words else None)
     trainable = [p for p in model.parameters() if p.requires_grad]
     loss_fn = build_loss("focal", np.maximum(np.bincount(train.targets, minlength=len(data.labels)), 1))
+    # The context managers stay referenced until the process ends: their exit restores the model.
+    from legolas_ml.training.dropout import pcg_dropout
+    from legolas_ml.training.last_layer import cls_only_last_layer
+
+    held = []
+    if "clsonly" in words:
+        held.append(cls_only_last_layer(model))
+        assert held[-1].__enter__(), "the model does not support the [CLS]-only last layer"
+    if "pcgdrop" in words:
+        held.append(pcg_dropout(model, seed=cfg.seed))
+        held[-1].__enter__()
     forward = torch.compile(model, dynamic=True) if "compile" in words else model
+    precision = torch.autocast("cpu", dtype=torch.bfloat16) if "bf16" in words else contextlib.nullcontext()
     targets = torch.from_numpy(train.targets)
     batches = length_grouped_batches(train.encoded.lengths, cfg.batch_size, np.random.default_rng(cfg.seed))[: args.steps]
 
@@ -59,7 +74,8 @@ def run(levers: str, args) -> None:
         model.train()
         for module in frozen:
             module.eval()
-        logits = forward(**collate(train.encoded, idx, data.pad_id)).logits
+        with precision:
+            logits = forward(**collate(train.encoded, idx, data.pad_id)).logits
         loss = loss_fn(logits.float(), targets[idx])
         loss.backward()
         if "noclip" not in words:

@@ -5,10 +5,15 @@ Usage (from the project root, after `pip install -e '.[bench]'`):
     .venv/bin/python bench/train_throughput.py [--conversations 1500] [--epochs 1] [--max-length 256]
         [--extra-turns 2] [--variants legolas,hf_default,hf_group_by_length] [--freeze-layers 4]
 
-Variants: `legolas` (its trainer, full fine-tuning), `legolas_frozen` (with `freeze_layers`, the demo
-preset's lever), `hf_default` (HF `Trainer` defaults: random batches, fused AdamW),
-`hf_group_by_length` (`train_sampling_strategy="group_by_length"`, HF's own length grouping) and
-`hf_bf16` (skipped by default where the CPU has no native bf16: it is emulated there).
+Variants: `legolas` (its trainer, full fine-tuning, fp32), `legolas_frozen` (with `freeze_layers`,
+the demo preset's lever), `hf_default` (HF `Trainer` defaults: random batches, fused AdamW),
+`hf_group_by_length` (`train_sampling_strategy="group_by_length"`, HF's own length grouping), and
+the bf16 pair `legolas_bf16` / `hf_bf16_group_by_length` (bf16 autocast; HF with its length grouping)
+plus `hf_bf16` (random batches), all three skipped by default where the CPU has no native bf16.
+
+To emulate an AVX2-only CPU on an AVX-512/AMX one: `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
+MKL_ENABLE_INSTRUCTIONS=AVX2 LEGOLAS_PRECISION=fp32` (MKL's GEMM ignores the first two; the
+`kernels` line and the measured fp32 peak show what ran; `LEGOLAS_PRECISION=fp32` also hides bf16).
 
 Each variant runs in its own subprocess (clean peak RSS, no warm caches shared); the parent prints
 the kernels that ran (ISA, MKL/oneDNN, threads), then one table: samples/s, the ratio to the HF
@@ -37,7 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-VARIANTS = ("legolas", "legolas_frozen", "hf_default", "hf_group_by_length", "hf_bf16")
+VARIANTS = ("legolas", "legolas_frozen", "hf_default", "hf_group_by_length", "legolas_bf16", "hf_bf16_group_by_length", "hf_bf16")
+BF16_VARIANTS = ("legolas_bf16", "hf_bf16_group_by_length", "hf_bf16")
 
 
 def fold_data(args):
@@ -56,16 +62,39 @@ def fold_data(args):
     return cfg, data, data.subset(plan.folds[0].train_ids), data.subset(plan.folds[0].val_ids)
 
 
+def _minilm():
+    from legolas_ml.training.config import TrainingConfig
+    from legolas_ml.training.modeling import build_model
+
+    return build_model(TrainingConfig(), ["a", "b"])
+
+
 def useful_flop_per_token(freeze_layers: int) -> float:
     """2 x non-embedding params forward, 4 x the trained layers' params backward (weights and inputs)."""
-    from legolas_ml.training.config import TrainingConfig
-    from legolas_ml.training.modeling import _encoder_layers, build_model
+    from legolas_ml.training.modeling import _encoder_layers
 
-    model = build_model(TrainingConfig(), ["a", "b"])
+    model = _minilm()
     embedding = sum(p.numel() for n, p in model.named_parameters() if "embeddings" in n)
     total = sum(p.numel() for p in model.parameters()) - embedding
     frozen = sum(p.numel() for layer in _encoder_layers(model)[:freeze_layers] for p in layer.parameters())
     return 2 * total + 4 * (total - frozen)
+
+
+def executed_flops(freeze_layers: int, real_tokens: int, texts: int, cls_only: bool) -> float:
+    """The matmul FLOPs a run executes: the useful ones, less what the [CLS]-only last layer skips.
+
+    With ``cls_only`` the last layer's query, attention-output and feed-forward projections run
+    for one position per text instead of every token (training/last_layer.py); its key and value
+    projections still run for every token.
+    """
+    useful = useful_flop_per_token(freeze_layers) * real_tokens
+    if not cls_only:
+        return useful
+    config = _minilm().config
+    d, i = config.hidden_size, config.intermediate_size
+    skipped_params = 2 * d * d + 2 * d * i  # query + attention output + FFN in + FFN out (weights)
+    last_trained = freeze_layers < config.num_hidden_layers
+    return useful - (2 + (4 if last_trained else 0)) * skipped_params * (real_tokens - texts)
 
 
 def kernels() -> dict:
@@ -115,6 +144,10 @@ def run_variant(name: str, args) -> dict:
     if name.startswith("legolas"):
         from legolas_ml.training.trainer import train_fold
 
+        from legolas_ml.training.last_layer import supports_cls_only
+        from legolas_ml.training.modeling import build_model
+
+        cfg = cfg.replace(precision="bf16" if name == "legolas_bf16" else "fp32")
         if name == "legolas_frozen":
             cfg = cfg.replace(freeze_layers=args.freeze_layers)
         with tempfile.TemporaryDirectory() as tmp:
@@ -128,6 +161,8 @@ def run_variant(name: str, args) -> dict:
             "val_balanced_accuracy": result.best_metrics["balanced_accuracy"],
             "precision": result.precision,
             "real_tokens": real_tokens,
+            "texts": len(train.targets) * args.epochs,
+            "cls_only": supports_cls_only(build_model(cfg, data.labels)),
             "freeze_layers": getattr(cfg, "freeze_layers", 0),
             "kernels": kernels(),
         }
@@ -162,8 +197,8 @@ def run_variant(name: str, args) -> dict:
             eval_strategy="no",
             report_to=[],
             logging_strategy="no",
-            bf16=(name == "hf_bf16"),
-            train_sampling_strategy="group_by_length" if name == "hf_group_by_length" else "random",
+            bf16=name.startswith("hf_bf16"),
+            train_sampling_strategy="group_by_length" if name.endswith("group_by_length") else "random",
             use_cpu=not torch.cuda.is_available(),
             seed=cfg.seed,
         )
@@ -187,8 +222,10 @@ def run_variant(name: str, args) -> dict:
         "train_s": train_s,
         "val_balanced_accuracy": evaluate_in_order(model, cfg, data, val),
         "hf_predict_ba": predict_ba["balanced_accuracy"],
-        "precision": "bf16" if name == "hf_bf16" else "fp32",
+        "precision": "bf16" if name.startswith("hf_bf16") else "fp32",
         "real_tokens": real_tokens,
+        "texts": len(train.targets) * args.epochs,
+        "cls_only": False,
         "freeze_layers": 0,
         "optimizer": f"{optimizer}{' (fused)' if fused else ''}",
         "kernels": kernels(),
@@ -211,6 +248,17 @@ def matmul_peak(dtype_name: str, n: int = 3072, repeats: int = 4, runs: int = 5)
     return 2 * n**3 * repeats / best
 
 
+def _is_zen1() -> bool:
+    """AMD family 23 (0x17) below model 0x30: Zen and Zen+, whose AVX2 runs on 128-bit FMA units."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    fields = dict(line.split(":", 1) for line in info.split("\n\n")[0].splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    return fields.get("vendor_id") == "AuthenticAMD" and fields.get("cpu family") == "23" and int(fields.get("model", "0")) < 0x30
+
+
 def theoretical_fp32_peak() -> tuple[float, str]:
     """Cores x fp32 FLOP per cycle from the ISA (2 FMA pipes: AVX-512 64, AVX2 32) x the clock.
 
@@ -221,12 +269,15 @@ def theoretical_fp32_peak() -> tuple[float, str]:
 
     capability = torch.backends.cpu.get_cpu_capability()
     per_cycle = {"AVX512": 64, "AVX2": 32}.get(capability, 8)
+    pipes = "2 FMA pipes"
+    if capability == "AVX2" and _is_zen1():
+        per_cycle, pipes = 16, "Zen 1: 2 x 128-bit FMA pipes"
     try:
         mhz = max(float(line.split(":")[1]) for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("cpu MHz"))
     except (OSError, ValueError):
         return float("nan"), "clock unknown"
     cores = len(os.sched_getaffinity(0))
-    return cores * per_cycle * mhz * 1e6, f"{cores} cores x {per_cycle} FLOP/cycle ({capability}, 2 FMA pipes) x {mhz:.0f} MHz"
+    return cores * per_cycle * mhz * 1e6, f"{cores} cores x {per_cycle} FLOP/cycle ({capability}, {pipes}) x {mhz:.0f} MHz"
 
 
 def main() -> None:
@@ -253,7 +304,12 @@ def main() -> None:
     from legolas_ml.training.modeling import cpu_supports_bf16
 
     native_bf16 = cpu_supports_bf16()
-    variants = args.variants.split(",") if args.variants else [v for v in VARIANTS if v != "hf_bf16" or native_bf16]
+    if os.environ.get("LEGOLAS_PRECISION") == "fp32":
+        native_bf16 = False  # emulating an fp32-only CPU (module docstring)
+    variants = args.variants.split(",") if args.variants else [v for v in VARIANTS if v not in BF16_VARIANTS or native_bf16]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"--variants: unknown {unknown}; choose among {list(VARIANTS)}")
     # Emulated bf16 matmuls are slow: a small probe says how slow without minutes of waiting.
     peaks = {"fp32": matmul_peak("fp32"), "bf16": matmul_peak("bf16", *((3072, 4, 5) if native_bf16 else (1024, 1, 2)))}
     theory, theory_how = theoretical_fp32_peak()
@@ -279,17 +335,24 @@ def main() -> None:
     print(f"\nmatmul peak measured here: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s (3072^3, best of 5), bf16 "
           f"{peaks['bf16'] / 1e9:.0f} GFLOP/s ({'native' if native_bf16 else 'emulated: no native bf16 on this CPU, small probe'}); "
           f"ISA fp32 peak {theory / 1e9:.0f} GFLOP/s = {theory_how}")
-    best_hf = max((r["samples_per_s"] for n, r in results.items() if n.startswith("hf_") and r["precision"] == "fp32"), default=None)
+    best_hf = {
+        precision: max((r["samples_per_s"] for n, r in results.items() if n.startswith("hf_") and r["precision"] == precision), default=None)
+        for precision in ("fp32", "bf16")
+    }
     print(f"{'variant':<19} {'prec':<5} {'samples/s':>9} {'vs HF':>6} {'vs best HF fp32':>15} {'val bal acc':>11} "
-          f"{'HF predict BA':>13} {'peak RSS MB':>11} {'GFLOP/s':>8} {'% meas.':>7} {'% ISA':>6}  optimizer")
+          f"{'HF predict BA':>13} {'peak RSS MB':>11} {'GFLOP/s':>8} {'% meas.':>7} {'% ISA':>6} {'exec. GFLOP/s':>13} {'exec. % meas.':>13}  optimizer")
     for name, r in results.items():
         flops = useful_flop_per_token(r["freeze_layers"]) * r["real_tokens"] / r["train_s"]
         peak = peaks["bf16" if r["precision"] == "bf16" else "fp32"]
         ratio = f"{r['samples_per_s'] / base:.2f}x" if base else "-"
-        vs_best = f"{r['samples_per_s'] / best_hf:.2f}x" if best_hf else "-"
+        same = best_hf[r["precision"]]
+        vs_best = f"{r['samples_per_s'] / same:.2f}x" if same else "-"
+        isa = f"{100 * flops / theory:.1f}%" if r["precision"] == "fp32" else "-"  # the ISA peak is fp32's
+        executed = executed_flops(r["freeze_layers"], r["real_tokens"], r["texts"], r["cls_only"]) / r["train_s"]
         predict = f"{r['hf_predict_ba']:.4f}" if "hf_predict_ba" in r else "-"
-        print(f"{name:<19} {r['precision']:<5} {r['samples_per_s']:>9.1f} {ratio:>6} {vs_best:>15} {r['val_balanced_accuracy']:>11.4f} "
-              f"{predict:>13} {r['peak_rss_mb']:>11.0f} {flops / 1e9:>8.1f} {100 * flops / peak:>6.1f}% {100 * flops / theory:>5.1f}%  "
+        print(f"{name:<19} {r['precision']:<5} {r['samples_per_s']:>9.1f} {ratio:>6} {vs_best:>21} {r['val_balanced_accuracy']:>11.4f} "
+              f"{predict:>13} {r['peak_rss_mb']:>11.0f} {flops / 1e9:>8.1f} {100 * flops / peak:>6.1f}% {isa:>6} "
+              f"{executed / 1e9:>13.1f} {100 * executed / peak:>12.1f}%  "
               f"{r.get('optimizer', 'AdamW (fused)')}")
 
 

@@ -11,17 +11,7 @@ from legolas_assets.io_manager import JsonIOManager
 from legolas_assets.jobs import tenant_assets, tenant_checks
 from legolas_assets.tenancy import TenantPlan
 from legolas_assets.resources import GPUResource, LifecycleResource, MongoResource, ReviewLoopResource, TrainingResource
-from synthetic import TINY_OVERRIDES
-
-TINY_TRAINING = dict(
-    model_init="scratch",
-    model_overrides_json=json.dumps(TINY_OVERRIDES),
-    epochs=8,
-    lr=5e-3,
-    batch_size=8,
-    max_length=48,
-    min_delta=1e-4,
-)
+from synthetic import TINY_TRAINING
 
 
 #: The tenant of most tests: "demo" with the preset's K (tests set LEGOLAS_N_FOLDS=3).

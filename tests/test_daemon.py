@@ -21,7 +21,7 @@ from legolas_ml.data.demo_data import generate_demo_data
 from legolas_ml.data.store import open_tenant_store
 from legolas_ml.lifecycle.artifacts import TenantArtifacts
 from legolas_ml.lifecycle.registry import ModelRegistry
-from synthetic import TINY_OVERRIDES
+from synthetic import tiny_env
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,14 +52,7 @@ def test_daemon_sensor_launches_a_run_that_promotes_and_serialises_a_tenant(tmp_
         **os.environ,
         "LEGOLAS_HOME": str(tmp_path),
         "DAGSTER_HOME": str(dagster_home),
-        "LEGOLAS_N_FOLDS": "2",
-        "LEGOLAS_MODEL_INIT": "scratch",
-        "LEGOLAS_MODEL_OVERRIDES": json.dumps(TINY_OVERRIDES),
-        "LEGOLAS_EPOCHS": "4",
-        "LEGOLAS_LR": "0.005",
-        "LEGOLAS_BATCH_SIZE": "8",
-        "LEGOLAS_MAX_LENGTH": "48",
-        "LEGOLAS_PRECISION": "fp32",
+        **tiny_env(LEGOLAS_N_FOLDS="2"),
         "LEGOLAS_EXPLAIN_PER_CLASS": "1",
         "LEGOLAS_RETRAIN_THRESHOLD": "20",
     }

@@ -10,7 +10,7 @@ import pytest
 from dagster import AssetKey, DagsterInstance
 
 from dagster_helpers import ASSETS, key, run_chain
-from synthetic import TINY_OVERRIDES
+from synthetic import tiny_env
 from legolas_ml.lifecycle.artifacts import TenantArtifacts
 from legolas_ml.lifecycle.registry import ModelRegistry
 from legolas_ml.data.demo_data import generate_demo_data
@@ -162,14 +162,7 @@ def _cli(home: Path, *args: str, command: tuple[str, ...] = ("asset", "materiali
         **os.environ,
         "LEGOLAS_HOME": str(home),
         "DAGSTER_HOME": str(home / "dagster"),
-        "LEGOLAS_N_FOLDS": "3",
-        "LEGOLAS_MODEL_INIT": "scratch",
-        "LEGOLAS_MODEL_OVERRIDES": json.dumps(TINY_OVERRIDES),
-        "LEGOLAS_EPOCHS": "6",
-        "LEGOLAS_LR": "0.005",
-        "LEGOLAS_BATCH_SIZE": "8",
-        "LEGOLAS_MAX_LENGTH": "48",
-        "LEGOLAS_PRECISION": "fp32",
+        **tiny_env(LEGOLAS_N_FOLDS="3"),
     }
     (home / "dagster").mkdir(parents=True, exist_ok=True)
     (home / "dagster" / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())

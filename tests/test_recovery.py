@@ -119,21 +119,13 @@ def test_best_checkpoint_removes_safetensors_temp_files(tmp_path):
 
 
 def _cli_env(home: Path) -> dict:
-    from synthetic import TINY_OVERRIDES
+    from synthetic import tiny_env
 
     return {
         **os.environ,
         "LEGOLAS_HOME": str(home),
         "DAGSTER_HOME": str(_dagster_home(home)),
-        "LEGOLAS_N_FOLDS": "2",
-        "LEGOLAS_MODEL_INIT": "scratch",
-        "LEGOLAS_MODEL_OVERRIDES": json.dumps(TINY_OVERRIDES),
-        "LEGOLAS_EPOCHS": "5",
-        "LEGOLAS_LR": "0.005",
-        "LEGOLAS_BATCH_SIZE": "4",
-        "LEGOLAS_MAX_LENGTH": "32",
-        "LEGOLAS_PRECISION": "fp32",
-        "LEGOLAS_DEVICE": "cpu",
+        **tiny_env(LEGOLAS_N_FOLDS="2", LEGOLAS_BATCH_SIZE="4", LEGOLAS_MAX_LENGTH="32", LEGOLAS_DEVICE="cpu"),
     }
 
 

@@ -29,7 +29,7 @@ def run(tmp_path_factory):
     try:
         # Up to the promotion: the explainability step adds nothing these tests read.
         result = run_chain(
-            home, instance, epochs=4,
+            home, instance,
             selection=["labeled_dataset", "stratified_splits", "fold_models", "cv_metrics", "ensemble_model", "promoted_ensemble"],
         )
     finally:
@@ -127,7 +127,7 @@ def test_artifacts_of_an_older_materialization_are_never_overwritten(run):
     first_manifest = Path(first["manifest"].value)
     assert result.run_id in str(first_png) and result.run_id in str(first_manifest)
     before = first_png.read_bytes(), first_manifest.read_text()
-    again = run_chain(home, instance, selection=["ensemble_model"], epochs=4)
+    again = run_chain(home, instance, selection=["ensemble_model"])
     second = _materialization(again, "ensemble_model").metadata
     assert second["version"].value == first["version"].value  # the same version, materialized again
     assert Path(second["confusion_matrix_png"].value) != first_png and again.run_id in second["manifest"].value

@@ -23,6 +23,7 @@ import torch
 
 from legolas_ml.training.batching import EncodedTexts, collate, encode_texts, length_grouped_batches
 from legolas_ml.training.checkpoint import CheckpointError, load_checkpoint, read_sidecar
+from legolas_ml.training.last_layer import cls_only_last_layer
 from legolas_ml.training.modeling import (
     _encoder_layers, autocast, load_tokenizer, model_from_state, resolve_device, resolve_precision,
 )
@@ -137,6 +138,9 @@ class FoldEnsemble:
         #: Frozen layers every fold shares by its config; confirmed on the weights before use.
         self.shared_trunk_layers: int = frozen.pop() if len(frozen) == 1 and len(self.paths) > 1 else 0
         self._trunk_checked: bool | None = None  # the resident folds' trunks are equal (None: not yet looked)
+        #: Run each fold's last layer at [CLS] only when scoring (training/last_layer.py): the same
+        #: probabilities for fewer matmuls; False runs every position (benchmarks compare both).
+        self.cls_only = True
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -170,18 +174,26 @@ class FoldEnsemble:
         total = torch.zeros((n, len(self.labels)), dtype=torch.float32)
         batches = length_grouped_batches(encoded.lengths, batch_size)
         pad_id = self.tokenizer.pad_token_id or 0
+        # Scoring reads only the logits: every fold's last layer runs at [CLS] only (last_layer.py).
         if self.shared_trunk_layers and self.resident:
             models = list(self.models())
             if self._trunk_is_shared(models):
-                self._predict_shared_trunk(models, encoded, batches, pad_id, total)
+                with contextlib.ExitStack() as stack:
+                    for model in models:
+                        stack.enter_context(self._last_layer(model))
+                    self._predict_shared_trunk(models, encoded, batches, pad_id, total)
                 return (total / len(self.paths)).numpy()
         for model in self.models():
-            for idx in batches:
-                batch = {k: v.to(self.device) for k, v in collate(encoded, idx, pad_id).items()}
-                with autocast(self.device, self.precision):
-                    logits = model(**batch).logits
-                total[torch.from_numpy(idx)] += torch.softmax(logits.float(), dim=-1).cpu()  # (batch, n_classes)
+            with self._last_layer(model):
+                for idx in batches:
+                    batch = {k: v.to(self.device) for k, v in collate(encoded, idx, pad_id).items()}
+                    with autocast(self.device, self.precision):
+                        logits = model(**batch).logits
+                    total[torch.from_numpy(idx)] += torch.softmax(logits.float(), dim=-1).cpu()  # (batch, n_classes)
         return (total / len(self.paths)).numpy()
+
+    def _last_layer(self, model: torch.nn.Module):
+        return cls_only_last_layer(model) if self.cls_only else contextlib.nullcontext(False)
 
     def _trunk_is_shared(self, models: list[torch.nn.Module]) -> bool:
         if self._trunk_checked is None:

@@ -6,6 +6,7 @@ quick development mode calls it once on a single train/val split.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import resource
@@ -22,6 +23,8 @@ from transformers import get_linear_schedule_with_warmup
 
 from legolas_ml.training.batching import EncodedTexts, collate, length_grouped_batches
 from legolas_ml.training.checkpoint import BestCheckpoint
+from legolas_ml.training.dropout import pcg_dropout
+from legolas_ml.training.last_layer import cls_only_last_layer
 from legolas_ml.training.shipped_epoch import RewindAwareCheckpoint
 from legolas_ml.training.config import TrainingConfig, legolas_version
 from legolas_ml.training.early_stopping import RewindEarlyStopping
@@ -208,68 +211,76 @@ def train_fold(
     train_targets = torch.from_numpy(train.targets)
     history: list[dict[str, Any]] = []
     samples_seen = 0
+    # Exact speed-ups, undone when the loop ends (README "Speed"): the last layer runs at [CLS]
+    # only (the logits read nothing else), and on CPU dropout masks come from PCG64 rather than
+    # ATen's serial bernoulli_. The PCG64 seed comes from torch's generator, seeded above.
+    fast_paths = contextlib.ExitStack()
+    fast_paths.enter_context(cls_only_last_layer(model))
+    if device.type == "cpu":
+        fast_paths.enter_context(pcg_dropout(model, seed=int(torch.randint(0, 2**62, (1,)).item())))
 
-    for epoch in range(config.epochs):
-        # --- forward / backward / step ---
-        tick = time.perf_counter()
-        model.train()
-        for module in frozen:
-            module.eval()  # fixed feature extractors: no dropout
-        loss_sum = torch.zeros((), device=device)  # accumulated on device: no host sync per step
-        for idx in length_grouped_batches(train.encoded.lengths, config.batch_size, rng):
-            batch = {k: v.to(device, non_blocking=True) for k, v in collate(train.encoded, idx, pad_id).items()}
-            with autocast(device, precision):
-                logits = model(**batch).logits
-            loss = loss_fn(logits.float(), train_targets[idx].to(device))
-            loss.backward()
-            if config.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss.detach() * len(idx)
-        train_loss = loss_sum.item() / len(train.targets)
-        samples_seen += len(train.targets)
-        timings["train"] += time.perf_counter() - tick
-        if not math.isfinite(train_loss):
-            raise NonFiniteLossError(f"fold {fold}: training loss became {train_loss} at epoch {epoch}; no checkpoint written from it")
+    with fast_paths:
+        for epoch in range(config.epochs):
+            # --- forward / backward / step ---
+            tick = time.perf_counter()
+            model.train()
+            for module in frozen:
+                module.eval()  # fixed feature extractors: no dropout
+            loss_sum = torch.zeros((), device=device)  # accumulated on device: no host sync per step
+            for idx in length_grouped_batches(train.encoded.lengths, config.batch_size, rng):
+                batch = {k: v.to(device, non_blocking=True) for k, v in collate(train.encoded, idx, pad_id).items()}
+                with autocast(device, precision):
+                    logits = model(**batch).logits
+                loss = loss_fn(logits.float(), train_targets[idx].to(device))
+                loss.backward()
+                if config.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                loss_sum += loss.detach() * len(idx)
+            train_loss = loss_sum.item() / len(train.targets)
+            samples_seen += len(train.targets)
+            timings["train"] += time.perf_counter() - tick
+            if not math.isfinite(train_loss):
+                raise NonFiniteLossError(f"fold {fold}: training loss became {train_loss} at epoch {epoch}; no checkpoint written from it")
 
-        # --- evaluate and checkpoint ---
-        tick = time.perf_counter()
-        val_loss, probs = evaluate(model, val, loss_fn, device, precision, config.eval_batch_size, pad_id)
-        y_pred = probs.argmax(axis=1)
-        metrics = classification_metrics(
-            [labels[i] for i in val.targets], [labels[i] for i in y_pred], classes=labels
-        )
-        metrics["loss"] = val_loss
-        timings["evaluate"] += time.perf_counter() - tick
-        if not math.isfinite(val_loss):
-            stopper.step(epoch, val_loss, train_loss)
-            raise NonFiniteLossError(f"fold {fold}: validation loss became {val_loss} at epoch {epoch}; {stopper.stop_reason}")
-        tick = time.perf_counter()
-        checkpoint_reason = checkpoint.update(epoch, metrics, model, base_sidecar)
-        timings["checkpoint"] += time.perf_counter() - tick
+            # --- evaluate and checkpoint ---
+            tick = time.perf_counter()
+            val_loss, probs = evaluate(model, val, loss_fn, device, precision, config.eval_batch_size, pad_id)
+            y_pred = probs.argmax(axis=1)
+            metrics = classification_metrics(
+                [labels[i] for i in val.targets], [labels[i] for i in y_pred], classes=labels
+            )
+            metrics["loss"] = val_loss
+            timings["evaluate"] += time.perf_counter() - tick
+            if not math.isfinite(val_loss):
+                stopper.step(epoch, val_loss, train_loss)
+                raise NonFiniteLossError(f"fold {fold}: validation loss became {val_loss} at epoch {epoch}; {stopper.stop_reason}")
+            tick = time.perf_counter()
+            checkpoint_reason = checkpoint.update(epoch, metrics, model, base_sidecar)
+            timings["checkpoint"] += time.perf_counter() - tick
 
-        # --- termination ---
-        stop = stopper.step(epoch, val_loss, train_loss)
-        record = {
-            "fold": fold,
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "val_loss": val_loss,
-            "val_balanced_accuracy": metrics["balanced_accuracy"],
-            "val_accuracy": metrics["accuracy"],
-            "val_f1_macro": metrics["f1_macro"],
-            "checkpoint": checkpoint_reason,
-            "lr": scheduler.get_last_lr()[0],
-            "elapsed_s": time.perf_counter() - started,
-            "stopping": bool(stop),  # the fold's last epoch: early stopping triggered here
-        }
-        history.append(record)
-        if on_epoch is not None:
-            on_epoch(record)
-        if stop:
-            break
+            # --- termination ---
+            stop = stopper.step(epoch, val_loss, train_loss)
+            record = {
+                "fold": fold,
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "val_balanced_accuracy": metrics["balanced_accuracy"],
+                "val_accuracy": metrics["accuracy"],
+                "val_f1_macro": metrics["f1_macro"],
+                "checkpoint": checkpoint_reason,
+                "lr": scheduler.get_last_lr()[0],
+                "elapsed_s": time.perf_counter() - started,
+                "stopping": bool(stop),  # the fold's last epoch: early stopping triggered here
+            }
+            history.append(record)
+            if on_epoch is not None:
+                on_epoch(record)
+            if stop:
+                break
 
     checkpoint.finish(stopped=stopper.should_stop)
     duration = time.perf_counter() - started
