@@ -29,6 +29,7 @@ length-grouped eval order, so matching them to the targets by position scores ch
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -62,6 +63,7 @@ def fold_data(args):
     return cfg, data, data.subset(plan.folds[0].train_ids), data.subset(plan.folds[0].val_ids)
 
 
+@functools.lru_cache(maxsize=1)
 def _minilm():
     from legolas_ml.training.config import TrainingConfig
     from legolas_ml.training.modeling import build_model
@@ -147,7 +149,6 @@ def run_variant(name: str, args) -> dict:
         from legolas_ml.training.trainer import train_fold
 
         from legolas_ml.training.last_layer import supports_cls_only
-        from legolas_ml.training.modeling import build_model
 
         cfg = cfg.replace(precision="bf16" if name == "legolas_bf16" else "fp32")
         if name == "legolas_frozen":
@@ -164,7 +165,7 @@ def run_variant(name: str, args) -> dict:
             "precision": result.precision,
             "real_tokens": real_tokens,
             "texts": len(train.targets) * args.epochs,
-            "cls_only": supports_cls_only(build_model(cfg, data.labels)),
+            "cls_only": supports_cls_only(_minilm()),
             "freeze_layers": getattr(cfg, "freeze_layers", 0),
             "kernels": kernels(),
         }

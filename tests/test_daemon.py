@@ -5,7 +5,6 @@ This is the path users leave running (`make ui` starts the same daemon); unit te
 cannot see what the daemon does with its run requests, its tags and the shipped dagster.yaml.
 """
 
-import json
 import os
 import signal
 import subprocess

@@ -1,6 +1,5 @@
 """Crash recovery with no person: a killed run is failed, its `gpu` slot freed, its temp files removed."""
 
-import json
 import os
 import signal
 import socket

@@ -223,10 +223,41 @@ def test_a_fold_trains_with_both_paths_and_ships_the_stock_model(tmp_path):
     data = encode_dataset(df, cfg)
     plan = plan_splits(df, cfg)
     model = build_model(cfg, data.labels)
+    during = []
+
+    def spy(record):  # after each epoch, still inside the loop: both paths are on
+        during.append(("forward" in vars(model.bert.encoder.layer[-1]), any(isinstance(m, MaskedDropout) for m in model.modules()),
+                       model.config._attn_implementation))
+
     result = train_fold(cfg, data.labels, data.subset(plan.folds[0].train_ids), data.subset(plan.folds[0].val_ids),
-                        tmp_path / "fold0.safetensors", pad_id=data.pad_id, model=model)
+                        tmp_path / "fold0.safetensors", pad_id=data.pad_id, model=model, on_epoch=spy)
     assert result.epochs_run == 2
+    assert during == [(True, True, "legolas_sdpa")] * 2
     assert model.config._attn_implementation == "sdpa" and "forward" not in vars(model.bert.encoder.layer[-1])
     assert not any(isinstance(m, MaskedDropout) for m in model.modules())
     _, sidecar = load_checkpoint(result.checkpoint_path)
     assert "legolas_sdpa" not in json.dumps(sidecar)  # a checkpoint never names the training-only attention
+
+
+def test_a_failing_fold_leaves_the_model_unpatched(tmp_path, monkeypatch):
+    df = separable_frame(20)
+    cfg = tiny_config(n_folds=2, epochs=2)
+    data = encode_dataset(df, cfg)
+    plan = plan_splits(df, cfg)
+    model = build_model(cfg, data.labels)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("attention implementation refused")
+
+    monkeypatch.setattr(model, "set_attn_implementation", broken)  # pcg_dropout fails after cls-only is on
+    with pytest.raises(RuntimeError, match="attention implementation refused") as failure:
+        train_fold(cfg, data.labels, data.subset(plan.folds[0].train_ids), data.subset(plan.folds[0].val_ids),
+                   tmp_path / "fold0.safetensors", pad_id=data.pad_id, model=model)
+    assert failure.value is not None  # the traceback (and its frames) is still held here
+    assert "forward" not in vars(model.bert.encoder.layer[-1])
+    assert not any(isinstance(m, MaskedDropout) for m in model.modules())
+
+
+def test_every_fold_draws_its_own_dropout_masks():
+    assert not torch.equal(DropoutMasks((42, 0)).keep((64, 64), 0.1), DropoutMasks((42, 1)).keep((64, 64), 0.1))
+    assert torch.equal(DropoutMasks((42, 1)).keep((64, 64), 0.1), DropoutMasks((42, 1)).keep((64, 64), 0.1))

@@ -1,8 +1,9 @@
 """Dropout masks from PCG64 on CPU: the same dropout, drawn ~9x faster than ATen's ``bernoulli_``.
 
 On CPU, ATen draws every dropout mask element by element from one Mersenne Twister
-(``bernoulli_``): for MiniLM at 83 tokens and batch 16 a step draws 13 masks, the attention ones
-16x12x83x83, and the profiler put them at ~10% of a training step on a 2-core AVX2 CPU. NumPy's
+(``bernoulli_``): fully fine-tuning MiniLM draws 20 masks per step (the embeddings, 3 per layer,
+the classifier), the attention ones 16x12x83x83 at 83 tokens and batch 16, and the profiler put
+them at ~12% of a training step on a 2-core AVX2 CPU. NumPy's
 PCG64 fills 64 random bits per call in a vectorised loop; split into four 16-bit draws, one
 attention mask costs 2.1 ms instead of 19 ms (bench/train_levers.py, lever ``pcgdrop``).
 
@@ -31,12 +32,12 @@ class DropoutMasks:
     """Keep-masks for dropout, from one seeded PCG64 stream.
 
     Args:
-        seed: the stream's seed (the trainer draws it from torch's seeded generator, so a fold's
-            run is reproducible from ``config.seed`` alone).
+        seed: the stream's seed, an int or a tuple of ints (the trainer passes ``(config.seed,
+            fold)``: reproducible, and a different stream for every fold).
     """
 
-    def __init__(self, seed: int) -> None:
-        self._bits = np.random.PCG64(seed)
+    def __init__(self, seed: int | tuple[int, ...]) -> None:
+        self._bits = np.random.PCG64(np.random.SeedSequence(seed))
 
     def keep(self, shape: torch.Size | tuple[int, ...], p: float) -> torch.Tensor:
         """A bool tensor of ``shape``, each element True with probability ``1 - p`` (16-bit resolution)."""
@@ -111,7 +112,7 @@ ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION_NAME, sdpa_mask)
 
 
 @contextlib.contextmanager
-def pcg_dropout(model: torch.nn.Module, seed: int) -> Iterator[int]:
+def pcg_dropout(model: torch.nn.Module, seed: int | tuple[int, ...]) -> Iterator[int]:
     """Within the block, ``model``'s dropout draws its masks from PCG64; yields how many layers were swapped.
 
     Every ``nn.Dropout`` becomes a ``MaskedDropout`` sharing one stream, and a model on the SDPA

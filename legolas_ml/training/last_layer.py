@@ -36,6 +36,8 @@ def supports_cls_only(model: torch.nn.Module) -> bool:
     config = model.config
     if config.is_decoder or config.add_cross_attention or config.chunk_size_feed_forward:
         return False
+    if config._attn_implementation not in ("eager", "sdpa", "legolas_sdpa"):
+        return False  # e.g. flex attention's block masks are built for every query position
     last = model.bert.encoder.layer[-1]
     return (
         type(last) is BertLayer
@@ -46,7 +48,12 @@ def supports_cls_only(model: torch.nn.Module) -> bool:
 
 def _cls_forward(self: BertLayer, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  *args, **kwargs) -> torch.Tensor:
-    """``BertLayer.forward`` for the output at position 0 only: returns ``(batch, 1, hidden)``."""
+    """``BertLayer.forward`` for the output at position 0 only: returns ``(batch, 1, hidden)``.
+
+    ``encoder_hidden_states`` (in ``args``), ``encoder_attention_mask`` and ``cache`` are only
+    used by decoders and cross-attention, which ``supports_cls_only`` excludes; the rest of
+    ``kwargs`` goes to the attention function, as in ``BertSelfAttention.forward``.
+    """
     kwargs.pop("encoder_attention_mask", None)
     kwargs.pop("cache", None)
     attention = self.attention.self
@@ -71,8 +78,9 @@ def _cls_forward(self: BertLayer, hidden_states: torch.Tensor, attention_mask: t
 def cls_only_last_layer(model: torch.nn.Module) -> Iterator[bool]:
     """Within the block, the model's last layer computes position 0 only; yields whether it applies.
 
-    ``last_hidden_state`` then has width 1, so use this only where the logits are all that is read
-    (training steps, scoring); the explainer and anything reading token states run outside it.
+    ``last_hidden_state`` then has width 1 (and ``hidden_states``' last entry, and ``attentions``
+    lack the last layer), so use this only where the logits are all that is read (training steps,
+    scoring); anything that reads token states or attentions runs outside it.
     """
     if not supports_cls_only(model):
         yield False

@@ -211,15 +211,13 @@ def train_fold(
     train_targets = torch.from_numpy(train.targets)
     history: list[dict[str, Any]] = []
     samples_seen = 0
-    # Exact speed-ups, undone when the loop ends (README "Speed"): the last layer runs at [CLS]
-    # only (the logits read nothing else), and on CPU dropout masks come from PCG64 rather than
-    # ATen's serial bernoulli_. The PCG64 seed comes from torch's generator, seeded above.
-    fast_paths = contextlib.ExitStack()
-    fast_paths.enter_context(cls_only_last_layer(model))
-    if device.type == "cpu":
-        fast_paths.enter_context(pcg_dropout(model, seed=int(torch.randint(0, 2**62, (1,)).item())))
-
-    with fast_paths:
+    # Exact speed-ups, undone when the loop ends or fails (README "Speed"): the last layer runs at
+    # [CLS] only (the logits read nothing else), and on CPU dropout masks come from PCG64 rather
+    # than ATen's serial bernoulli_, seeded by (seed, fold) so every fold draws its own masks.
+    with contextlib.ExitStack() as fast_paths:
+        fast_paths.enter_context(cls_only_last_layer(model))
+        if device.type == "cpu":
+            fast_paths.enter_context(pcg_dropout(model, seed=(config.seed, fold)))
         for epoch in range(config.epochs):
             # --- forward / backward / step ---
             tick = time.perf_counter()
