@@ -9,8 +9,10 @@ A lever set is `+`-joined words: `loop` (torch's default per-parameter AdamW), `
 (LEGOLAS's optimizer), `noclip` (no gradient clipping), `freezeN` (embeddings and the lowest N
 layers frozen, as `TrainingConfig.freeze_layers`), `compile` (`torch.compile(dynamic=True)`; its
 warm-up is printed apart), `clsonly` (the last layer at [CLS] only, training/last_layer.py),
-`pcgdrop` (dropout masks from PCG64, training/dropout.py) and `bf16` (bf16 autocast). LEGOLAS's
-trainer runs `fused+clsonly+pcgdrop` on CPU. Each set runs in its own subprocess on the first `--steps` length-grouped
+`pcgdrop` (dropout masks from PCG64, training/dropout.py), `rowgrad` (the word-embedding gradient
+and its clipping in the touched rows only, training/row_sparse.py), `rowadam` (`rowgrad` plus
+AdamW moments only for the table rows that had a gradient; always fused) and `bf16` (bf16 autocast). LEGOLAS's
+trainer runs `fused+clsonly+pcgdrop+rowadam` on CPU. Each set runs in its own subprocess on the first `--steps` length-grouped
 batches of fold 0 (batch 16, MiniLM-L6, fp32 on CPU); the first 2 steps are warm-up. Prints
 samples/s per set. Not a test: numbers depend on the machine.
 """
@@ -50,15 +52,28 @@ def run(levers: str, args) -> None:
     for word in words:
         if word.startswith("freeze"):
             frozen = freeze_lower_layers(model, int(word[len("freeze"):]))
-    groups = _param_groups(model, cfg.weight_decay)
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused="fused" in words, foreach=True if "foreach" in words else None)
     trainable = [p for p in model.parameters() if p.requires_grad]
     loss_fn = build_loss("focal", np.maximum(np.bincount(train.targets, minlength=len(data.labels)), 1))
     # The context managers stay referenced until the process ends: their exit restores the model.
     from legolas_ml.training.dropout import pcg_dropout
+    from legolas_ml.training.row_sparse import (
+        RowSparseAdamW, RowSparseEmbeddingGrad, row_sparse_embedding_grad, split_table_group,
+    )
     from legolas_ml.training.last_layer import cls_only_last_layer
 
     held = []
+    clip, table = torch.nn.utils.clip_grad_norm_, None
+    if "rowgrad" in words or "rowadam" in words:
+        held.append(row_sparse_embedding_grad(model))
+        table = held[-1].__enter__()
+        clip = table.clip_grad_norm_
+        if not isinstance(table, RowSparseEmbeddingGrad):
+            raise SystemExit(f"{levers}: rowgrad/rowadam need a trainable word-embedding table (freezeN freezes it)")
+    groups = _param_groups(model, cfg.weight_decay)
+    if "rowadam" in words:
+        optimizer = RowSparseAdamW(split_table_group(groups, table.weight), table, lr=cfg.lr)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused="fused" in words, foreach=True if "foreach" in words else None)
     if "clsonly" in words:
         held.append(cls_only_last_layer(model))
         assert held[-1].__enter__(), "the model does not support the [CLS]-only last layer"
@@ -79,7 +94,7 @@ def run(levers: str, args) -> None:
         loss = loss_fn(logits.float(), targets[idx])
         loss.backward()
         if "noclip" not in words:
-            torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
+            clip(trainable, cfg.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 

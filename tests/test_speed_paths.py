@@ -1,4 +1,4 @@
-"""The speed levers of issue #18: frozen lower layers (demo preset), fused AdamW, shared trunk, [CLS]-only last layer, PCG64 dropout."""
+"""The speed levers of issue #18: frozen lower layers (demo preset), fused AdamW, shared trunk, [CLS]-only last layer, PCG64 dropout, the row-sparse word-embedding gradient."""
 
 import json
 
@@ -217,7 +217,12 @@ def test_pcg_attention_dropout_matches_eager_attention_with_the_same_mask():
     assert torch.allclose(_attention(module, q, k, v, mask, dropout=0.2, scaling=0.35)[0], stock, atol=1e-5)
 
 
-def test_a_fold_trains_with_both_paths_and_ships_the_stock_model(tmp_path):
+def test_a_fold_trains_with_both_paths_and_ships_the_stock_model(tmp_path, monkeypatch):
+    from legolas_ml.training import trainer
+
+    built = []
+    real = trainer.build_optimizer
+    monkeypatch.setattr(trainer, "build_optimizer", lambda *args, **kwargs: built.append(real(*args, **kwargs)) or built[-1])
     df = separable_frame(20)
     cfg = tiny_config(n_folds=2, epochs=2)
     data = encode_dataset(df, cfg)
@@ -225,15 +230,19 @@ def test_a_fold_trains_with_both_paths_and_ships_the_stock_model(tmp_path):
     model = build_model(cfg, data.labels)
     during = []
 
-    def spy(record):  # after each epoch, still inside the loop: both paths are on
+    words = model.bert.embeddings.word_embeddings
+
+    def spy(record):  # after each epoch, still inside the loop: all three paths are on
         during.append(("forward" in vars(model.bert.encoder.layer[-1]), any(isinstance(m, MaskedDropout) for m in model.modules()),
-                       model.config._attn_implementation))
+                       model.config._attn_implementation, "forward" in vars(words)))
 
     result = train_fold(cfg, data.labels, data.subset(plan.folds[0].train_ids), data.subset(plan.folds[0].val_ids),
                         tmp_path / "fold0.safetensors", pad_id=data.pad_id, model=model, on_epoch=spy)
     assert result.epochs_run == 2
-    assert during == [(True, True, "legolas_sdpa")] * 2
+    assert during == [(True, True, "legolas_sdpa", True)] * 2
+    assert [type(o).__name__ for o in built] == ["RowSparseAdamW"] and 0 < built[0].rows_with_moments < len(words.weight)
     assert model.config._attn_implementation == "sdpa" and "forward" not in vars(model.bert.encoder.layer[-1])
+    assert "forward" not in vars(words)
     assert not any(isinstance(m, MaskedDropout) for m in model.modules())
     _, sidecar = load_checkpoint(result.checkpoint_path)
     assert "legolas_sdpa" not in json.dumps(sidecar)  # a checkpoint never names the training-only attention
@@ -255,9 +264,218 @@ def test_a_failing_fold_leaves_the_model_unpatched(tmp_path, monkeypatch):
                    tmp_path / "fold0.safetensors", pad_id=data.pad_id, model=model)
     assert failure.value is not None  # the traceback (and its frames) is still held here
     assert "forward" not in vars(model.bert.encoder.layer[-1])
+    assert "forward" not in vars(model.bert.embeddings.word_embeddings)
     assert not any(isinstance(m, MaskedDropout) for m in model.modules())
 
 
 def test_every_fold_draws_its_own_dropout_masks():
     assert not torch.equal(DropoutMasks((42, 0)).keep((64, 64), 0.1), DropoutMasks((42, 1)).keep((64, 64), 0.1))
     assert torch.equal(DropoutMasks((42, 1)).keep((64, 64), 0.1), DropoutMasks((42, 1)).keep((64, 64), 0.1))
+
+
+# --- the word-embedding gradient in the touched rows only (legolas_ml.training.row_sparse.py) ---
+
+def _steps_of_batches():
+    """Three batches over mostly different rows; row 0 (the padding id) sits in the padded positions."""
+    torch.manual_seed(3)
+    batches = []
+    for low in (1000, 3000, 5000):
+        ids = torch.randint(low, low + 2500, (4, 20))
+        mask = torch.ones_like(ids)
+        mask[1, 12:] = 0
+        ids[1, 12:] = 0
+        batches.append({"input_ids": ids, "attention_mask": mask})
+    batches[2]["input_ids"][0, :5] = batches[0]["input_ids"][0, :5]  # some rows come back
+    return batches
+
+
+def _train_steps(model, batches, clip, max_norm, optimizer):
+    """Clipped AdamW steps under a warm-up schedule; each step's clipped word-embedding gradient and total norm."""
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (step + 1) / 2)  # lr changes every step
+    seen = []
+    for batch in batches:
+        (model(**batch).logits * torch.arange(1.0, 4.0)).sum().backward()
+        total = clip([p for p in model.parameters()], max_norm)
+        seen.append((model.bert.embeddings.word_embeddings.weight.grad.clone(), float(total)))
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+    return seen
+
+
+def _row_sparse_pair():
+    """Two equal MiniLM-shaped models: one trains stock, the other through the row-sparse table."""
+    stock_model = _minilm_shaped().eval()
+    model = _minilm_shaped().eval()
+    model.load_state_dict(stock_model.state_dict())
+    return stock_model, model
+
+
+@pytest.mark.parametrize("max_norm", [1e-3, 1e6])  # clipping that scales, and one that leaves the norm alone
+def test_row_sparse_table_trains_as_stock_adamw(max_norm):
+    from legolas_ml.training.row_sparse import RowSparseAdamW, RowSparseEmbeddingGrad, row_sparse_embedding_grad, split_table_group
+    from legolas_ml.training.trainer import _param_groups
+
+    batches = _steps_of_batches()
+    stock_model, model = _row_sparse_pair()
+    stock_optimizer = torch.optim.AdamW(_param_groups(stock_model, 0.01), lr=1e-3, fused=True)
+    stock = _train_steps(stock_model, batches, torch.nn.utils.clip_grad_norm_, max_norm, stock_optimizer)
+    embedding = model.bert.embeddings.word_embeddings
+    with row_sparse_embedding_grad(model) as grads:
+        assert isinstance(grads, RowSparseEmbeddingGrad) and "forward" in vars(embedding)
+        optimizer = RowSparseAdamW(split_table_group(_param_groups(model, 0.01), embedding.weight), grads, lr=1e-3)
+        ours = _train_steps(model, batches, grads.clip_grad_norm_, max_norm, optimizer)
+        touched = set(grads.touched.tolist())
+    assert "forward" not in vars(embedding)  # the stock forward is back
+    assert touched == set(batches[-1]["input_ids"].flatten().tolist()) - {0}  # the padding row gets nothing
+    every_row = set(torch.cat([b["input_ids"].flatten() for b in batches]).tolist()) - {0}
+    assert optimizer.rows_with_moments == len(every_row) < embedding.num_embeddings // 50  # moments for these rows only
+    for step, ((expected, expected_norm), (grad, norm)) in enumerate(zip(stock, ours)):
+        assert norm == pytest.approx(expected_norm, rel=1e-6), step
+        assert torch.allclose(grad, expected, rtol=1e-5, atol=1e-9), step  # stale rows of the last step included
+        assert grad[0].abs().max() == 0
+    for (name, expected), got in zip(stock_model.named_parameters(), model.parameters()):
+        if max_norm > 1:  # no clipping: the same arithmetic in the same order, bit for bit
+            assert torch.equal(got, expected), name
+        else:  # the norm is summed over the touched rows alone: float rounding apart
+            assert torch.allclose(got, expected, rtol=1e-5, atol=1e-7), name
+
+
+def test_row_sparse_adamw_goes_dense_with_the_same_update():
+    from legolas_ml.training.row_sparse import RowSparseAdamW, row_sparse_embedding_grad, split_table_group
+    from legolas_ml.training.trainer import _param_groups
+
+    batches = _steps_of_batches()
+    stock_model, model = _row_sparse_pair()
+    stock_optimizer = torch.optim.AdamW(_param_groups(stock_model, 0.01), lr=1e-3, fused=True)
+    with row_sparse_embedding_grad(model) as grads:
+        optimizer = RowSparseAdamW(split_table_group(_param_groups(model, 0.01), grads.weight), grads, lr=1e-3)
+        for step, batch in enumerate(batches):
+            for m, opt in ((stock_model, stock_optimizer), (model, optimizer)):
+                m(**batch).logits.sum().backward()
+                if step == 1 and m is model:  # a gradient that is not the table's buffer: one dense step from now on
+                    m.bert.embeddings.word_embeddings.weight.grad = m.bert.embeddings.word_embeddings.weight.grad.clone()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+        assert optimizer.rows_with_moments == grads.weight.shape[0]
+    for (name, expected), got in zip(stock_model.named_parameters(), model.parameters()):
+        assert torch.equal(got, expected), name
+
+
+def test_row_sparse_adamw_on_a_small_table_skips_gradless_steps_and_goes_dense_past_half():
+    from legolas_ml.training.row_sparse import RowSparseAdamW, RowSparseEmbeddingGrad
+
+    torch.manual_seed(5)
+    stock_table, table = torch.nn.Embedding(10, 4), torch.nn.Embedding(10, 4)
+    table.load_state_dict(stock_table.state_dict())
+    rows = RowSparseEmbeddingGrad(table)
+    table.forward = rows.forward
+    stock = torch.optim.AdamW(stock_table.parameters(), lr=0.1, weight_decay=0.1, fused=True)
+    ours = RowSparseAdamW([{"params": [table.weight]}], rows, lr=0.1, weight_decay=0.1)
+    for ids, dense in (([1, 2], False), (None, False), ([2, 3, 4, 5, 6], True), ([9], True)):
+        for module, optimizer in ((stock_table, stock), (table, ours)):
+            if ids is not None:  # None: a step without a backward, which AdamW skips altogether
+                module(torch.tensor(ids)).pow(2).sum().backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        assert torch.equal(table.weight, stock_table.weight), ids
+        assert (ours.rows_with_moments == 10) is dense  # 6 of 10 rows with moments: one dense step from then on
+
+
+def test_row_sparse_adamw_runs_step_hooks_once_and_takes_int32_ids():
+    from legolas_ml.training.row_sparse import RowSparseAdamW, RowSparseEmbeddingGrad
+
+    torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))])  # torch now wraps AdamW.step with its hook runner
+    table = torch.nn.Embedding(10, 4)
+    rows = RowSparseEmbeddingGrad(table)
+    table.forward = rows.forward
+    optimizer = RowSparseAdamW([{"params": [table.weight]}], rows, lr=0.1)
+    calls = []
+    optimizer.register_step_pre_hook(lambda *args: calls.append("pre"))
+    optimizer.register_step_post_hook(lambda *args: calls.append(("post", rows.weight.grad is not None)))
+    for ids in ([1, 2], [2, 3]):
+        table(torch.tensor(ids, dtype=torch.int32)).sum().backward()  # nn.Embedding takes int32 ids too
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    assert calls == ["pre", ("post", True)] * 2
+    with pytest.raises(NotImplementedError, match="cannot resume from one"):
+        optimizer.load_state_dict(optimizer.state_dict())
+
+
+def test_row_sparse_adamw_refuses_what_it_does_not_implement():
+    from legolas_ml.training.row_sparse import RowSparseAdamW, RowSparseEmbeddingGrad
+
+    table = RowSparseEmbeddingGrad(torch.nn.Embedding(10, 4))
+    other = torch.nn.Parameter(torch.zeros(3))
+    with pytest.raises(ValueError, match="RowSparseAdamW does not support amsgrad=True, got amsgrad=True"):
+        RowSparseAdamW([{"params": [table.weight]}], table, amsgrad=True)
+    with pytest.raises(ValueError, match=r"must hold the embedding table's weight alone in one param group .*got it in 1 group\(s\) of sizes \[2\]"):
+        RowSparseAdamW([{"params": [table.weight, other]}], table)
+
+
+def test_row_sparse_embedding_grad_accumulates_over_backwards():
+    from legolas_ml.training.row_sparse import row_sparse_embedding_grad
+
+    first, second, _ = _steps_of_batches()
+    first["input_ids"][:, 10:] = first["input_ids"][:, :1]  # a row repeated within a batch and across backwards
+    stock_model, model = _row_sparse_pair()
+    for batch in (first, second, first):
+        stock_model(**batch).logits.sum().backward()
+    with row_sparse_embedding_grad(model) as grads:
+        for batch in (first, second, first):
+            model(**batch).logits.sum().backward()
+        rows = set(grads.touched.tolist())
+        ours = model.bert.embeddings.word_embeddings.weight.grad
+        assert torch.equal(ours, stock_model.bert.embeddings.word_embeddings.weight.grad)  # existing + new, as autograd adds
+        assert rows == (set(first["input_ids"].flatten().tolist()) | set(second["input_ids"].flatten().tolist())) - {0}
+        outside = torch.ones(len(ours), dtype=torch.bool)
+        outside[list(rows)] = False
+        assert ours[outside].abs().max() == 0  # the invariant clipping relies on
+
+
+def test_row_sparse_embedding_grad_declines_what_it_cannot_do_exactly():
+    from legolas_ml.training.row_sparse import RowSparseEmbeddingGrad, row_sparse_embedding_grad
+
+    model = _minilm_shaped()
+    model.bert.embeddings.word_embeddings.weight.requires_grad_(False)  # frozen: nothing to write
+    with row_sparse_embedding_grad(model) as grads:
+        assert not isinstance(grads, RowSparseEmbeddingGrad)
+        assert "forward" not in vars(model.bert.embeddings.word_embeddings)
+    with pytest.raises(ValueError, match="embedding must be a dense nn.Embedding without max_norm or scale_grad_by_freq, got Embedding"):
+        RowSparseEmbeddingGrad(torch.nn.Embedding(10, 4, max_norm=1.0))
+    model = _minilm_shaped()
+    with pytest.raises(RuntimeError, match="boom"), row_sparse_embedding_grad(model):
+        raise RuntimeError("boom")
+    assert "forward" not in vars(model.bert.embeddings.word_embeddings)
+
+
+def test_cpu_clipping_matches_torch_and_skips_the_multiplication_by_one(monkeypatch):
+    from legolas_ml.training.row_sparse import clip_grad_norm_
+
+    def grads():
+        torch.manual_seed(4)
+        params = [torch.nn.Parameter(torch.zeros(30, 20)) for _ in range(3)]
+        for p in params:
+            p.grad = torch.randn_like(p)
+        return params
+
+    for max_norm in (0.5, 1e6):
+        stock, ours = grads(), grads()
+        expected = torch.nn.utils.clip_grad_norm_(stock, max_norm)
+        assert torch.equal(clip_grad_norm_(ours, max_norm), expected)
+        assert all(torch.equal(a.grad, b.grad) for a, b in zip(stock, ours))
+
+    def no_scaling(*args, **kwargs):
+        raise AssertionError("scaled by a coefficient of 1")
+
+    nan = [torch.nn.Parameter(torch.zeros(3))]
+    nan[0].grad = torch.tensor([1.0, float("nan"), 2.0])
+    assert torch.isnan(clip_grad_norm_(nan, 1.0)) and torch.isnan(nan[0].grad).all()  # as torch: NaN everywhere
+    single = torch.nn.Parameter(torch.zeros(4))
+    single.grad = torch.full((4,), 2.0)
+    assert float(clip_grad_norm_(single, 1.0)) == 4.0 and torch.allclose(single.grad, torch.full((4,), 0.5))
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grads_with_norm_", no_scaling)
+    clip_grad_norm_(grads(), 1e6)
+    with pytest.raises(AssertionError, match="scaled by a coefficient of 1"):
+        clip_grad_norm_(grads(), 0.5)  # a norm over the limit is still clipped
