@@ -57,7 +57,7 @@ def run(levers: str, args) -> None:
     # The context managers stay referenced until the process ends: their exit restores the model.
     from legolas_ml.training.dropout import pcg_dropout
     from legolas_ml.training.row_sparse import (
-        RowSparseAdamW, RowSparseEmbeddingGrad, row_sparse_embedding_grad, split_table_group,
+        RowSparseAdamW, row_sparse_embedding_grad, split_table_group,
     )
     from legolas_ml.training.last_layer import cls_only_last_layer
 
@@ -66,9 +66,9 @@ def run(levers: str, args) -> None:
     if "rowgrad" in words or "rowadam" in words:
         held.append(row_sparse_embedding_grad(model))
         table = held[-1].__enter__()
-        clip = table.clip_grad_norm_
-        if not isinstance(table, RowSparseEmbeddingGrad):
+        if table is None:
             raise SystemExit(f"{levers}: rowgrad/rowadam need a trainable word-embedding table (freezeN freezes it)")
+        clip = table.clip_grad_norm_
     groups = _param_groups(model, cfg.weight_decay)
     if "rowadam" in words:
         optimizer = RowSparseAdamW(split_table_group(groups, table.weight), table, lr=cfg.lr)

@@ -402,6 +402,25 @@ def test_row_sparse_adamw_runs_step_hooks_once_and_takes_int32_ids():
         optimizer.load_state_dict(optimizer.state_dict())
 
 
+def test_row_sparse_adamw_keeps_the_moments_when_their_buffers_grow():
+    from legolas_ml.training.row_sparse import RowSparseAdamW, RowSparseEmbeddingGrad
+
+    torch.manual_seed(6)
+    stock_table, table = torch.nn.Embedding(5000, 4), torch.nn.Embedding(5000, 4)
+    table.load_state_dict(stock_table.state_dict())
+    rows = RowSparseEmbeddingGrad(table)
+    table.forward = rows.forward
+    stock = torch.optim.AdamW(stock_table.parameters(), lr=0.1, weight_decay=0.1, fused=True)
+    ours = RowSparseAdamW([{"params": [table.weight]}], rows, lr=0.1, weight_decay=0.1)
+    for ids in (torch.arange(0, 900), torch.arange(900, 1800), torch.arange(0, 1800, 7)):  # 900 rows, then 1800
+        for module, optimizer in ((stock_table, stock), (table, ours)):
+            module(ids).pow(2).sum().backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        assert torch.equal(table.weight, stock_table.weight)
+    assert ours.rows_with_moments == 1800
+
+
 def test_row_sparse_adamw_refuses_what_it_does_not_implement():
     from legolas_ml.training.row_sparse import RowSparseAdamW, RowSparseEmbeddingGrad
 
@@ -475,7 +494,7 @@ def test_cpu_clipping_matches_torch_and_skips_the_multiplication_by_one(monkeypa
     single.grad = torch.full((4,), 2.0)
     assert float(clip_grad_norm_(single, 1.0)) == 4.0 and torch.allclose(single.grad, torch.full((4,), 0.5))
 
-    monkeypatch.setattr(torch.nn.utils, "clip_grads_with_norm_", no_scaling)
+    monkeypatch.setattr(torch, "_foreach_mul_", no_scaling)  # how the gradients are scaled
     clip_grad_norm_(grads(), 1e6)
     with pytest.raises(AssertionError, match="scaled by a coefficient of 1"):
         clip_grad_norm_(grads(), 0.5)  # a norm over the limit is still clipped

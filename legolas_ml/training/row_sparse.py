@@ -126,16 +126,17 @@ class RowSparseEmbeddingGrad:
         rows = self._buffer.index_select(0, self.touched)
         # The table's norm in the weight's own place in the list, as torch would stack it.
         total = torch.nn.utils.get_total_norm([rows if p is self.weight else p.grad for p in params])
-        if _scales(total, max_norm):
-            torch.nn.utils.clip_grads_with_norm_(others, max_norm, total)
-            rows.mul_(torch.clamp(max_norm / (total + 1e-6), max=1.0))  # the coefficient torch applies
-            self._buffer.index_copy_(0, self.touched, rows)  # zero rows stay zero
+        coefficient = _coefficient(total, max_norm)
+        if coefficient is not None:
+            torch._foreach_mul_([p.grad for p in others], coefficient)
+            self._buffer.index_copy_(0, self.touched, rows.mul_(coefficient))  # zero rows stay zero
         return total
 
 
-def _scales(total: torch.Tensor, max_norm: float) -> bool:
-    """Whether torch's clamped coefficient ``min(max_norm / (total + 1e-6), 1)`` changes anything: it is not 1 (NaN included)."""
-    return torch.clamp(max_norm / (total + 1e-6), max=1.0).item() != 1.0
+def _coefficient(total: torch.Tensor, max_norm: float) -> torch.Tensor | None:
+    """torch's clip coefficient ``min(max_norm / (total + 1e-6), 1)``, or None where it is exactly 1 (NaN is kept)."""
+    coefficient = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    return None if coefficient.item() == 1.0 else coefficient
 
 
 def _with_grads(parameters: Iterable[torch.nn.Parameter] | torch.Tensor) -> list[torch.Tensor]:
@@ -156,8 +157,9 @@ def clip_grad_norm_(parameters: Iterable[torch.nn.Parameter], max_norm: float) -
     """
     params = _with_grads(parameters)
     total = torch.nn.utils.get_total_norm([p.grad for p in params])
-    if _scales(total, max_norm):
-        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    coefficient = _coefficient(total, max_norm)
+    if coefficient is not None:
+        torch._foreach_mul_([p.grad for p in params], coefficient)  # what torch's clip_grads_with_norm_ runs on CPU
     return total
 
 
@@ -209,8 +211,10 @@ class RowSparseAdamW(torch.optim.AdamW):
         self._table_group = holding[0]
         self._rows = torch.empty(0, dtype=torch.long, device=weight.device)  # rows with moments, in joining order
         self._has_moments = torch.zeros(len(weight), dtype=torch.bool, device=weight.device)
-        self._exp_avg = weight.new_zeros(0, weight.shape[1])
-        self._exp_avg_sq = weight.new_zeros(0, weight.shape[1])
+        # The moments of ``_rows``, in the first len(_rows) rows of buffers that double when full,
+        # so rows joining on most early steps do not copy all the moments every time.
+        self._exp_avg = weight.new_zeros(1024, weight.shape[1])
+        self._exp_avg_sq = weight.new_zeros(1024, weight.shape[1])
         self._step = torch.zeros((), dtype=torch.float32, device=weight.device)
         self._dense = False
 
@@ -253,9 +257,8 @@ class RowSparseAdamW(torch.optim.AdamW):
                 if len(new):
                     self._has_moments[new] = True
                     self._rows = torch.cat([self._rows, new])
-                    zeros = weight.new_zeros(len(new), weight.shape[1])
-                    self._exp_avg = torch.cat([self._exp_avg, zeros])
-                    self._exp_avg_sq = torch.cat([self._exp_avg_sq, zeros])
+                    if len(self._rows) > len(self._exp_avg):
+                        self._exp_avg, self._exp_avg_sq = (self._grown(m) for m in (self._exp_avg, self._exp_avg_sq))
                 if 2 * len(self._rows) > len(weight):
                     self._go_dense()
         self._step += 1
@@ -264,18 +267,24 @@ class RowSparseAdamW(torch.optim.AdamW):
         if self._dense:
             torch._fused_adamw_([weight], [grad], [self._exp_avg], [self._exp_avg_sq], [], [self._step], **kwargs)
             return
+        n = len(self._rows)
         rows = weight.index_select(0, self._rows)
-        torch._fused_adamw_([rows], [grad.index_select(0, self._rows)], [self._exp_avg], [self._exp_avg_sq], [],
+        torch._fused_adamw_([rows], [grad.index_select(0, self._rows)], [self._exp_avg[:n]], [self._exp_avg_sq[:n]], [],
                             [self._step], **kwargs)
         if decay:
             weight.mul_(1 - lr * decay)  # the fused kernel's decay, bit for bit; a zero-moment row gets nothing else
         weight.index_copy_(0, self._rows, rows)
 
+    def _grown(self, moments: torch.Tensor) -> torch.Tensor:
+        grown = moments.new_zeros(max(2 * len(moments), len(self._rows)), moments.shape[1])
+        grown[: len(moments)] = moments
+        return grown
+
     def _go_dense(self) -> None:
-        weight = self.table.weight
+        weight, n = self.table.weight, len(self._rows)
         for name in ("_exp_avg", "_exp_avg_sq"):
             dense = torch.zeros_like(weight)
-            dense.index_copy_(0, self._rows, getattr(self, name))
+            dense.index_copy_(0, self._rows, getattr(self, name)[:n])
             setattr(self, name, dense)
         self._dense = True
 
@@ -292,31 +301,20 @@ def split_table_group(groups: list[dict], weight: torch.nn.Parameter) -> list[di
     return out
 
 
-class _StockClip:
-    """What ``row_sparse_embedding_grad`` yields where it does not apply: ``clip_grad_norm_`` on every gradient."""
-
-    touched = None
-
-    @staticmethod
-    def clip_grad_norm_(parameters: Iterable[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
-        return clip_grad_norm_(parameters, max_norm)
-
-
 @contextlib.contextmanager
-def row_sparse_embedding_grad(model: torch.nn.Module) -> Iterator[RowSparseEmbeddingGrad | _StockClip]:
+def row_sparse_embedding_grad(model: torch.nn.Module) -> Iterator[RowSparseEmbeddingGrad | None]:
     """Within the block, the input embedding's gradient is written to the touched rows only.
 
-    Yields an object whose ``clip_grad_norm_(parameters, max_norm)`` the training loop calls
-    instead of torch's: a ``RowSparseEmbeddingGrad`` where the model's input embedding is a
-    trainable dense ``nn.Embedding``, else one that runs ``clip_grad_norm_`` on every gradient.
-    On exit the embedding's stock forward is back; ``weight.grad`` keeps its last value.
+    Yields the ``RowSparseEmbeddingGrad`` (whose ``clip_grad_norm_`` the training loop calls
+    instead of torch's) where the model's input embedding is a trainable dense ``nn.Embedding``,
+    else None. On exit the embedding's stock forward is back; ``weight.grad`` keeps its last value.
     """
     try:
         embedding = model.get_input_embeddings()
     except (AttributeError, NotImplementedError):  # not a transformers model, or one without the hook
         embedding = None
     if embedding is None or not supports_row_sparse_grad(embedding) or not embedding.weight.requires_grad:
-        yield _StockClip()
+        yield None
         return
     grads = RowSparseEmbeddingGrad(embedding)
     embedding.forward = grads.forward

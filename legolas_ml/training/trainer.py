@@ -28,6 +28,7 @@ from legolas_ml.training.last_layer import cls_only_last_layer
 from legolas_ml.training.row_sparse import (
     RowSparseAdamW, RowSparseEmbeddingGrad, row_sparse_embedding_grad, split_table_group,
 )
+from legolas_ml.training.row_sparse import clip_grad_norm_ as cpu_clip_grad_norm_
 from legolas_ml.training.shipped_epoch import RewindAwareCheckpoint
 from legolas_ml.training.config import TrainingConfig, legolas_version
 from legolas_ml.training.early_stopping import RewindEarlyStopping
@@ -226,9 +227,8 @@ def train_fold(
         clip_grad_norm_, table = torch.nn.utils.clip_grad_norm_, None
         if device.type == "cpu":
             fast_paths.enter_context(pcg_dropout(model, seed=(config.seed, fold)))
-            rows = fast_paths.enter_context(row_sparse_embedding_grad(model))
-            clip_grad_norm_ = rows.clip_grad_norm_
-            table = rows if isinstance(rows, RowSparseEmbeddingGrad) else None
+            table = fast_paths.enter_context(row_sparse_embedding_grad(model))
+            clip_grad_norm_ = table.clip_grad_norm_ if table is not None else cpu_clip_grad_norm_
         optimizer = build_optimizer(model, config, device, table=table)
         scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
         for epoch in range(config.epochs):
