@@ -362,16 +362,22 @@ def test_row_sparse_adamw_goes_dense_with_the_same_update():
         assert torch.equal(got, expected), name
 
 
-def test_row_sparse_adamw_on_a_small_table_skips_gradless_steps_and_goes_dense_past_half():
+def _table_pair(n_rows, seed):
+    """A stock embedding table under fused AdamW, and an equal one under the row-sparse gradient and RowSparseAdamW."""
     from legolas_ml.training.row_sparse import RowSparseAdamW, RowSparseEmbeddingGrad
 
-    torch.manual_seed(5)
-    stock_table, table = torch.nn.Embedding(10, 4), torch.nn.Embedding(10, 4)
+    torch.manual_seed(seed)
+    stock_table, table = torch.nn.Embedding(n_rows, 4), torch.nn.Embedding(n_rows, 4)
     table.load_state_dict(stock_table.state_dict())
     rows = RowSparseEmbeddingGrad(table)
     table.forward = rows.forward
     stock = torch.optim.AdamW(stock_table.parameters(), lr=0.1, weight_decay=0.1, fused=True)
     ours = RowSparseAdamW([{"params": [table.weight]}], rows, lr=0.1, weight_decay=0.1)
+    return stock_table, stock, table, ours
+
+
+def test_row_sparse_adamw_on_a_small_table_skips_gradless_steps_and_goes_dense_past_half():
+    stock_table, stock, table, ours = _table_pair(10, seed=5)
     for ids, dense in (([1, 2], False), (None, False), ([2, 3, 4, 5, 6], True), ([9], True)):
         for module, optimizer in ((stock_table, stock), (table, ours)):
             if ids is not None:  # None: a step without a backward, which AdamW skips altogether
@@ -403,15 +409,7 @@ def test_row_sparse_adamw_runs_step_hooks_once_and_takes_int32_ids():
 
 
 def test_row_sparse_adamw_keeps_the_moments_when_their_buffers_grow():
-    from legolas_ml.training.row_sparse import RowSparseAdamW, RowSparseEmbeddingGrad
-
-    torch.manual_seed(6)
-    stock_table, table = torch.nn.Embedding(5000, 4), torch.nn.Embedding(5000, 4)
-    table.load_state_dict(stock_table.state_dict())
-    rows = RowSparseEmbeddingGrad(table)
-    table.forward = rows.forward
-    stock = torch.optim.AdamW(stock_table.parameters(), lr=0.1, weight_decay=0.1, fused=True)
-    ours = RowSparseAdamW([{"params": [table.weight]}], rows, lr=0.1, weight_decay=0.1)
+    stock_table, stock, table, ours = _table_pair(5000, seed=6)
     for ids in (torch.arange(0, 900), torch.arange(900, 1800), torch.arange(0, 1800, 7)):  # 900 rows, then 1800
         for module, optimizer in ((stock_table, stock), (table, ours)):
             module(ids).pow(2).sum().backward()
