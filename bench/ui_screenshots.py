@@ -285,7 +285,7 @@ def main() -> int:
         run([str(BIN / "legolas"), "import-reviews", str(home / "waiting.jsonl")], env)
         tick = wait_for(
             "a sensor tick that counts the 12 new reviews",
-            lambda: next((t for t in dagster.ticks() if "12 waiting" in (t["skipReason"] or "")), None), timeout=180,
+            lambda: next((t for t in dagster.ticks() if "12 new since the last training" in (t["skipReason"] or "")), None), timeout=180,
         )
         assert_ui(dagster, failures, retrain, tick, folds)
         photograph(dagster, Chromium(chromium), args.out, failures, retrain["runId"])
@@ -344,8 +344,8 @@ def assert_ui(dagster: Dagster, failures: Failures, retrain: dict, tick: dict, f
           f"cv_metrics: headline first ({list(cv)[:3]})")
     check("data:image/png;base64" in (cv.get("fold_curves") or ""), "cv_metrics: one plot of every fold's validation curve")
     ens = entries(dagster.asset("ensemble_model")["assetMaterializations"][0])
-    check(list(ens)[:2] == ["test_balanced_accuracy", "cv_balanced_accuracy"], f"ensemble_model: headline first ({list(ens)[:3]})")
-    check(ens["test_balanced_accuracy"] == round(ens["test_balanced_accuracy"], 4), "ensemble_model: 4-digit numbers")
+    check(list(ens)[:2] == ["test_balanced_accuracy_human", "test_accuracy_human"], f"ensemble_model: headline first ({list(ens)[:3]})")
+    check(ens["test_balanced_accuracy_mixed"] == round(ens["test_balanced_accuracy_mixed"], 4), "ensemble_model: 4-digit numbers")
     check(isinstance(ens.get("per_class"), list) and {"class", "recall"} <= set(ens["per_class"][0]), "ensemble_model: per_class is a table")
     check(isinstance(ens.get("confusion_matrix_counts"), list) and isinstance(ens.get("confusion_matrix_normalised"), list),
           "ensemble_model: confusion matrix as inline tables (counts and normalised)")
@@ -364,7 +364,7 @@ def assert_ui(dagster: Dagster, failures: Failures, retrain: dict, tick: dict, f
           f"labeled_dataset: the diff against the model in service ({data.get('vs_model_in_service')})")
     reviews = [entries(o) for o in dagster.asset("human_reviews")["assetObservations"]]
     check(bool(reviews) and reviews[0].get("waiting") == 12, f"human_reviews: the latest observation counts 12 waiting ({reviews[:1]})")
-    check("12 waiting since the model in service" in tick["skipReason"], f"sensor: the skip reason carries the counts ({tick['skipReason']})")
+    check("12 new since the last training" in tick["skipReason"], f"sensor: the skip reason carries the counts ({tick['skipReason']})")
     demo_state = json.loads(tick["cursor"] or "{}").get("tenants", {}).get("demo", {})
     check(demo_state.get("reviews", {}).get("waiting") == 12, "sensor: the cursor shows tenant demo's backlog in its own entry")
     # The loop: the champion scored every unreviewed document and the audit filled the queue.
@@ -388,7 +388,7 @@ def _fetch_status(url: str) -> int:
 PAGES = [
     # (file, path, what it shows, text the rendered page must contain)
     ("01_ensemble_model.png", "/assets/demo/ensemble_model?view=events", "ensemble_model's latest materialization: headline numbers, per-class and confusion tables",
-     ["test_balanced_accuracy", "worst_class_recall", "confusion_matrix_counts"]),
+     ["test_balanced_accuracy_human", "llm_agreement_balanced_accuracy", "worst_class_recall", "confusion_matrix_counts"]),
     ("02_cv_metrics.png", "/assets/demo/cv_metrics?view=events", "cv_metrics: CV BA mean ± std first, fold curves plot, per-fold table",
      ["cv_balanced_accuracy", "±", "fold_curves"]),
     ("03_fold_models_partition_1.png", "/assets/demo/fold_models?view=partitions&partition=1", "fold 1's own partition: its numbers and training curve",

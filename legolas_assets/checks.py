@@ -26,11 +26,12 @@ from dagster import (
 
 from legolas_ml.lifecycle.artifacts import read_dataset
 from legolas_ml.data.splits import SplitPlan, class_proportions
+from legolas_ml.lifecycle.promotion import PromotionPolicy
 
 from .resources import LifecycleResource, TrainingResource
 from .tenancy import TenantPlan
 
-CHANCE_MARGIN = 0.05  # a model must beat 1/C by this much
+CHANCE_MARGIN = PromotionPolicy.chance_margin  # a model must beat 1/C by this much: the promotion rule's own
 ENSEMBLE_TOLERANCE = 0.10  # test balanced accuracy may sit this far below the folds' mean
 PROPORTION_TOLERANCE = 0.05  # fold class shares vs the pool's, plus one session of rounding
 MIN_CONVERGED_SHARE = 0.95
@@ -187,21 +188,13 @@ def build_checks(tenant: TenantPlan) -> list[AssetChecksDefinition]:
         )
 
 
-    @asset_check(asset=tenant.key("ensemble_model"), blocking=True, description="test balanced accuracy above chance")
-    def ensemble_above_chance(context: AssetCheckExecutionContext, ensemble_model: dict, training: TrainingResource, lifecycle: LifecycleResource) -> AssetCheckResult:
+    # Not blocking: promoted_ensemble applies the same chance rule first and records the rejection;
+    # a check only reports (it records nothing).
+    @asset_check(asset=tenant.key("ensemble_model"), description="test balanced accuracy above chance (promotion rejects it otherwise)")
+    def ensemble_above_chance(context: AssetCheckExecutionContext, ensemble_model: dict) -> AssetCheckResult:
         observed = ensemble_model["test_metrics"]["balanced_accuracy"]
         threshold = 1 / len(ensemble_model["labels"]) + CHANCE_MARGIN
-        passed = observed > threshold
-        if not passed:
-            # The candidate never reaches promotion (downstream is skipped): record the rejection, so the
-            # version keeps its reason on disk and the sensor does not retrain the same reviews again.
-            registry = lifecycle.registry(training, tenant.name)
-            if registry.decision_for(ensemble_model["version"]) is None:
-                registry.reject(
-                    ensemble_model["version"], actor=f"check ensemble_above_chance (run {ensemble_model.get('run_id')})",
-                    reason=f"test balanced accuracy {observed:.4f} is not above chance + margin {threshold:.4f}",
-                )
-        return checked(context, passed=passed, metadata={"observed": round(observed, 4), "threshold": round(threshold, 4)})
+        return checked(context, passed=observed > threshold, metadata={"observed": round(observed, 4), "threshold": round(threshold, 4)})
 
 
     @asset_check(asset=tenant.key("labeled_dataset"), description="the training set did not shrink by more than half against the champion's")
@@ -255,7 +248,7 @@ def build_checks(tenant: TenantPlan) -> list[AssetChecksDefinition]:
             context,
             passed=observed >= cv_mean - ENSEMBLE_TOLERANCE,
             severity=AssetCheckSeverity.WARN,
-            metadata={"test_balanced_accuracy": round(observed, 4), "cv_mean": round(cv_mean, 4), "tolerance": ENSEMBLE_TOLERANCE},
+            metadata={"test_balanced_accuracy_mixed": round(observed, 4), "cv_mean": round(cv_mean, 4), "tolerance": ENSEMBLE_TOLERANCE},
         )
 
 

@@ -9,7 +9,7 @@ from dagster import Definitions, in_process_executor
 from legolas_ml import settings
 
 from .io_manager import JsonIOManager
-from .jobs import promote_job, rollback_job, tenant_assets, tenant_checks, tenant_job
+from .jobs import challenger_job, promote_job, rollback_job, tenant_assets, tenant_checks, tenant_job
 from .resources import LifecycleResource, ReviewLoopResource, default_resources
 from .reviews import build_human_reviews
 from .sensors import build_retrain_sensor
@@ -40,7 +40,7 @@ def build_definitions(tenants: list[TenantPlan] | None = None, resources: dict |
         # and a process per step would re-import torch ~15 times per run for no parallelism.
         executor=in_process_executor,
         asset_checks=checks,
-        jobs=[*jobs, promote_job, rollback_job],
+        jobs=[*jobs, promote_job, rollback_job, challenger_job],
         sensors=[build_retrain_sensor(tenants, jobs)] if tenants else [],  # every tenant removed: nothing to watch
         resources=resources,
     )

@@ -6,6 +6,7 @@ import time
 from dagster import AssetExecutionContext, AssetsDefinition, Failure, MetadataValue, Output, TableColumn, TableRecord, TableSchema, asset
 
 from legolas_ml.evaluation.ensemble import EVAL_PRECISION
+from legolas_ml.evaluation.metrics import metrics_by_label_source
 from legolas_ml.lifecycle.artifacts import read_dataset
 from legolas_ml.training.checkpoint import read_sidecar
 from legolas_ml.training.cross_validation import MissingFoldsError, StaleFoldError, aggregate_folds, evaluate_ensemble
@@ -28,6 +29,14 @@ def _table(rows: list[dict], columns: list[tuple[str, str]]) -> MetadataValue:
         records=[TableRecord({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}) for row in rows],
         schema=TableSchema(columns=[TableColumn(name, kind) for name, kind in columns]),
     )
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def _shown(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def mean_pm_std(stats: dict) -> str:
@@ -120,8 +129,12 @@ def build_evaluation(tenant: TenantPlan) -> list[AssetsDefinition]:
         started = time.perf_counter()
         # Every reported number is computed in fp32 (training may use bf16): the mistakes explained by
         # Integrated Gradients, which run in fp32, are then the ones evaluated here.
-        metrics, _, ensemble = evaluate_ensemble(paths, test["text"].tolist(), test["label"].tolist(), gpu.device, EVAL_PRECISION)
+        metrics, probs, ensemble = evaluate_ensemble(paths, test["text"].tolist(), test["label"].tolist(), gpu.device, EVAL_PRECISION)
         seconds = time.perf_counter() - started
+        # An LLM-labelled test session measures agreement with the LLM, not correctness: reported apart.
+        predicted = [ensemble.labels[i] for i in probs.argmax(axis=1)]
+        by_source = metrics_by_label_source(test["label"].tolist(), predicted, test["source"].tolist())
+        human, agreement = by_source["test_metrics_human"], by_source["llm_agreement"]
         registry = lifecycle.registry(training, tenant.name)
         # This materialization's own directory: a later run of the same version never overwrites what
         # an older materialization's metadata points at (retention deletes it with the version).
@@ -143,7 +156,9 @@ def build_evaluation(tenant: TenantPlan) -> list[AssetsDefinition]:
             "dataset_summary": {"rows": summary.get("rows"), "per_source": summary["per_source"], "per_class": summary["per_class"]},
             "reviews_cursor": summary.get("reviews_cursor"),  # the reviews this training read: consumed once decided
             "holdout": summary.get("holdout"),
-            "test_metrics": metrics,
+            "test_metrics": metrics,  # every test session, human- and LLM-labelled: mostly LLM agreement at first
+            "test_metrics_human": human,
+            "llm_agreement": agreement,
             "eval_precision": EVAL_PRECISION,
             "cv_balanced_accuracy": cv_metrics["balanced_accuracy"],
             "run_id": context.run_id,
@@ -155,15 +170,22 @@ def build_evaluation(tenant: TenantPlan) -> list[AssetsDefinition]:
         labels = ensemble.labels
         worst_class = min(labels, key=lambda c: metrics["per_class"][c]["recall"])
         metadata = {
-            # The headline first: test balanced accuracy, the folds' mean ± std, the weakest class.
-            "test_balanced_accuracy": round(metrics["balanced_accuracy"], 4),
+            # The headline first: balanced accuracy on the human-labelled test sessions (None when there
+            # are none), agreement with the LLM on the LLM-labelled ones, then both together ("mixed").
+            "test_balanced_accuracy_human": _rounded(human["balanced_accuracy"]),
+            "test_accuracy_human": _rounded(human["accuracy"]),
+            "test_n_human": human["n"],
+            "llm_agreement_balanced_accuracy": _rounded(agreement["balanced_accuracy"]),
+            "llm_agreement_accuracy": _rounded(agreement["accuracy"]),
+            "llm_agreement_n": agreement["n"],
+            "test_balanced_accuracy_mixed": round(metrics["balanced_accuracy"], 4),
             "cv_balanced_accuracy": mean_pm_std(cv_metrics["balanced_accuracy"]),
             "cv_balanced_accuracy_mean": round(cv_metrics["balanced_accuracy"]["mean"], 4),
             "cv_balanced_accuracy_std": round(cv_metrics["balanced_accuracy"]["std"], 4),
             "worst_class_recall": round(metrics["per_class"][worst_class]["recall"], 4),
             "worst_class": worst_class,
-            "test_accuracy": round(metrics["accuracy"], 4),
-            "test_f1_macro": round(metrics["f1_macro"], 4),
+            "test_accuracy_mixed": round(metrics["accuracy"], 4),
+            "test_f1_macro_mixed": round(metrics["f1_macro"], 4),
             "test_n": metrics["n"],
             "per_class": _table(
                 [{"class": c, **metrics["per_class"][c]} for c in labels],
@@ -184,7 +206,9 @@ def build_evaluation(tenant: TenantPlan) -> list[AssetsDefinition]:
             **links.urls({"manifest_url": run_manifest, "confusion_matrix_url": plot}),
         }
         context.log.info(
-            f"candidate {version}: test balanced accuracy {metrics['balanced_accuracy']:.4f} on {metrics['n']} sessions"
+            f"candidate {version}: test balanced accuracy {_shown(human['balanced_accuracy'])} on {human['n']} human-labelled "
+            f"sessions; agreement with the LLM {_shown(agreement['balanced_accuracy'])} (balanced) on {agreement['n']} "
+            f"LLM-labelled ones; mixed {metrics['balanced_accuracy']:.4f} on {metrics['n']}"
         )
         return Output({**manifest, "manifest_path": str(manifest_path), "run_dir": str(run_dir)}, metadata=metadata)
 

@@ -25,8 +25,8 @@ class JsonIOManager(ConfigurableIOManager):
         return Path(self.base_dir, *asset_key.path, f"{partition if partition is not None else '__all__'}.json")
 
     def handle_output(self, context: OutputContext, obj: Any) -> None:
-        if obj is None:
-            return
+        if obj is None or not context.has_asset_key:
+            return  # an op's result (promote, rollback, a challenger's look): shown in the run, recorded by the registry
         if context.has_asset_partitions and len(context.asset_partition_keys) > 1:
             keys = list(context.asset_partition_keys)
             if not isinstance(obj, dict) or set(obj) != set(keys):

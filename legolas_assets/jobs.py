@@ -6,14 +6,14 @@ from .checks import build_checks
 from .data import build_labeled_dataset
 from .evaluation import build_evaluation
 from .explainability import build_explainability_report
-from .lifecycle import build_promoted_ensemble, promote_job, rollback_job
+from .lifecycle import build_promoted_ensemble, challenger_job, promote_job, rollback_job
 from .loop import build_ensemble_predictions, build_label_audit
 from .reviews import build_human_reviews
 from .splits import build_stratified_splits
 from .tenancy import TenantPlan
 from .training import build_fold_models
 
-__all__ = ["tenant_assets", "tenant_checks", "tenant_job", "promote_job", "rollback_job", "ASSET_NAMES"]
+__all__ = ["tenant_assets", "tenant_checks", "tenant_job", "promote_job", "rollback_job", "challenger_job", "ASSET_NAMES"]
 
 #: A tenant's assets in pipeline order (each is ``<tenant>/<name>``), the source asset apart.
 ASSET_NAMES = (

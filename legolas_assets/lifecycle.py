@@ -20,14 +20,22 @@ from dagster import (
     op,
 )
 
-from legolas_ml.evaluation.ensemble import EVAL_PRECISION, FoldEnsemble
+from legolas_ml.evaluation.ensemble import EVAL_PRECISION
 from legolas_ml.lifecycle.artifacts import read_dataset
-from legolas_ml.lifecycle.promotion import compare_on_holdout, decide_promotion
+from legolas_ml.data.store import StoreUnavailableError
+from legolas_ml.lifecycle.decision import (
+    Decision,
+    Holdout,
+    decide_and_record,
+    ensemble_predictor,
+    holdout_from_store,
+    look_at_challenger,
+)
+from legolas_ml.lifecycle.promotion import PROMOTE, REJECT, WAIT
 from legolas_ml.lifecycle.registry import ChampionUnavailableError, ModelRegistry
-from legolas_ml.evaluation.metrics import classification_metrics
 from legolas_ml.tracking import redacted, tracker_from_settings
 
-from .resources import GPUResource, LifecycleResource, TrainingResource
+from .resources import GPUResource, LifecycleResource, MongoResource, TrainingResource
 from .stages import LIFECYCLE, SINGLE_RUN, placement
 from .tenancy import TenantPlan
 
@@ -53,13 +61,48 @@ def _recall_table(comparison) -> MetadataValue:
             "candidate_recall": round(comparison.candidate_recall[c], 4),
             "champion_recall": round(comparison.champion_recall[c], 4),
             "change": round(comparison.candidate_recall[c] - comparison.champion_recall[c], 4),
+            "change_low": round(comparison.recall_ci[c][0], 4),
+            "change_high": round(comparison.recall_ci[c][1], 4),
         })
         for c in comparison.per_class_support
     ]
     return MetadataValue.table(rows, schema=TableSchema(columns=[
         TableColumn("class", "string"), TableColumn("support", "int"), TableColumn("candidate_recall", "float"),
         TableColumn("champion_recall", "float"), TableColumn("change", "float"),
+        TableColumn("change_low", "float"), TableColumn("change_high", "float"),
     ]))
+
+
+_WORDS = {PROMOTE: "promoted", REJECT: "rejected", WAIT: "challenger"}
+
+
+def decision_metadata(decision: Decision) -> dict:
+    """What the UI shows of a decision: the outcome, the reason and the numbers behind it."""
+    metadata: dict = {
+        "decision": _WORDS[decision.outcome],
+        "reason": decision.reason,
+        "decision_standing": decision.standing,
+        "holdout_compared_n": decision.compared_n,
+        "holdout_excluded_trained_on": decision.excluded_trained_on,
+    }
+    if decision.candidate_holdout_balanced_accuracy is not None:
+        metadata["candidate_holdout_balanced_accuracy"] = round(decision.candidate_holdout_balanced_accuracy, 4)
+    comparison = decision.promotion.comparison if decision.promotion else None
+    if comparison is not None:
+        metadata.update({
+            "champion_holdout_balanced_accuracy": round(comparison.champion_balanced_accuracy, 4),
+            "difference": round(comparison.difference, 4),
+            "difference_bound_low": round(comparison.ci_low, 4),
+            "difference_bound_high": round(comparison.ci_high, 4),
+            "bound_confidence": comparison.confidence,
+            "disagreements": comparison.disagreements,
+            "recall_by_class": _recall_table(comparison),
+        })
+    if decision.outcome == WAIT and decision.next_look_at:
+        metadata["challenger_next_look_at_holdout_n"] = decision.next_look_at
+    if decision.promotion and decision.promotion.sessions_to_decide:
+        metadata["holdout_n_expected_to_decide"] = decision.promotion.sessions_to_decide
+    return metadata
 
 
 def build_promoted_ensemble(tenant: TenantPlan) -> AssetsDefinition:
@@ -77,68 +120,46 @@ def build_promoted_ensemble(tenant: TenantPlan) -> AssetsDefinition:
         lifecycle: LifecycleResource,
         gpu: GPUResource,
     ):
-        """The ensemble in service: the candidate if it beat the promotion rule, else the champion it challenged."""
+        """The ensemble in service: the candidate if the promotion rule shows it no worse than the champion;
+        a candidate the holdout cannot decide yet waits as the tenant's challenger."""
         version = ensemble_model["version"]
         registry = lifecycle.registry(training, tenant.name)
-        policy = lifecycle.policy()
+        holdout = Holdout(
+            read_dataset(labeled_dataset["holdout_path"]), tenant.name, labeled_dataset["summary"]["holdout"]["share"],
+            labeled_dataset["summary"].get("reviews_cursor"),
+        )
         try:
-            champion = registry.champion()
+            decision = decide_and_record(
+                registry, ensemble_model, holdout, lifecycle.policy(), ensemble_predictor(gpu.device, EVAL_PRECISION),
+                actor=run_actor(context), run_id=context.run_id,
+            )
         except ChampionUnavailableError as exc:
             raise Failure(description=f"promoted_ensemble: {exc}") from None
-        holdout = read_dataset(labeled_dataset["holdout_path"])
-        metadata: dict = {"tenant": tenant.name, "candidate_version": version, "holdout_n": len(holdout),
-                          "holdout_per_class": MetadataValue.json(labeled_dataset["summary"]["holdout"]["per_class"])}
-        earlier = registry.decision_for(version)
-        if champion is not None and champion["version"] == version:
-            promoted, reason, record = True, "the candidate is already the champion (same data, split and config)", None
-        elif earlier is not None and earlier.get("previous_champion") == (champion or {}).get("version"):
-            # Decided against this very champion before (a re-materialization): the decision stands.
-            promoted, reason, record = earlier["action"] == "promoted", f"decided at {earlier['at']}: {earlier['reason']}", earlier
-        else:
-            comparison = None
-            if len(holdout):
-                texts, y_true = holdout["text"].tolist(), holdout["label"].tolist()
-                candidate_pred = FoldEnsemble(ensemble_model["checkpoints"], device=gpu.device, precision=EVAL_PRECISION).predict(texts)
-                holdout_metrics = classification_metrics(y_true, candidate_pred, classes=sorted(set(y_true)))
-                metadata["candidate_holdout_balanced_accuracy"] = round(holdout_metrics["balanced_accuracy"], 4)
-                if champion is not None:
-                    champion_pred = FoldEnsemble(champion["checkpoints"], device=gpu.device, precision=EVAL_PRECISION).predict(texts)
-                    comparison = compare_on_holdout(y_true, candidate_pred, champion_pred, policy, seed=training.seed)
-            decision = decide_promotion(
-                ensemble_model["test_metrics"]["balanced_accuracy"], len(ensemble_model["labels"]), comparison, champion is not None, policy
-            )
-            details = {"decision": decision.to_dict(), "run_id": context.run_id}
-            action = registry.promote if decision.promote else registry.reject
-            record = action(version, actor=run_actor(context), reason=decision.reason, **details)
-            promoted, reason = decision.promote, decision.reason
-            if comparison is not None:
-                metadata.update({
-                    "champion_holdout_balanced_accuracy": round(comparison.champion_balanced_accuracy, 4),
-                    "difference": round(comparison.difference, 4),
-                    "difference_ci_low": round(comparison.ci_low, 4),
-                    "difference_ci_high": round(comparison.ci_high, 4),
-                    "recall_by_class": _recall_table(comparison),
-                })
-        if promoted and record is not None:
+        metadata: dict = {"tenant": tenant.name, "candidate_version": version, "holdout_n": len(holdout.frame),
+                          "holdout_per_class": MetadataValue.json(labeled_dataset["summary"]["holdout"]["per_class"]),
+                          **decision_metadata(decision)}
+        if decision.promoted and not decision.standing:
             metadata.update(_mirror_champion(context, registry, tenant.name, version))
+        challenger = registry.challenger()
         pruned = registry.prune(lifecycle.keep_decided, keep={version})
         serving = registry.champion_version()
         metadata.update({
-            "decision": "promoted" if promoted else "rejected",
-            "reason": reason,
             "champion_version": serving or "none",
-            "previous_champion": (record or {}).get("previous_champion") or "none",
+            "challenger_version": challenger["version"] if challenger else "none",
+            "previous_champion": (decision.record or {}).get("previous_champion") or "none",
             "pruned_versions": MetadataValue.json(pruned),
             "decisions_log": MetadataValue.path(str(registry.decisions_path)),
         })
-        (context.log.info if promoted else context.log.warning)(f"candidate {version}: {'promoted' if promoted else 'rejected'}: {reason}")
+        word = _WORDS[decision.outcome]
+        (context.log.info if decision.promoted else context.log.warning)(f"candidate {version}: {word}: {decision.reason}")
         yield Output(
-            {"tenant": tenant.name, "champion_version": serving, "candidate_version": version, "promoted": promoted, "reason": reason},
+            {"tenant": tenant.name, "champion_version": serving, "candidate_version": version, "promoted": decision.promoted,
+             "outcome": word, "reason": decision.reason},
             metadata=metadata,
         )
         yield AssetCheckResult(
-            check_name="candidate_promoted", passed=promoted, severity=AssetCheckSeverity.WARN,
-            metadata={"candidate_version": version, "champion_version": serving or "none", "reason": reason},
+            check_name="candidate_promoted", passed=decision.promoted, severity=AssetCheckSeverity.WARN,
+            metadata={"candidate_version": version, "champion_version": serving or "none", "outcome": word, "reason": decision.reason},
         )
 
     return promoted_ensemble
@@ -155,6 +176,34 @@ def _mirror_champion(context, registry: ModelRegistry, tenant: str, version: str
         context.log.warning(f"MLflow: the champion alias was not moved to {version}: {redacted(exc)}")
         return {"mlflow_model_version": f"not registered: {redacted(exc)}"[:300]}
     return {"mlflow_model_version": f"legolas-{tenant} version {number} (alias champion)"}
+
+
+class ChallengerConfig(Config):
+    tenant: str
+
+
+@op(description="Look again at a tenant's waiting challenger on today's holdout (no retraining): promote, reject or keep waiting")
+def look_at_challenger_op(
+    context: OpExecutionContext, config: ChallengerConfig, mongo: MongoResource, training: TrainingResource,
+    lifecycle: LifecycleResource, gpu: GPUResource,
+) -> dict:
+    registry = _registry(training, lifecycle, config.tenant)
+    try:
+        with mongo.open(config.tenant) as store:
+            holdout = holdout_from_store(store, config.tenant, lifecycle.holdout_share, dataset_mode=training.dataset_mode,
+                                         max_text_chars=training.max_text_chars)
+        decision = look_at_challenger(registry, holdout, lifecycle.policy(), ensemble_predictor(gpu.device, EVAL_PRECISION),
+                                      actor=run_actor(context), run_id=context.run_id)
+    except (ValueError, ChampionUnavailableError, StoreUnavailableError) as exc:
+        raise Failure(description=f"look_at_challenger: {exc}") from None
+    if decision is None:
+        context.log.info(f"tenant {config.tenant}: no challenger waits")
+        return {"tenant": config.tenant, "outcome": "none"}
+    if decision.promoted and not decision.standing:
+        _mirror_champion(context, registry, config.tenant, decision.version)
+    context.log.info(f"tenant {config.tenant}: challenger {decision.version}: {_WORDS[decision.outcome]}: {decision.reason}")
+    context.add_output_metadata({"tenant": config.tenant, "challenger_version": decision.version, **decision_metadata(decision)})
+    return {"tenant": config.tenant, "version": decision.version, "outcome": _WORDS[decision.outcome], "reason": decision.reason}
 
 
 class PromoteConfig(Config):
@@ -195,6 +244,11 @@ def rollback_champion(context: OpExecutionContext, config: RollbackConfig, train
     _mirror_champion(context, _registry(training, lifecycle, config.tenant), config.tenant, record["version"])
     context.log.info(f"tenant {config.tenant}: rolled back to {record['version']} (from {record['rolled_back_from']})")
     return record
+
+
+@job(description="Look at a tenant's waiting challenger on today's holdout: Launchpad config ops.look_at_challenger_op.config {tenant}; the retraining sensor launches it when enough reviews landed in the holdout")
+def challenger_job():
+    look_at_challenger_op()
 
 
 @job(description="Promote a version explicitly: Launchpad config ops.promote_version.config {tenant, version}")

@@ -212,10 +212,13 @@ class LifecycleResource(ConfigurableResource):
     """The model lifecycle: evaluation holdout, promotion rule, retention, retraining retries."""
 
     holdout_share: float = Field(default=DEFAULT_HOLDOUT_SHARE, description="share of human-reviewed sessions held out of every training, (0, 1)")
-    margin: float = Field(default=0.01, description="promotion: holdout balanced accuracy may be this much below the champion's")
-    max_recall_drop: float = Field(default=0.10, description="promotion: most recall a class with enough support may lose")
-    min_class_support: int = Field(default=5, description="promotion: holdout sessions a class needs for its recall to count")
-    min_holdout: int = Field(default=30, description="promotion: fewer holdout sessions keep the champion (documented fallback)")
+    margin: float = Field(default=PromotionPolicy.margin, description="promotion: the non-inferiority margin on holdout balanced accuracy (lower bound of the difference must be above -margin)")
+    max_recall_drop: float = Field(default=PromotionPolicy.max_recall_drop, description="promotion: recall a class with enough support may be shown to lose")
+    min_class_support: int = Field(default=PromotionPolicy.min_class_support, description="promotion: holdout sessions a class needs for its recall to be judged")
+    min_holdout: int = Field(default=PromotionPolicy.min_holdout, description="promotion: fewer holdout sessions decide nothing: the candidate waits as challenger")
+    confidence: float = Field(default=PromotionPolicy.confidence, description="promotion: one-sided confidence of each bound at a candidate's first decision")
+    challenger_confidence: float = Field(default=PromotionPolicy.challenger_confidence, description="promotion: the same at each later look at a waiting challenger")
+    challenger_growth: float = Field(default=PromotionPolicy.challenger_growth, description="promotion: a challenger is looked at again once the holdout grew by this share")
     keep_decided: int = Field(default=5, description="retention: versions of the last N decisions and N promotions are kept")
     retry_backoff_s: int = Field(default=60, description="sensor: wait before retrying a failed retraining, doubled per attempt")
     retry_max_backoff_s: int = Field(default=3600, description="sensor: the longest wait between retries")
@@ -223,8 +226,9 @@ class LifecycleResource(ConfigurableResource):
 
     def policy(self) -> PromotionPolicy:
         return PromotionPolicy(
-            margin=self.margin, max_recall_drop=self.max_recall_drop,
-            min_class_support=self.min_class_support, min_holdout=self.min_holdout,
+            margin=self.margin, max_recall_drop=self.max_recall_drop, min_class_support=self.min_class_support,
+            min_holdout=self.min_holdout, confidence=self.confidence, challenger_confidence=self.challenger_confidence,
+            challenger_growth=self.challenger_growth,
         )
 
     def registry(self, training: "TrainingResource", tenant: str) -> ModelRegistry:

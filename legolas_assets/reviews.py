@@ -5,20 +5,21 @@ sources" button), so the asset page answers "how many reviews are waiting for a 
 """
 
 import warnings
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 from dagster import AssetObservation, BetaWarning, DataVersion, ObserveResult, observable_source_asset
 from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
 from legolas_ml import settings
-from legolas_ml.lifecycle.retraining import RetrainPolicy, ReviewBacklog, waited_for
+from legolas_ml.lifecycle.retraining import RetrainPolicy, ReviewBacklog, ReviewCursor, waited_for
 
 from .resources import LifecycleResource, MongoResource, TrainingResource
 from .stages import DATA
 from .tenancy import TenantPlan
 
 REVIEWS_KEY = "human_reviews"
-#: Waiting reviews read per tick (the oldest first); beyond it they are counted, not read.
+#: Waiting reviews read per tick (the first received); beyond it they are counted, not read.
 WAITING_READ_LIMIT = 10_000
 
 # observable_source_asset is beta in Dagster 1.13 and used on purpose: the "Observe sources" button.
@@ -28,19 +29,33 @@ warnings.filterwarnings("ignore", category=BetaWarning, message=".*observable_so
 def read_backlog(
     mongo: MongoResource, training: TrainingResource, lifecycle: LifecycleResource, tenant: str
 ) -> tuple[ReviewBacklog, list[dict]]:
-    """The tenant's review backlog against its model in service, and the waiting reviews (oldest first).
+    """The tenant's review backlog, and the reviews no training has read yet (in received order).
 
     Raises:
         StoreUnavailableError: the store cannot be reached.
     """
-    consumed = lifecycle.registry(training, tenant).consumed_reviews()
-    after = consumed.as_tuple() if consumed else None
+    registry = lifecycle.registry(training, tenant)
+    trained, learned = registry.trained_reviews(), registry.champion_reviews()
     with mongo.open(tenant) as store:
+        trained = sequence_cursor(store, trained)
+        after = trained.as_tuple() if trained else None
         waiting = store.reviews_after(after, limit=WAITING_READ_LIMIT)
         # Past the read limit only the oldest are held; the UI and the sensor show the true count.
         count = store.count_reviews_after(after) if len(waiting) >= WAITING_READ_LIMIT else None
         total = store.counts()["reviews"]
-    return ReviewBacklog.of(total, consumed, waiting, waiting_count=count), waiting
+        learned = sequence_cursor(store, learned)
+        not_learned = store.count_reviews_after(learned.as_tuple()) if learned else total
+    backlog = ReviewBacklog.of(total, trained, waiting, waiting_count=count)
+    return replace(backlog, not_learned=not_learned), waiting
+
+
+def sequence_cursor(store, cursor: ReviewCursor | None) -> ReviewCursor | None:
+    """A cursor an older release wrote (``reviewed_at``, ``_id``) as the ``seq`` cursor it stands for;
+    ``None`` when it covers no review. This release's cursors are returned unchanged."""
+    if cursor is None or not cursor.legacy:
+        return cursor
+    seq = store.resolve_cursor(cursor.as_tuple())
+    return ReviewCursor(seq=seq) if seq else None
 
 
 def backlog_metadata(tenant: "TenantPlan", backlog: ReviewBacklog, now: datetime | None = None) -> dict:
@@ -56,7 +71,9 @@ def backlog_metadata(tenant: "TenantPlan", backlog: ReviewBacklog, now: datetime
         "dated_in_future": backlog.future_dated,
         **({"clock_warning": backlog.future_note().removeprefix("; ")} if backlog.future_dated else {}),
         "retrain_threshold": retrain_policy(tenant).threshold,
-        "consumed_up_to": str(backlog.consumed) if backlog.consumed else "nothing yet (no decided training)",
+        "consumed_up_to": str(backlog.consumed) if backlog.consumed else "nothing yet (no recorded training)",
+        # Read by a rejected candidate or a waiting challenger is not learned: the champion never saw them.
+        "not_learned_by_champion": backlog.not_learned if backlog.not_learned is not None else "not counted",
         "tenant": tenant.name,
     }
 
@@ -80,7 +97,7 @@ def build_human_reviews(tenant: TenantPlan):
 
     @observable_source_asset(
         key=tenant.key(REVIEWS_KEY), group_name=tenant.prefix, tags={"stage": DATA},
-        description=f"Tenant {tenant.name}'s human reviews: total, waiting since the model in service, oldest waiting",
+        description=f"Tenant {tenant.name}'s human reviews: total, new since the last training, not yet learned by the model in service, oldest waiting",
     )
     def human_reviews(mongo: MongoResource, training: TrainingResource, lifecycle: LifecycleResource) -> ObserveResult:
         backlog, _ = read_backlog(mongo, training, lifecycle, tenant.name)

@@ -7,6 +7,7 @@ One sensor watches every tenant of the code location. Each tenant has its own en
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 from dagster import (
@@ -27,6 +28,7 @@ from legolas_ml.lifecycle.retraining import (
     IN_PROGRESS,
     SUCCEEDED,
     RetryPolicy,
+    ReviewCursor,
     backlog_in_state,
     parse_sensor_state,
     parse_tenant_states,
@@ -35,8 +37,14 @@ from legolas_ml.lifecycle.retraining import (
     serialize_tenant_states,
 )
 
+from dagster._core.storage.tags import RUN_KEY_TAG
+
+from legolas_ml.lifecycle.holdout import in_holdout
+from legolas_ml.lifecycle.decision import next_look
+
+from .lifecycle import challenger_job
 from .resources import LifecycleResource, MongoResource, TrainingResource
-from .reviews import backlog_observation, read_backlog, retrain_policy
+from .reviews import backlog_observation, read_backlog, retrain_policy, sequence_cursor
 from .tenancy import TenantPlan
 
 #: Every retraining run carries the id of the request it answers; the sensor follows it to the run's outcome.
@@ -95,6 +103,9 @@ def tick_tenant(context, tenant: TenantPlan, state: str | None, mongo, training,
 def _tick_tenant(context, tenant: TenantPlan, state: str | None, mongo, training, lifecycle, now: datetime):
     pending = parse_sensor_state(state)
     backlog, waiting = read_backlog(mongo, training, lifecycle, tenant.name)
+    if pending is not None and pending.target.legacy:  # requested by an older release: its target as a seq
+        with mongo.open(tenant.name) as store:
+            pending = replace(pending, target=sequence_cursor(store, pending.target) or ReviewCursor(seq=0))
     # The human_reviews asset shows the counts: observed on the first tick and whenever they change.
     events = [] if backlog_in_state(state) == backlog.to_dict() else [backlog_observation(tenant, backlog)]
     retry = RetryPolicy(
@@ -102,13 +113,60 @@ def _tick_tenant(context, tenant: TenantPlan, state: str | None, mongo, training
         max_backoff=timedelta(seconds=lifecycle.retry_max_backoff_s),
         max_attempts=lifecycle.max_attempts,
     )
-    plan = plan_tick(tenant.name, backlog.consumed, waiting, pending, run_status_lookup(context.instance), now, retrain_policy(tenant), retry)
+    # Reviews that land in the holdout never change what a retraining trains on: they count for the
+    # challenger's next look, not for the retraining threshold.
+    share = lifecycle.holdout_share
+    for_training = [r for r in waiting if not in_holdout(tenant.name, str(r["session_id"]), share)]
+    for_holdout = [r for r in waiting if in_holdout(tenant.name, str(r["session_id"]), share)]
+    # A look at the waiting challenger first: seconds, no training, and it may promote it before a
+    # retraining replaces it. The retraining, if due too, is requested on a later tick (state kept).
+    look = challenger_look(tenant, lifecycle, training, for_holdout)
+    if look is not None and _requested_before(context.instance, look[0].run_key):
+        look = None  # that look ran (or failed) already: a run key is requested once, then the retraining goes on
+    if look is not None:
+        request, reason = look
+        context.log.info(f"{reason}; requesting {request.run_key} (challenger_job)")
+        return request, serialize_sensor_state(pending, backlog), reason, events
+    plan = plan_tick(
+        tenant.name, backlog.consumed, for_training, pending, run_status_lookup(context.instance), now, retrain_policy(tenant), retry,
+        waiting_count=None if len(waiting) == backlog.waiting else backlog.waiting,
+    )
     new_state = serialize_sensor_state(plan.pending, backlog)
+    holdout_note = f"; {len(for_holdout)} of them landed in the holdout" if for_holdout else ""
     if plan.request is None:
-        return None, new_state, f"{plan.reason} | {backlog.describe()}", events
+        return None, new_state, f"{plan.reason}{holdout_note} | {backlog.describe()}", events
     context.log.info(f"{plan.reason}; requesting {plan.request.request_id} ({tenant.job_name})")
     tags = {**retraining_tags(tenant, plan.reason), REQUEST_TAG: plan.request.request_id}
     return RunRequest(run_key=plan.request.request_id, job_name=tenant.job_name, tags=tags), new_state, plan.reason, events
+
+
+def _requested_before(instance, run_key: str) -> bool:
+    return bool(instance.get_run_records(filters=RunsFilter(tags={RUN_KEY_TAG: run_key}), limit=1))
+
+
+def challenger_look(tenant: TenantPlan, lifecycle, training, for_holdout: list[dict]) -> tuple[RunRequest, str] | None:
+    """A run of ``challenger_job`` when the tenant's waiting challenger is due another look: enough
+    reviews landed in the holdout since its last one (``LookSchedule``); else ``None``."""
+    registry = lifecycle.registry(training, tenant.name)
+    waiting = registry.challenger()
+    if waiting is None:
+        return None
+    last = ReviewCursor.parse(waiting["record"].get("holdout_reviews_cursor"))
+    new = [r for r in for_holdout if last is None or last.legacy or ReviewCursor.of(r) > last]
+    n = int(waiting.get("holdout_n") or 0)
+    due = next_look(waiting, lifecycle.policy())
+    if not new or n + len(new) < due:
+        return None
+    newest = ReviewCursor.of(new[-1])
+    reason = (f"tenant {tenant.name}: challenger {waiting['version']} is due another look: {len(new)} reviews landed in the "
+              f"holdout since its last look at {n} sessions (next look at {due})")
+    request = RunRequest(
+        run_key=f"{tenant.name}-challenger-{waiting['version']}-{newest}".replace(" ", "").replace("#", ""),
+        job_name=challenger_job.name,
+        run_config={"ops": {"look_at_challenger_op": {"config": {"tenant": tenant.name}}}},
+        tags={TENANT_TAG: tenant.name, "legolas/trigger": reason[:200]},
+    )
+    return request, reason
 
 
 def build_retrain_sensor(tenants: list[TenantPlan], jobs: list) -> SensorDefinition:
@@ -116,7 +174,7 @@ def build_retrain_sensor(tenants: list[TenantPlan], jobs: list) -> SensorDefinit
 
     @sensor(
         name="retrain_on_new_reviews",
-        jobs=jobs,
+        jobs=[*jobs, challenger_job],
         minimum_interval_seconds=60,
         default_status=DefaultSensorStatus.RUNNING,
         description="Retrains a tenant's chain when enough of its new human reviews arrived (tenant setting "

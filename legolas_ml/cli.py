@@ -15,7 +15,7 @@ from legolas_ml import settings
 from legolas_ml.data import tenant_commands
 from legolas_ml.lifecycle import commands as lifecycle_commands
 from legolas_ml.lifecycle.artifacts import TenantArtifacts
-from legolas_ml.lifecycle.commands import tenant_argument
+from legolas_ml.lifecycle.commands import holdout_balanced_accuracies, tenant_argument
 from legolas_ml.lifecycle.registry import ChampionUnavailableError, ModelRegistry
 from legolas_ml.data.demo_data import DOMAINS, generate_demo_data
 from legolas_ml.data.review_import import IMPORT_FORMATS, import_reviews
@@ -125,7 +125,7 @@ def cmd_status(args) -> int:
         return 0
     print(
         f"{'tenant':<16} {'K':>3} {'documents':>10} {'reviews':>8} {'waiting':>8} {'queue':>6}  {'newest review':<20} "
-        f"{'champion':<18} {'test BA':>8} {'holdout BA':>10} {'age':>5}"
+        f"{'champion':<18} {'human test BA':>13} {'holdout BA':>10} {'age':>5}"
     )
     champions = {}
     for tenant in found.tenants:
@@ -146,13 +146,14 @@ def cmd_status(args) -> int:
             print(f"{tenant.name:<16} store problem: {scrub(str(exc), settings.mongo_uri())}")
             continue
         manifest = champions[tenant.name] or {}
-        test_ba = (manifest.get("test_metrics") or {}).get("balanced_accuracy")
-        holdout_ba = _holdout_balanced_accuracy(registry, manifest.get("version"))
+        # Human labels only: on LLM-labelled test sessions the score is agreement with the LLM (None: old manifest).
+        test_ba = (manifest.get("test_metrics_human") or {}).get("balanced_accuracy")
+        holdout_ba = holdout_balanced_accuracies(registry.history()).get(manifest.get("version"))
         k = tenant.settings.n_folds or settings.preset()["n_folds"]
         newest = counts["newest_review"].isoformat(timespec="seconds") if counts["newest_review"] else "-"
         print(
             f"{tenant.name:<16} {k:>3} {counts['classifications']:>10} {counts['reviews']:>8} {waiting:>8} {queued:>6}  "
-            f"{newest:<20} {label:<18} {_number(test_ba):>8} {_number(holdout_ba):>10} {_age(_promoted_at(registry, manifest)):>5}"
+            f"{newest:<20} {label:<18} {_number(test_ba):>13} {_number(holdout_ba):>10} {_age(_promoted_at(registry, manifest)):>5}"
         )
     for problem in found.refused:
         print(f"refused: {problem}")
@@ -160,15 +161,26 @@ def cmd_status(args) -> int:
         if manifest is None:
             continue
         registry = ModelRegistry(TenantArtifacts(settings.output_dir(), tenant))
-        test = manifest["test_metrics"]
         print(
             f"\n{tenant}: champion {manifest['version']}, ensemble of {len(manifest['checkpoints'])} folds "
-            f"({manifest['mode']} training, {manifest['created_at']}), test balanced accuracy "
-            f"{test['balanced_accuracy']:.4f} on {test['n']} sessions, classes {', '.join(manifest.get('labels') or []) or '-'}"
+            f"({manifest['mode']} training, {manifest['created_at']}), classes {', '.join(manifest.get('labels') or []) or '-'}"
         )
+        print(f"  test:      {_test_scores(manifest)}")
         last = registry.history()[-1] if registry.history() else None
         if last:
             print(f"  last decision: {last['action']} {last['version']} at {last['at']}: {last['reason']}")
+        challenger = registry.challenger()
+        if challenger is not None:
+            waiting = challenger["record"]
+            print(
+                f"  challenger: {challenger['version']} waits since {challenger['since']}: compared on {challenger.get('holdout_n')} "
+                f"holdout sessions, looked at again at {waiting.get('next_look_at') or '-'}"
+                + (f" (about {waiting['decision']['promotion']['sessions_to_decide']} expected to decide)"
+                   if ((waiting.get("decision") or {}).get("promotion") or {}).get("sessions_to_decide") else "")
+            )
+        stack = registry.champion_stack()
+        if len(stack) > 1:
+            print(f"  earlier champions (rollback walks back): {' <- '.join(reversed(stack[:-1]))}")
         print(f"  manifest:  {registry.manifest_path(manifest['version'])}")
         print(f"  folds:     {Path(manifest['checkpoints'][0]).parent}")
         report = registry.latest_report(manifest["version"])
@@ -206,15 +218,19 @@ def _as_zulu(at: str | None) -> str | None:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _holdout_balanced_accuracy(registry: ModelRegistry, version: str | None) -> float | None:
-    """The champion's holdout balanced accuracy, as measured when it was promoted (None: first training)."""
-    if not version:
-        return None
-    for record in reversed(registry.history()):
-        if record.get("version") == version and record.get("action") == "promoted":
-            comparison = ((record.get("decision") or {}).get("comparison")) or {}
-            return comparison.get("candidate_balanced_accuracy")
-    return None
+def _test_scores(manifest: dict) -> str:
+    """The champion's test scores in words: human labels, agreement with the LLM, both together."""
+    mixed = manifest.get("test_metrics") or {}
+    parts = []
+    human, agreement = manifest.get("test_metrics_human"), manifest.get("llm_agreement")
+    if human is not None:
+        parts.append(f"balanced accuracy {_number(human.get('balanced_accuracy'))} on {human.get('n', 0)} human-labelled sessions")
+    if agreement is not None:
+        parts.append(
+            f"agreement with LLM labels {_number(agreement.get('balanced_accuracy'))} (balanced) on {agreement.get('n', 0)} sessions"
+        )
+    parts.append(f"mixed (both) {_number(mixed.get('balanced_accuracy'))} on {mixed.get('n', '-')} sessions")
+    return "; ".join(parts)
 
 
 def cmd_repair_store(args) -> int:

@@ -140,9 +140,13 @@ class MlflowTracker:
                 "legolas.tenant": tenant, "legolas.version": version, "mlflow.runName": f"{tenant} {version[:8]} ensemble",
             })
             run_id = run.info.run_id
-            for metric, value in (manifest.get("test_metrics") or {}).items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self.client.log_metric(run_id, f"test_{metric}", float(value))
+            # test_* is every test session (mostly LLM labels at first); test_human_* and llm_agreement_*
+            # are the human-labelled sessions and the agreement with the LLM on the others, apart.
+            scores = (("test", "test_metrics"), ("test_human", "test_metrics_human"), ("llm_agreement", "llm_agreement"))
+            for prefix, field in scores:
+                for metric, value in (manifest.get(field) or {}).items():
+                    if isinstance(value, (int, float)) and not isinstance(value, bool):
+                        self.client.log_metric(run_id, f"{prefix}_{metric}", float(value))
             self.client.log_param(run_id, "n_folds", str(len(manifest.get("checkpoints", []))))
             self.client.log_param(run_id, "data_version", str(manifest.get("data_version")))
             self.client.log_artifact(run_id, str(manifest_path), "ensemble")

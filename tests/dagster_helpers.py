@@ -71,3 +71,20 @@ def tenant_state(cursor: str | None, tenant: str = "demo") -> str | None:
     from legolas_ml.lifecycle.retraining import parse_tenant_states
 
     return parse_tenant_states(cursor, legacy_tenant=tenant).get(tenant)
+
+
+def training_session(tenant: str, k: int) -> str:
+    """The k-th session id ``s<i>`` outside the tenant's holdout bucket (default share): its reviews count
+    for the retraining threshold (reviews in the holdout count for a challenger's look instead)."""
+    from legolas_ml.lifecycle.holdout import in_holdout
+
+    found = _TRAINING_IDS.setdefault(tenant, [])
+    i = int(found[-1][1:]) + 1 if found else 0
+    while len(found) <= k:
+        if not in_holdout(tenant, f"s{i}"):
+            found.append(f"s{i}")
+        i += 1
+    return found[k]
+
+
+_TRAINING_IDS: dict[str, list[str]] = {}

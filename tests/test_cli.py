@@ -103,3 +103,124 @@ def test_status_shows_the_champions_newest_report(home, capsys):
     assert main(["status"]) == 0
     out = capsys.readouterr().out
     assert f"  report:    {reports[-1]}\n" in out and str(reports[0]) not in out
+
+
+def test_status_headlines_the_human_test_score_and_the_recorded_holdout_score(home, capsys):
+    """The champion's row: balanced accuracy on human-labelled test sessions (not the mixed score, mostly
+    agreement with LLM labels) and the latest holdout balanced accuracy its decisions recorded."""
+    import torch
+
+    from legolas_ml.lifecycle.artifacts import TenantArtifacts
+    from legolas_ml.lifecycle.registry import ModelRegistry
+    from legolas_ml.training.checkpoint import save_checkpoint
+
+    assert main(["demo-data", "--conversations", "60", "--reviews", "10"]) == 0
+    checkpoint = save_checkpoint(home / "fold0.safetensors", {"w": torch.ones(1)}, {
+        "epoch": 0, "metrics": {}, "labels": ["a", "b"], "model_config": {}, "training_config": {}})
+    registry = ModelRegistry(TenantArtifacts(home / "output", "demo"))
+    for version, human in (("v1", 0.6123), ("v2", 0.65)):
+        registry.write_candidate({
+            "version": version, "checkpoints": [str(checkpoint)], "mode": "first", "created_at": "2026-11-25T10:00:00Z",
+            "test_metrics": {"balanced_accuracy": 0.91, "n": 40},
+            "test_metrics_human": {"n": 10, "balanced_accuracy": human, "accuracy": 0.7},
+            "llm_agreement": {"n": 30, "balanced_accuracy": 0.95, "accuracy": 0.96},
+        })
+    registry.promote("v1", actor="test", reason="first", holdout_balanced_accuracy=0.5871)
+    registry.promote("v2", actor="test", reason="better", holdout_balanced_accuracy=0.7)
+    registry.rollback(actor="test")  # v1 serves again; the rollback record carries no holdout score
+    capsys.readouterr()
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    header, row = out.splitlines()[:2]
+    assert "human test BA" in header and "holdout BA" in header and "test BA " not in header.replace("human test BA", "")
+    assert row.split()[-4:-1] == ["v1", "0.6123", "0.5871"]
+    assert "0.9100" in out and "mixed" in out  # the mixed score is still printed, named for what it is
+    assert "balanced accuracy 0.6123 on 10 human-labelled sessions" in out and "agreement with LLM labels 0.9500" in out
+
+
+def test_status_and_versions_show_the_challenger_and_the_champion_stack(home, capsys):
+    """Issue #26: `legolas status` shows the waiting challenger and how far it is from a decision;
+    `legolas versions` the stack of champions a rollback walks back."""
+    import torch
+
+    from legolas_ml.lifecycle.artifacts import TenantArtifacts
+    from legolas_ml.lifecycle.registry import ModelRegistry
+    from legolas_ml.training.checkpoint import save_checkpoint
+
+    assert main(["demo-data", "--conversations", "60", "--reviews", "10"]) == 0
+    checkpoint = save_checkpoint(home / "fold0.safetensors", {"w": torch.ones(1)}, {
+        "epoch": 0, "metrics": {}, "labels": ["a", "b"], "model_config": {}, "training_config": {}})
+    registry = ModelRegistry(TenantArtifacts(home / "output", "demo"))
+    for version in ("v1", "v2", "v3"):
+        registry.write_candidate({"version": version, "checkpoints": [str(checkpoint)], "mode": "first",
+                                  "created_at": "2026-11-25T10:00:00Z", "test_metrics": {"balanced_accuracy": 0.9, "n": 4}})
+    registry.promote("v1", actor="test", reason="first")
+    registry.promote("v2", actor="test", reason="better")
+    registry.wait_as_challenger("v3", actor="test", reason="not yet decided", holdout_n=34, next_look_at=43,
+                                decision={"promotion": {"sessions_to_decide": 120}})
+    capsys.readouterr()
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert "challenger: v3 waits since" in out and "compared on 34 holdout sessions, looked at again at 43" in out
+    assert "about 120 expected to decide" in out and "earlier champions (rollback walks back): v1" in out
+    assert main(["versions"]) == 0
+    out = capsys.readouterr().out
+    assert "champions, oldest first (rollback walks back): v1 -> v2" in out and "challenger: v3" in out
+
+
+def test_status_shows_dashes_for_a_champion_without_recorded_scores(home, capsys):
+    """An old manifest (no human test score) and decisions without a holdout score: "-", not the mixed score."""
+    import torch
+
+    from legolas_ml.lifecycle.artifacts import TenantArtifacts
+    from legolas_ml.lifecycle.registry import ModelRegistry
+    from legolas_ml.training.checkpoint import save_checkpoint
+
+    assert main(["demo-data", "--conversations", "60", "--reviews", "10"]) == 0
+    checkpoint = save_checkpoint(home / "fold0.safetensors", {"w": torch.ones(1)}, {
+        "epoch": 0, "metrics": {}, "labels": ["a", "b"], "model_config": {}, "training_config": {}})
+    registry = ModelRegistry(TenantArtifacts(home / "output", "demo"))
+    registry.write_candidate({
+        "version": "v1", "checkpoints": [str(checkpoint)], "mode": "first", "created_at": "2026-11-25T10:00:00Z",
+        "test_metrics": {"balanced_accuracy": 0.8, "n": 40},
+    })
+    registry.promote("v1", actor="test", reason="first", holdout_balanced_accuracy=None)
+    capsys.readouterr()
+    assert main(["status"]) == 0
+    row = capsys.readouterr().out.splitlines()[1]
+    assert row.split()[-4:-1] == ["v1", "-", "-"] and "0.8000" not in row
+
+
+def test_holdout_scores_are_the_latest_recorded_per_version():
+    from legolas_ml.lifecycle.commands import holdout_balanced_accuracies
+
+    legacy = {"version": "v0", "action": "promoted", "decision": {"comparison": {"candidate_balanced_accuracy": 0.55}}}
+    history = [
+        legacy,
+        {"version": "v1", "action": "promoted", "holdout_balanced_accuracy": 0.6},
+        {"version": "v1", "action": "promoted", "holdout_balanced_accuracy": 0.62},
+        {"version": "v1", "action": "rolled_back"},  # no score: the earlier one stands
+        {"version": "v2", "action": "rejected", "holdout_balanced_accuracy": None, "decision": {"comparison": None}},
+    ]
+    assert holdout_balanced_accuracies(history) == {"v0": 0.55, "v1": 0.62}
+
+
+def test_versions_lists_the_human_test_score_and_the_holdout_score(home, capsys):
+    import torch
+
+    from legolas_ml.lifecycle.artifacts import TenantArtifacts
+    from legolas_ml.lifecycle.registry import ModelRegistry
+    from legolas_ml.training.checkpoint import save_checkpoint
+
+    checkpoint = save_checkpoint(home / "fold0.safetensors", {"w": torch.ones(1)}, {
+        "epoch": 0, "metrics": {}, "labels": ["a", "b"], "model_config": {}, "training_config": {}})
+    registry = ModelRegistry(TenantArtifacts(home / "output", "demo"))
+    registry.write_candidate({
+        "version": "v1", "checkpoints": [str(checkpoint)], "created_at": "2026-11-25T10:00:00Z",
+        "test_metrics": {"balanced_accuracy": 0.9, "n": 40}, "test_metrics_human": {"n": 8, "balanced_accuracy": 0.625, "accuracy": 0.6},
+    })
+    registry.promote("v1", actor="test", reason="first", holdout_balanced_accuracy=0.58)
+    assert main(["versions"]) == 0
+    header, row = capsys.readouterr().out.splitlines()[:2]
+    assert "human test BA" in header and "holdout BA" in header
+    assert row.split()[:4] == ["v1", "champion", "0.6250", "0.5800"]

@@ -63,12 +63,14 @@ def test_metadata_users_look_for(chain):
     cv = _metadata(result, "cv_metrics")
     assert 0 < cv["balanced_accuracy_mean"].value <= 1 and cv["per_fold"].value.records
     ens = _metadata(result, "ensemble_model")
-    assert ens["test_balanced_accuracy"].value > 1 / 5 + 0.05  # the blocking check's own threshold
+    assert ens["test_balanced_accuracy_mixed"].value > 1 / 5 + 0.05  # the blocking check's own threshold
+    assert ens["test_n_human"].value + ens["llm_agreement_n"].value == ens["test_n"].value
     assert "data:image/png;base64" in ens["confusion_matrix_plot"].value
     folds = [m.materialization for m in result.get_asset_materialization_events() if m.asset_key == key("fold_models")]
     assert sorted(m.partition for m in folds) == ["0", "1", "2"]
     xai = _metadata(result, "explainability_report")
-    assert xai["texts_explained"].value >= 5 and Path(xai["report"].value).exists()
+    # One text per class the tiny model predicts: 4 or 5 of the 5 classes, depending on the CPU's kernels (Zen 4: 4).
+    assert xai["texts_explained"].value >= 4 and Path(xai["report"].value).exists()
     registry = ModelRegistry(TenantArtifacts(home / "output", "demo"))
     assert registry.champion()["version"] == ens["version"].value  # a first training is promoted on the checks
     promoted = _metadata(result, "promoted_ensemble")
@@ -283,9 +285,10 @@ def test_worse_candidate_is_rejected_and_the_champion_stays_byte_identical(chain
     result = run_chain(home, instance, dataset_mode="first", lifecycle={"min_holdout": 5, "min_class_support": 2})
     promoted = _metadata(result, "promoted_ensemble")
     assert promoted["decision"].value == "rejected", promoted["reason"].value
-    assert "worse than the champion" in promoted["reason"].value
+    assert "shown worse than the champion" in promoted["reason"].value or "recall shown to fall" in promoted["reason"].value
     assert promoted["candidate_holdout_balanced_accuracy"].value < promoted["champion_holdout_balanced_accuracy"].value
-    assert promoted["difference_ci_high"].value < 0 and promoted["holdout_n"].value >= 5
+    shown = promoted["difference_bound_high"].value < 0 or "recall shown to fall" in promoted["reason"].value
+    assert shown and promoted["holdout_n"].value >= 5
     check = [c for c in result.get_asset_check_evaluations() if c.check_name == "candidate_promoted"][0]
     assert not check.passed and check.severity.value == "WARN"
     assert registry.champion_version() == champion["version"]  # the champion keeps serving
@@ -293,3 +296,43 @@ def test_worse_candidate_is_rejected_and_the_champion_stays_byte_identical(chain
     rejected = registry.history()[-1]
     assert rejected["action"] == "rejected" and rejected["previous_champion"] == champion["version"]
     assert (registry.version_dir(rejected["version"]) / "manifest.json").exists()  # the rejected candidate stays on disk
+
+
+def test_a_candidate_waits_as_challenger_and_the_challenger_job_decides_it(chain):
+    """Issue #26: a candidate the holdout cannot decide waits as the tenant's challenger (its reviews not
+    consumed), and `challenger_job` decides it on the holdout later, without retraining."""
+    from datetime import datetime
+
+    from legolas_assets.lifecycle import challenger_job
+    from dagster_helpers import resources
+    from legolas_ml.lifecycle.holdout import in_holdout
+
+    home, instance, _ = chain
+    registry = ModelRegistry(TenantArtifacts(home / "output", "demo"))
+    champion = registry.champion_version()
+    consumed = registry.consumed_reviews()
+    with open_tenant_store(None, home, "legolas", "demo") as store:
+        reviewed = {r["session_id"] for r in store.reviews.find({"tenant": "demo"})}
+        docs = [d for d in store.classifications.find({"tenant": "demo"}) if d["session_id"] not in reviewed and d.get("llm_prediction")]
+        for doc in docs[:40]:
+            store.insert_review({"session_id": doc["session_id"], "label": doc["llm_prediction"], "reviewed_at": datetime(2031, 1, 1),
+                                 "reviewer": "challenger-test"})
+    result = run_chain(home, instance, dataset_mode="first", lifecycle={"min_holdout": 10_000})
+    promoted = _metadata(result, "promoted_ensemble")
+    assert promoted["decision"].value == "challenger", promoted["reason"].value
+    assert "holdout too small" in promoted["reason"].value and promoted["challenger_version"].value != "none"
+    challenger = registry.challenger()
+    assert challenger["version"] == promoted["candidate_version"].value and registry.champion_version() == champion
+    assert registry.consumed_reviews() == consumed  # its reviews wait for its decision
+    check = [c for c in result.get_asset_check_evaluations() if c.check_name == "candidate_promoted"][0]
+    assert not check.passed and "challenger" in check.metadata["outcome"].value
+    # Later: the policy can decide on this holdout; the job looks at the challenger without training.
+    looked = challenger_job.execute_in_process(
+        run_config={"ops": {"look_at_challenger_op": {"config": {"tenant": "demo"}}}},
+        resources=resources(home, lifecycle={"min_holdout": 5, "min_class_support": 2, "margin": 0.5}), instance=instance,
+    )
+    assert looked.success
+    outcome = looked.output_for_node("look_at_challenger_op")
+    assert outcome["outcome"] in ("promoted", "rejected") and outcome["version"] == challenger["version"], outcome
+    assert registry.challenger() is None and registry.decision_for(challenger["version"])["action"] == outcome["outcome"]
+    assert "dagster run" in registry.decision_for(challenger["version"])["actor"]

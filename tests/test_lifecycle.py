@@ -9,7 +9,7 @@ import torch
 
 from legolas_ml.lifecycle.artifacts import TenantArtifacts
 from legolas_ml.lifecycle.holdout import in_holdout, split_holdout
-from legolas_ml.lifecycle.promotion import PromotionPolicy, compare_on_holdout, decide_promotion
+from legolas_ml.lifecycle.promotion import REJECT, WAIT, PromotionPolicy, compare_on_holdout, decide_promotion
 from legolas_ml.lifecycle.registry import ChampionUnavailableError, ModelRegistry
 from legolas_ml.training.checkpoint import BestCheckpoint, load_checkpoint, read_sidecar, save_checkpoint
 from legolas_ml.training.cross_validation import encode_dataset, plan_splits, train_plan_fold
@@ -57,35 +57,77 @@ def test_worse_candidate_is_rejected_with_its_numbers():
     y = _labels("abc", 60)
     champion = list(y)
     candidate = list(y)
-    for i in range(0, 60, 6):  # candidate wrong on 10 of 60
+    for i in range(10):  # candidate wrong on 10 of 60, spread over the classes
         candidate[i] = "b" if y[i] != "b" else "c"
-    comparison = compare_on_holdout(y, candidate, champion, seed=1)
-    assert comparison.n == 60 and comparison.difference < -0.1 and comparison.ci_high <= 0
-    decision = decide_promotion(0.9, 3, comparison, has_champion=True)
-    assert not decision.promote and "worse than the champion" in decision.reason
-    assert f"n={comparison.n}" in decision.reason and "CI" in decision.reason
-    # The same numbers pass a rule that tolerates that much.
-    assert decide_promotion(0.9, 3, comparison, True, PromotionPolicy(margin=0.5, max_recall_drop=1.0)).promote
-
-
-def test_a_class_losing_recall_blocks_promotion_only_with_enough_support():
-    y = ["a"] * 50 + ["b"] * 6
-    champion = list(y)
-    candidate = ["a"] * 50 + ["a"] * 3 + ["b"] * 3  # b recall 1.0 -> 0.5, overall BA drops 0.25
     comparison = compare_on_holdout(y, candidate, champion)
-    policy = PromotionPolicy(margin=0.3, max_recall_drop=0.10, min_class_support=5)
+    assert comparison.n == 60 and comparison.difference < -0.1 and comparison.ci_high < 0 and comparison.disagreements == 10
+    decision = decide_promotion(0.9, 3, comparison, has_champion=True)
+    assert decision.outcome == REJECT and "shown worse than the champion" in decision.reason
+    assert f"n={comparison.n}" in decision.reason and "bounds" in decision.reason
+    # Shown worse is rejected whatever the margin; identical predictions are promoted once the margin allows it.
+    assert decide_promotion(0.9, 3, comparison, True, PromotionPolicy(margin=0.5, max_recall_drop=1.0)).outcome == REJECT
+    identical = compare_on_holdout(y, y, y)
+    assert decide_promotion(0.9, 3, identical, True, PromotionPolicy(margin=0.5)).promote
+
+
+def test_a_class_losing_recall_blocks_promotion_only_when_shown():
+    y = ["a"] * 50 + ["b"] * 20
+    champion = list(y)
+    candidate = ["a"] * 50 + ["a"] * 12 + ["b"] * 8  # b recall 1.0 -> 0.4 on 20 sessions: shown
+    comparison = compare_on_holdout(y, candidate, champion)
+    policy = PromotionPolicy(margin=0.5, max_recall_drop=0.10, min_class_support=5)
     decision = decide_promotion(0.9, 2, comparison, True, policy)
-    assert not decision.promote and decision.recall_drops == {"b": 0.5} and "recall fell" in decision.reason
-    # b has 6 sessions: with min_class_support 10 its recall is not judged, and the margin allows the rest.
-    assert decide_promotion(0.9, 2, comparison, True, PromotionPolicy(margin=0.3, min_class_support=10)).promote
+    assert decision.outcome == REJECT and set(decision.recall_drops) == {"b"} and "recall shown to fall" in decision.reason
+    assert decision.recall_drops["b"] < -0.1
+    # b has 20 sessions: with min_class_support 30 its recall is not judged.
+    assert decide_promotion(0.9, 2, comparison, True, PromotionPolicy(margin=0.5, min_class_support=30)).outcome != REJECT or \
+        "recall" not in decide_promotion(0.9, 2, comparison, True, PromotionPolicy(margin=0.5, min_class_support=30)).reason
 
 
-def test_too_small_a_holdout_keeps_the_champion():
+def test_one_session_at_small_support_does_not_reject():
+    # Issue #26: recall 1.00 -> 0.40 on 5 sessions rejected a candidate whose BA difference was -0.005.
+    y = ["a"] * 30 + ["b"] * 20 + ["c"] * 5
+    champion = list(y)
+    candidate = list(y)
+    candidate[50:52] = ["a", "a"]  # c: 5 sessions, 2 lost (recall 1.0 -> 0.6)
+    candidate[0:2] = ["c", "c"]; champion[0:2] = ["b", "b"]  # both wrong there: no evidence either way
+    comparison = compare_on_holdout(y, candidate, champion)
+    decision = decide_promotion(0.9, 3, comparison, True)
+    assert "recall shown to fall" not in decision.reason and not decision.recall_drops
+
+
+def test_float_edges_do_not_flip_the_recall_rule():
+    # 0.8 -> 0.7 and 0.9 -> 0.8 are the same drop: both judged alike (today's code rejected the first only).
+    def outcome(before_right: int, after_right: int) -> str:
+        y = ["a"] * 10 + ["b"] * 200
+        champion = ["a"] * before_right + ["b"] * (10 - before_right) + ["b"] * 200
+        candidate = ["a"] * after_right + ["b"] * (10 - after_right) + ["b"] * 200
+        c = compare_on_holdout(y, candidate, champion)
+        return decide_promotion(0.9, 2, c, True, PromotionPolicy(margin=0.9, min_class_support=5, min_holdout=1)).reason
+    assert ("recall shown" in outcome(8, 7)) == ("recall shown" in outcome(9, 8))
+
+
+def test_too_small_a_holdout_makes_the_candidate_wait():
     y = _labels("ab", 10)
     comparison = compare_on_holdout(y, y, y)
     decision = decide_promotion(0.9, 2, comparison, True, PromotionPolicy(min_holdout=30))
-    assert not decision.promote and "holdout too small" in decision.reason and "10" in decision.reason
-    assert decide_promotion(0.9, 2, comparison, True, PromotionPolicy(min_holdout=10)).promote
+    assert decision.outcome == WAIT and "holdout too small" in decision.reason and "10" in decision.reason
+    assert decision.sessions_to_decide == 30
+    assert decide_promotion(0.9, 2, comparison, True, PromotionPolicy(min_holdout=10, margin=0.5)).promote
+
+
+def test_undecided_evidence_waits_and_says_how_far_it_is():
+    y = _labels("abc", 60)
+    candidate, champion = list(y), list(y)
+    for i in range(0, 60, 20):  # 3 sessions each way: equal, but 60 sessions cannot show it
+        candidate[i] = "x"
+    for i in range(5, 60, 20):
+        champion[i] = "x"
+    comparison = compare_on_holdout(y, candidate, champion)
+    decision = decide_promotion(0.9, 3, comparison, True)
+    assert decision.outcome == WAIT and "waits as challenger" in decision.reason
+    assert decision.sessions_to_decide and decision.sessions_to_decide > 60
+    assert f"about {decision.sessions_to_decide} holdout sessions" in decision.reason
 
 
 def test_policy_validation_names_the_setting():
@@ -125,6 +167,84 @@ def test_promotion_history_and_rollback(registry, tmp_path):
     actions = [(r["action"], r["version"], r["previous_champion"]) for r in registry.history()]
     assert actions == [("promoted", "v1", None), ("promoted", "v2", "v1"), ("rolled_back", "v1", "v2")]
     assert all(r["actor"] == "tester" and r["at"] for r in registry.history())
+
+
+def test_three_rollbacks_walk_the_champions_back_to_the_first(registry, tmp_path):
+    # Issue #26 defect 2: today v2, v3, v2 and v1 is never reached.
+    root = tmp_path / "output" / "acme"
+    for v in ("v1", "v2", "v3"):
+        registry.promote(_version(registry, root, v), actor="t", reason="r")
+    assert registry.champion_stack() == ["v1", "v2", "v3"]
+    walked = [registry.rollback(actor="t")["version"] for _ in range(2)]
+    assert walked == ["v2", "v1"] and registry.champion_version() == "v1"
+    with pytest.raises(ValueError, match=r"v1 is the first champion in the stack \['v1'\]"):
+        registry.rollback(actor="t")
+    registry.promote("v3", actor="t", reason="operator")  # promoting again pushes on the stack
+    assert registry.champion_stack() == ["v1", "v3"] and registry.rollback(actor="t")["version"] == "v1"
+
+
+def test_rollback_skips_a_champion_whose_files_are_gone(registry, tmp_path):
+    root = tmp_path / "output" / "acme"
+    for v in ("v1", "v2", "v3"):
+        registry.promote(_version(registry, root, v), actor="t", reason="r")
+    __import__("shutil").rmtree(root / "folds" / "v2")
+    record = registry.rollback(actor="t")
+    assert record["version"] == "v1" and record["skipped_unavailable"] == ["v2"]
+
+
+def test_a_failed_pointer_write_records_no_promotion(registry, tmp_path, monkeypatch):
+    # Issue #26 defect 1: the log said promoted while the old champion still served.
+    import legolas_ml.lifecycle.registry as reg
+
+    root = tmp_path / "output" / "acme"
+    registry.promote(_version(registry, root, "c"), actor="t", reason="r")
+    _version(registry, root, "v")
+
+    def disk_full(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(reg, "write_json_atomic", disk_full)
+    with pytest.raises(OSError):
+        registry.promote("v", actor="t", reason="better")
+    monkeypatch.undo()
+    assert registry.champion_version() == "c"
+    assert [(r["action"], r["version"]) for r in registry.history()] == [("promoted", "c")]
+    assert registry.decision_for("v") is None  # a re-run decides afresh
+
+
+def test_a_crash_between_pointer_and_log_is_completed_by_the_journal(registry, tmp_path, monkeypatch):
+    root = tmp_path / "output" / "acme"
+    registry.promote(_version(registry, root, "c"), actor="t", reason="r")
+    _version(registry, root, "v")
+    monkeypatch.setattr(ModelRegistry, "_append", lambda self, record: (_ for _ in ()).throw(OSError("crash")))
+    with pytest.raises(OSError):
+        registry.promote("v", actor="t", reason="better")
+    monkeypatch.undo()
+    assert registry.champion_version() == "v"
+    assert [(r["action"], r["version"]) for r in registry.history()] == [("promoted", "c"), ("promoted", "v")]
+    assert len(registry._log()) == 2  # appended once, by the read that found it missing
+    assert [(r["action"], r["version"]) for r in registry.history()] == [("promoted", "c"), ("promoted", "v")]
+
+
+def test_a_challenger_waits_is_replaced_and_is_cleared_when_decided(registry, tmp_path):
+    from legolas_ml.lifecycle.retraining import ReviewCursor
+    from datetime import datetime
+
+    root = tmp_path / "output" / "acme"
+    c1 = ReviewCursor(datetime(2026, 1, 1), "a").serialize()
+    c2 = ReviewCursor(datetime(2026, 1, 2), "b").serialize()
+    registry.promote(_version(registry, root, "champ"), actor="t", reason="r")
+    registry.wait_as_challenger(_version(registry, root, "x1", c1), actor="t", reason="undecided", holdout_n=12)
+    assert registry.challenger()["version"] == "x1" and registry.challenger()["holdout_n"] == 12
+    assert registry.consumed_reviews() is None and registry.trained_reviews() == ReviewCursor.parse(c1)
+    registry.wait_as_challenger(_version(registry, root, "x2", c2), actor="t", reason="undecided", holdout_n=15)
+    assert registry.challenger()["version"] == "x2"
+    replaced = registry.decision_for("x1")
+    assert replaced["action"] == "rejected" and "replaced as challenger by the newer candidate x2" in replaced["reason"]
+    registry.promote("x2", actor="t", reason="decided")
+    assert registry.challenger() is None and registry.champion_version() == "x2"
+    assert registry.consumed_reviews() == ReviewCursor.parse(c2)
+    assert "x1" not in registry.prune(keep_decided=5)
 
 
 def test_damaged_champion_is_an_error_naming_the_file(registry, tmp_path):

@@ -4,6 +4,7 @@ import pytest
 
 from legolas_ml.data.quality_gate import GateSettings, content_hash, decide_mode, gate_from_store, normalise_label, run_gate
 from legolas_ml.data.store import TenantStore, connect
+from legolas_ml.lifecycle.retraining import ReviewCursor
 
 T0 = datetime(2026, 3, 1, 12, 0)
 
@@ -125,3 +126,15 @@ def test_content_hash_depends_on_content_only():
     b = run_gate([review("s2", "y"), review("s1", "x")], [], {}, "retrain")
     c = run_gate([review("s1", "x"), review("s2", "z")], [], {}, "retrain")
     assert a.content_hash == b.content_hash == content_hash(a.dataset) != c.content_hash
+
+
+def test_the_reviews_cursor_is_the_last_review_received_among_those_read(store):
+    """What a decided training consumes: every review it read, by the order the store received them;
+    a string-dated review it trained on used to be left out of the cursor (and never counted)."""
+    store.insert_review(review("s1", "billing", minutes=10))
+    store.insert_review(review("s2", "billing", minutes=-600))  # imported late, dated earlier
+    store.insert_review({**review("s3", "shipping"), "reviewed_at": "2026-03-01T11:00:00"})
+    result = gate_from_store(store, has_model=True)
+    assert sorted(result.dataset["session_id"]) == ["s1", "s2", "s3"]
+    last = store.reviews_after(None)[-1]
+    assert last["session_id"] == "s3" and ReviewCursor.parse(result.reviews_cursor) == ReviewCursor.of(last) == ReviewCursor(seq=3)

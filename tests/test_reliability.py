@@ -100,7 +100,7 @@ def test_outage_then_recovery_counts_every_review_once(tmp_path, monkeypatch):
     from dagster import SensorResult, build_sensor_context
 
     from legolas_assets.resources import LifecycleResource, MongoResource, TrainingResource
-    from dagster_helpers import retrain_on_new_reviews
+    from dagster_helpers import retrain_on_new_reviews, training_session
     from legolas_ml.data.store import open_tenant_store
     from legolas_ml.lifecycle.artifacts import TenantArtifacts
     from legolas_ml.lifecycle.registry import ModelRegistry
@@ -110,7 +110,7 @@ def test_outage_then_recovery_counts_every_review_once(tmp_path, monkeypatch):
     monkeypatch.setenv("LEGOLAS_RETRAIN_MAX_AGE_HOURS", "0")
     with open_tenant_store(None, tmp_path, "legolas", "demo") as store:
         for k in range(45):
-            store.insert_review({"session_id": f"s{k}", "label": "x", "reviewed_at": datetime(2026, 1, 1) + timedelta(seconds=k // 3)})
+            store.insert_review({"session_id": training_session("demo", k), "label": "x", "reviewed_at": datetime(2026, 1, 1) + timedelta(seconds=k // 3)})
     training = TrainingResource(output_dir=str(tmp_path / "output"))
     base = {"training": training, "lifecycle": LifecycleResource()}
     down = build_sensor_context(instance=DagsterInstance.ephemeral(), resources={"mongo": MongoResource(uri=_unreachable_uri(), timeout_s=0.5), **base})

@@ -21,9 +21,10 @@ def _observed(result) -> list[dict]:
 def test_the_first_tick_shows_every_review_waiting_and_observes_the_counts(home):
     add_reviews(home, 12)
     result = tick(home)
-    assert "12 reviews in total, 12 waiting since the model in service (consumed up to nothing yet)" in skip_message(result)
+    assert "12 reviews in total, 12 new since the last training (read up to nothing yet)" in skip_message(result)
     assert json.loads(tenant_state(result.cursor))["reviews"] == {
         "total": 12, "waiting": 12, "oldest_waiting": T0.isoformat(timespec="seconds"), "consumed_up_to": None, "dated_in_future": 0,
+        "not_learned_by_champion": 12,
     }
     [observed] = _observed(result)
     assert observed["waiting"] == 12 and observed["total"] == 12 and observed["oldest_waiting"] == f"{T0.isoformat()} UTC"
@@ -33,14 +34,16 @@ def test_waiting_counts_only_reviews_after_the_model_in_service(home):
     add_reviews(home, 10)
     decide(home, "v1", all_reviews(home)[3])  # a decided training read the first 4 reviews
     first = tick(home)
-    assert "10 reviews in total, 6 waiting since the model in service" in skip_message(first)
+    assert "10 reviews in total, 6 new since the last training" in skip_message(first)
     [observed] = _observed(first)
     assert (observed["total"], observed["waiting"]) == (10, 6)
     assert observed["oldest_waiting"] == f"{(T0 + timedelta(seconds=4)).isoformat()} UTC"
-    assert observed["consumed_up_to"].startswith((T0 + timedelta(seconds=3)).isoformat())
+    assert observed["consumed_up_to"] == "review #4"  # the 4th received (no longer shown as its reviewed_at/_id)
+    # Issue #26 defect 5: the rejected candidate read 4 reviews, but the model in service never learned them.
+    assert observed["not_learned_by_champion"] == 10 and "10 not yet learned by the model in service" in skip_message(first)
     # Nothing changed: no new observation; one more review: observed again, with the new count.
     same = tick(home, cursor=first.cursor)
-    assert _observed(same) == [] and "6 waiting" in skip_message(same)
+    assert _observed(same) == [] and "6 new since the last training" in skip_message(same)
     add_reviews(home, 1, start=10)
     [after] = _observed(tick(home, cursor=same.cursor))
     assert (after["total"], after["waiting"]) == (11, 7)
@@ -64,8 +67,8 @@ def test_the_source_asset_observes_the_same_counts(home):
 
 
 def test_backlog_refuses_a_total_below_the_waiting_count():
-    waiting = [{"reviewed_at": T0, "_id": "a"}, {"reviewed_at": T0, "_id": "b"}]
-    assert ReviewBacklog.of(5, None, waiting).newest_waiting == ReviewCursor(T0, "b")
+    waiting = [{"reviewed_at": T0, "seq": 1}, {"reviewed_at": T0, "seq": 2}]
+    assert ReviewBacklog.of(5, None, waiting).newest_waiting == ReviewCursor(seq=2)
     try:
         ReviewBacklog.of(1, None, waiting)
     except ValueError as exc:
@@ -82,7 +85,7 @@ def test_reviews_dated_in_the_future_wait_zero_hours_and_are_flagged(home):
     result = tick(home)
     message = skip_message(result)
     assert "3 waiting reviews dated in the future" in message and "waiting -" not in message, message
-    assert "5 reviews in total, 5 waiting" in message
+    assert "5 reviews in total, 5 new" in message
     [observed] = _observed(result)
     assert observed["dated_in_future"] == 3 and "3 waiting reviews dated in the future" in observed["clock_warning"]
     assert observed["oldest_waiting_age_hours"] > 0  # the oldest is T0, in the past: its age is real
@@ -99,7 +102,7 @@ def test_a_future_oldest_review_has_waited_zero(home):
     policy = RetrainPolicy(threshold=50, max_age=timedelta(hours=1))
     assert policy.decide(4, future, future - timedelta(days=402)) == (
         False, "4 new reviews, threshold 50, oldest waiting 0:00:00 (dated in the future)")
-    assert ReviewBacklog.of(4, None, [{"reviewed_at": future, "_id": "a"}], now=future).future_dated == 0
+    assert ReviewBacklog.of(4, None, [{"reviewed_at": future, "seq": 1}], now=future).future_dated == 0
 
 
 def test_sensor_observations_keep_the_sources_data_version(home):
@@ -116,6 +119,6 @@ def test_the_waiting_count_is_exact_past_the_read_limit(home, monkeypatch):
 
     add_reviews(home, 7)
     monkeypatch.setattr(reviews, "WAITING_READ_LIMIT", 3)  # stands in for 10 000 waiting reviews
-    assert "7 waiting since the model in service" in skip_message(tick(home))
+    assert "7 new since the last training" in skip_message(tick(home))
     decide(home, "v1", all_reviews(home)[1])  # a training consumed the first two
-    assert "5 waiting since the model in service" in skip_message(tick(home))
+    assert "5 new since the last training" in skip_message(tick(home))

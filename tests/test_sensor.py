@@ -1,15 +1,16 @@
 """The retraining sensor against the embedded store, evaluated with build_sensor_context."""
 
+import json
+import time
 from datetime import datetime, timedelta
 
 import pytest
-import time
 
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, SensorResult, SkipReason, build_sensor_context
 from dagster._core.utils import make_new_run_id
 
 from legolas_assets.resources import LifecycleResource, MongoResource, TrainingResource
-from dagster_helpers import retrain_on_new_reviews, tenant_state
+from dagster_helpers import retrain_on_new_reviews, tenant_state, training_session
 from legolas_assets.sensors import REQUEST_TAG
 from legolas_ml.lifecycle.artifacts import TenantArtifacts
 from legolas_ml.lifecycle.registry import ModelRegistry
@@ -37,7 +38,8 @@ def add_reviews(home, n, at=None, start=0, step=timedelta(seconds=1)):
     with open_tenant_store(None, home, "legolas", "demo") as store:
         for k in range(n):
             ts = at if at is not None else T0 + step * (start + k)
-            store.insert_review({"session_id": f"s{start + k}", "label": "billing", "reviewed_at": ts})
+            # Sessions outside the holdout bucket: their reviews count for the retraining threshold.
+            store.insert_review({"session_id": training_session("demo", start + k), "label": "billing", "reviewed_at": ts})
 
 
 def tick(home, cursor=None, mongo=None, instance=None, **lifecycle):
@@ -95,7 +97,7 @@ def test_at_threshold_requests_every_fold_and_waits_for_the_decision(home):
     assert tags["dagster/asset_partition_range_start"] == "0" and tags["dagster/asset_partition_range_end"] == "2"
     assert tags["legolas/tenant"] == "demo"
     pending = parse_sensor_state(tenant_state(result.cursor))
-    assert pending.attempt == 1 and pending.target.reviewed_at == T0 + timedelta(seconds=49)
+    assert pending.attempt == 1 and pending.target == ReviewCursor(seq=50)  # the 50th review received
     assert tags[REQUEST_TAG] == pending.request_id == result.run_requests[0].run_key
     # Requested is not consumed: while the run is going, the reviews still wait and nothing is requested twice.
     instance = DagsterInstance.ephemeral()
@@ -131,7 +133,9 @@ def test_a_failed_run_is_retried_with_backoff_and_nothing_is_lost(home):
     assert "3 new reviews" in skip_message(tick(home, retried.cursor, instance=instance))
 
 
-def test_gives_up_after_max_attempts_until_newer_reviews_arrive(home):
+def test_gives_up_after_max_attempts_until_a_new_batch_arrives(home):
+    """After giving up, one newer review no longer restarts the series (it used to: a retry storm of
+    max_attempts failed trainings per review); a whole new batch (the threshold) does."""
     add_reviews(home, 60)
     instance = DagsterInstance.ephemeral()
     state = LifecycleResource(retry_backoff_s=1, retry_max_backoff_s=1, max_attempts=2).model_dump()
@@ -143,8 +147,70 @@ def test_gives_up_after_max_attempts_until_newer_reviews_arrive(home):
         result = nxt if nxt.run_requests or "gave up" in skip_message(nxt) else result
     assert "gave up after 2 runs" in skip_message(result)
     add_reviews(home, 1, start=200)
-    fresh = tick(home, result.cursor, instance=instance, **state)
+    held = tick(home, result.cursor, instance=instance, **state)
+    assert "1 reviews since, 49 more needed to try again (threshold 50)" in skip_message(held)
+    add_reviews(home, 49, start=201)
+    fresh = tick(home, held.cursor, instance=instance, **state)
     assert len(fresh.run_requests) == 1 and parse_sensor_state(tenant_state(fresh.cursor)).attempt == 1
+
+
+def test_plan_tick_after_giving_up_waits_for_a_whole_new_batch():
+    reviews = [{"seq": k, "reviewed_at": T0} for k in range(1, 111)]
+    gave_up = PendingRetraining(ReviewCursor(seq=60), 3, "r3")
+    failed = lambda request: ("failed", T0)  # noqa: E731
+    policy = RetrainPolicy(threshold=50, max_age=timedelta(hours=1))
+    for newer in (1, 49, 0):
+        plan = plan_tick("demo", None, reviews[: 60 + newer], gave_up, failed, T0 + timedelta(days=2), policy, RetryPolicy())
+        assert plan.request is None and plan.pending == gave_up, newer  # nor does the age rule restart it
+        assert f"{newer} reviews since, {50 - newer} more needed to try again" in plan.reason
+    plan = plan_tick("demo", None, reviews, gave_up, failed, T0, policy, RetryPolicy())
+    assert plan.request.attempt == 1 and plan.request.target == ReviewCursor(seq=110)
+    # Past the read limit the true count decides: 60 read, 110 waiting.
+    assert plan_tick("demo", None, reviews[:60], gave_up, failed, T0, policy, RetryPolicy(), waiting_count=110).request is not None
+
+
+def test_reviews_count_in_the_order_the_store_received_them(home):
+    """A review log imported after a training with older dates, a review dated in the future, one
+    dated by a string: each waits until a training reads it, and none hides the reviews after it."""
+    add_reviews(home, 10)
+    decide(home, "v1", all_reviews(home)[-1])
+    assert "0 new reviews" in skip_message(tick(home))
+    add_reviews(home, 2, at=T0 - timedelta(days=30), start=10)
+    add_reviews(home, 1, at=datetime.now() + timedelta(days=400), start=12)
+    with open_tenant_store(None, home, "legolas", "demo") as store:
+        store.insert_review({"session_id": training_session("demo", 13), "label": "billing", "reviewed_at": "2026-05-02T09:00:00"})
+    assert "4 new reviews" in skip_message(tick(home))
+    decide(home, "v2", all_reviews(home)[-1])  # a training read them all, the future-dated one included
+    assert "0 new reviews" in skip_message(tick(home))
+    add_reviews(home, 1, start=14)  # dated before the future-dated review: counted all the same
+    assert "1 new reviews" in skip_message(tick(home))
+
+
+def test_cursors_of_an_older_release_still_count_what_waits(home, monkeypatch):
+    """A store, a decision and a sensor cursor written before sequence numbers: the reviews after the
+    old ``(reviewed_at, id)`` cursor wait, and so does a review received later with an older date."""
+    monkeypatch.setenv("LEGOLAS_RETRAIN_THRESHOLD", "10")
+    with open_tenant_store(None, home, "legolas", "demo") as store:
+        store.start_writing()
+        store.reviews.insert_many([
+            {"tenant": "demo", "session_id": training_session("demo", k), "label": "billing", "reviewed_at": T0 + timedelta(seconds=k)} for k in reversed(range(60))
+        ])
+        stored = {doc["session_id"]: doc for doc in store.reviews.find({"tenant": "demo"})}
+    old_cursor = lambda sid: ReviewCursor(stored[sid]["reviewed_at"], str(stored[sid]["_id"]))  # noqa: E731
+    reg = registry(home)
+    reg.write_candidate({"version": "v1", "checkpoints": ["unused"], "reviews_cursor": old_cursor(training_session("demo", 39)).serialize()})
+    reg.reject("v1", actor="test", reason="decided by an older release")
+    assert set(json.loads(reg.history()[-1]["reviews_cursor"])) == {"reviewed_at", "id"}
+    # Its sensor had requested a run of the reviews up to s59, still running: not requested twice.
+    instance = DagsterInstance.ephemeral()
+    add_run(instance, "old-request", DagsterRunStatus.STARTED)
+    old_state = json.dumps({"tenants": {"demo": {"pending": PendingRetraining(old_cursor(training_session("demo", 59)), 1, "old-request").to_dict()}}})
+    message = skip_message(tick(home, old_state, instance=instance))
+    assert "old-request (attempt 1) is running; 20 reviews waiting after review #40" in message
+    add_reviews(home, 1, at=T0 - timedelta(days=1), start=100)  # received after the upgrade, dated before the old cursor
+    assert "21 new reviews >= threshold 10" in tick(home).run_requests[0].tags["legolas/trigger"]
+    decide(home, "v2", all_reviews(home)[-1])
+    assert "0 new reviews" in skip_message(tick(home))
 
 
 def test_equal_timestamps_are_neither_lost_nor_double_counted(home):
@@ -175,7 +241,7 @@ def test_starts_after_the_reviews_of_the_last_decision(home):
 
 
 def test_plan_tick_never_requests_a_decided_target_again():
-    reviews = [{"reviewed_at": T0 + timedelta(seconds=k), "_id": f"{k:04d}"} for k in range(60)]
+    reviews = [{"reviewed_at": T0 + timedelta(seconds=k), "seq": k + 1} for k in range(60)]
     target = ReviewCursor.of(reviews[-1])
     pending = PendingRetraining(target, 1, "r1")
     never_called = lambda request: pytest.fail("the run status is not needed once the target is decided")  # noqa: E731
@@ -192,3 +258,34 @@ def test_age_trigger_and_policy_validation():
         RetrainPolicy(threshold=0)
     with pytest.raises(ValueError, match="unreadable review cursor"):
         ReviewCursor.parse("garbage")
+
+
+def _holdout_session(k: int) -> str:
+    from legolas_ml.lifecycle.holdout import in_holdout
+
+    return [f"h{i}" for i in range(5000) if in_holdout("demo", f"h{i}")][k]
+
+
+def test_holdout_reviews_feed_the_challenger_not_the_retraining(home, monkeypatch):
+    """Issue #26: reviews landing in the holdout never change what a retraining trains on (the same version,
+    no decision, a retry loop); they count for the waiting challenger's next look, which the sensor requests."""
+    monkeypatch.setenv("LEGOLAS_RETRAIN_THRESHOLD", "5")
+    with open_tenant_store(None, home, "legolas", "demo") as store:
+        for k in range(8):
+            store.insert_review({"session_id": _holdout_session(k), "label": "billing", "reviewed_at": T0})
+    message = skip_message(tick(home))
+    assert "0 new reviews, threshold 5" in message and "8 of them landed in the holdout" in message
+    # A challenger waits, last looked at on 30 sessions: due again at 38 (25% more).
+    reg = registry(home)
+    reg.write_candidate({"version": "champ", "checkpoints": ["unused"]})
+    reg._commit_champion({"id": "x", "action": "promoted", "version": "champ", "at": "2026-01-01T00:00:00Z"}, ["champ"])
+    reg.write_candidate({"version": "chal", "checkpoints": ["unused"], "reviews_cursor": ReviewCursor(seq=1).serialize()})
+    reg.wait_as_challenger("chal", actor="test", reason="undecided", holdout_n=30, holdout_reviews_cursor=ReviewCursor(seq=2).serialize())
+    assert "0 new reviews" in skip_message(tick(home))  # 6 new holdout reviews: 36 < 38
+    with open_tenant_store(None, home, "legolas", "demo") as store:
+        for k in range(8, 10):
+            store.insert_review({"session_id": _holdout_session(k), "label": "billing", "reviewed_at": T0})
+    [request] = tick(home).run_requests
+    assert request.job_name == "challenger_job" and request.tags["legolas/tenant"] == "demo"
+    assert request.run_config == {"ops": {"look_at_challenger_op": {"config": {"tenant": "demo"}}}}
+    assert "challenger chal is due another look: 8 reviews landed in the holdout" in request.tags["legolas/trigger"]

@@ -2,7 +2,7 @@
 
 No MongoDB server can be installed on the CI machines, so CI skips this module; on a machine with a
 server, ``LEGOLAS_MONGO_URI=mongodb://... pytest tests/test_store_mongodb.py`` runs the same queries,
-indexes and gate rules against it.
+indexes, gate rules and review numbering (``seq``, the sensor's order) against it.
 """
 
 import os
@@ -13,19 +13,34 @@ import pytest
 
 from legolas_ml.data.quality_gate import gate_from_store
 from legolas_ml.data.store import connect, open_tenant_store
+from test_store import check_reviews_numbered_in_received_order, check_reviews_of_an_older_release
 
 URI = os.environ.get("LEGOLAS_MONGO_URI")
 pytestmark = [pytest.mark.mongo, pytest.mark.skipif(not URI, reason="LEGOLAS_MONGO_URI is not set")]
 
 
 @pytest.fixture
-def store():
-    database = f"legolas_test_{uuid.uuid4().hex[:8]}"
+def database():
+    name = f"legolas_test_{uuid.uuid4().hex[:8]}"
+    yield name
+    client = connect(URI, "unused")
+    client.drop_database(name)
+    client.close()
+
+
+@pytest.fixture
+def store(database):
     with open_tenant_store(URI, "unused", database, "acme") as s:
         yield s
-    client = connect(URI, "unused")
-    client.drop_database(database)
-    client.close()
+
+
+def test_reviews_are_numbered_in_received_order_on_mongodb(database):
+    """The same counter ($inc in review_sequences), index and seq queries as the embedded store."""
+    check_reviews_numbered_in_received_order(lambda tenant: open_tenant_store(URI, "unused", database, tenant))
+
+
+def test_reviews_of_an_older_release_are_numbered_at_open_on_mongodb(database):
+    check_reviews_of_an_older_release(lambda tenant: open_tenant_store(URI, "unused", database, tenant))
 
 
 def test_same_gate_rules_on_mongodb(store):

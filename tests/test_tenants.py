@@ -307,9 +307,14 @@ def test_every_store_query_is_scoped_to_its_tenant(tmp_path):
         list(exercise("human_reviews"))
         exercise("texts_for", [sid, f" {sid} "])
         reviews = exercise("reviews_after", None)
-        exercise("reviews_after", (reviews[0]["reviewed_at"], str(reviews[0]["_id"])))
+        legacy = (None, reviews[0]["reviewed_at"], str(reviews[0]["_id"]))  # a cursor of an older release
+        exercise("reviews_after", (reviews[0]["seq"], None, None))
+        exercise("reviews_after", legacy)
         exercise("count_reviews_after", None)
-        exercise("count_reviews_after", (reviews[0]["reviewed_at"], str(reviews[0]["_id"])))
+        exercise("count_reviews_after", legacy)
+        exercise("resolve_cursor", legacy)
+        client["legolas"][REVIEWS].insert_one({"tenant": "alpha", "session_id": "raw-1", "label": "billing", "reviewed_at": reviews[0]["reviewed_at"]})
+        assert exercise("number_reviews") == 1  # stored without a seq (as by an older release): numbered
         exercise("counts")
         exercise("reviewed_session_ids")
         exercise("reviewed_session_ids", [sid])
@@ -473,6 +478,7 @@ def test_new_reviews_of_one_tenant_retrain_that_tenant_only(deployment, tmp_path
 def test_each_tenant_keeps_its_cursor_entry_when_tenants_come_and_go(tmp_path, monkeypatch):
     from dagster_helpers import retrain_sensor
     from legolas_assets.resources import LifecycleResource, MongoResource, TrainingResource
+    from dagster_helpers import training_session
     from test_sensor import add_reviews
 
     monkeypatch.setenv("LEGOLAS_RETRAIN_MAX_AGE_HOURS", "0")
@@ -481,7 +487,7 @@ def test_each_tenant_keeps_its_cursor_entry_when_tenants_come_and_go(tmp_path, m
     demo, acme = TenantPlan("demo"), TenantPlan("acme", TenantSettings(retrain_threshold=3))
     with open_tenant_store(None, tmp_path, "legolas", "acme") as store:
         for k in range(5):
-            store.insert_review({"session_id": f"a{k}", "label": "x", "reviewed_at": datetime(2026, 3, 1, 0, 0, k)})
+            store.insert_review({"session_id": training_session("acme", k), "label": "x", "reviewed_at": datetime(2026, 3, 1, 0, 0, k)})
 
     def tick(tenants, cursor):
         context = build_sensor_context(cursor=cursor, instance=DagsterInstance.ephemeral(), resources={

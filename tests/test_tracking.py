@@ -32,10 +32,16 @@ def test_folds_and_champion_in_a_local_store(tmp_path):
     assert {a.path for a in client.list_artifacts(runs["0"])} == {"fold0.png", "fold0_result.json"}
     assert (tmp_path / "mlflow-artifacts").is_dir()  # beside the SQLite file, never ./mlruns in the working directory
 
-    manifest = {"version": "v1key", "checkpoints": ["a", "b"], "test_metrics": {"balanced_accuracy": 0.75, "n": 40}, "data_version": "d1"}
+    manifest = {"version": "v1key", "checkpoints": ["a", "b"], "test_metrics": {"balanced_accuracy": 0.75, "n": 40}, "data_version": "d1",
+                "test_metrics_human": {"n": 10, "balanced_accuracy": 0.6, "accuracy": 0.7},
+                "llm_agreement": {"n": 30, "balanced_accuracy": None, "accuracy": 0.8}}
     path = tmp_path / "manifest.json"
     path.write_text(json.dumps(manifest))
     first = tracker.set_champion("demo", "v1key", manifest, path)
+    ensemble_run = client.get_model_version("legolas-demo", first).run_id
+    logged = client.get_run(ensemble_run).data.metrics
+    assert logged["test_balanced_accuracy"] == 0.75 and logged["test_human_balanced_accuracy"] == 0.6
+    assert logged["llm_agreement_accuracy"] == 0.8 and "llm_agreement_balanced_accuracy" not in logged  # None: not logged
     second = tracker.set_champion("demo", "v2key", {**manifest, "version": "v2key"}, path)
     assert str(client.get_model_version_by_alias("legolas-demo", CHAMPION_ALIAS).version) == second != first
     # A rollback to a version registered before only moves the alias: no third model version.

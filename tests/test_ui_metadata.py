@@ -94,9 +94,10 @@ def test_headline_numbers_come_first_rounded_to_four_digits(run):
     assert "data:image/png;base64" in cv["fold_curves"].value
     assert {f"fold_{k}_balanced_accuracy" for k in range(3)} <= set(cv)
     ens = _materialization(result, "ensemble_model").metadata
-    assert list(ens)[:6] == [
-        "test_balanced_accuracy", "cv_balanced_accuracy", "cv_balanced_accuracy_mean", "cv_balanced_accuracy_std",
-        "worst_class_recall", "worst_class",
+    assert list(ens)[:11] == [
+        "test_balanced_accuracy_human", "test_accuracy_human", "test_n_human",
+        "llm_agreement_balanced_accuracy", "llm_agreement_accuracy", "llm_agreement_n", "test_balanced_accuracy_mixed",
+        "cv_balanced_accuracy", "cv_balanced_accuracy_mean", "cv_balanced_accuracy_std", "worst_class_recall",
     ]
     per_class = ens["per_class"]
     assert isinstance(per_class, TableMetadataValue)

@@ -85,7 +85,7 @@ class GateResult:
     superseded: dict[str, int]
     quarantine_samples: list[dict[str, Any]] = field(default_factory=list)
     content_hash: str = ""
-    reviews_cursor: str | None = None  # the newest review read, as a serialized ReviewCursor
+    reviews_cursor: str | None = None  # the last-received review read (highest seq), as a serialized ReviewCursor
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -340,7 +340,9 @@ def gate_from_store(store, has_model: bool, requested_mode: str = "auto", settin
     textless = [r.get("session_id") for r in reviews if not isinstance(r.get("text"), str) or not r["text"].strip()]
     texts = store.texts_for(textless) if textless else {}
     result = run_gate(reviews, llm_docs, texts, mode, reason, settings)
-    dated = [r for r in reviews if isinstance(r.get("reviewed_at"), datetime) and "_id" in r]
-    if dated:
-        result.reviews_cursor = max(ReviewCursor.of(r) for r in dated).serialize()
+    # Every review read is consumed once a decision is recorded, whatever its reviewed_at (even one
+    # the gate quarantined: it was looked at). Counted by seq, the order the store received them.
+    numbered = [r for r in reviews if r.get("seq") is not None]
+    if numbered:
+        result.reviews_cursor = max(ReviewCursor.of(r) for r in numbered).serialize()
     return result

@@ -5,6 +5,10 @@ embedded on-disk store with pymongo's API: durable across processes (webserver, 
 the same data), crash-safe, with unique indexes and aggregate, and fast enough at 100k documents.
 Every query here is written in a form that both evaluate identically (regexes as compiled
 ``re.Pattern`` objects, never ``{"$not": {"$regex": ..., "$options": ...}}``, which litemongo rejects).
+
+Every review carries ``seq``: the order the store received it in, numbered per tenant by a counter
+document in ``review_sequences`` (``{"_id": tenant, "seq": last}``, one atomic ``$inc``). The
+retraining sensor counts reviews by it, never by the reviewer-supplied ``reviewed_at``.
 """
 
 from __future__ import annotations
@@ -19,16 +23,20 @@ from urllib.parse import urlsplit, urlunsplit
 
 from legolas_ml.data.ids import normalise_session_id
 from legolas_ml.data.store_integrity import StoreIntegrityError, find_duplicates, integrity_error
-from legolas_ml.data.store_lock import DEFAULT_WAIT_S, StoreWriterLock
+from legolas_ml.data.store_lock import DEFAULT_WAIT_S, StoreBusyError, StoreWriterLock
 
 CLASSIFICATIONS = "classifications"
 REVIEWS = "human_reviews"
+#: One counter per tenant: ``{"_id": tenant, "seq": <last number given>, "legacy_seq": <see number_reviews>}``.
+SEQUENCES = "review_sequences"
+SEQ = "seq"
 DEFAULT_DATABASE = "legolas"
 # (collection, fields, options) of every index; the unique ones are what a repair restores.
 INDEXES = (
     (CLASSIFICATIONS, (("tenant", 1), ("session_id", 1)), {"unique": True, "name": "tenant_session"}),
     (REVIEWS, (("tenant", 1), ("session_id", 1), ("reviewed_at", 1)), {"unique": True, "name": "tenant_session_reviewed"}),
     (REVIEWS, (("tenant", 1), ("reviewed_at", 1), ("_id", 1)), {"name": "tenant_reviewed_at"}),
+    (REVIEWS, (("tenant", 1), (SEQ, 1)), {"name": "tenant_seq"}),
 )
 UNIQUE_INDEXES = {
     collection: (options["name"], tuple(name for name, _ in fields))
@@ -309,33 +317,94 @@ class TenantStore:
                     texts[sid] = doc.get("text")
         return texts
 
-    def reviews_after(self, after: tuple[datetime, str] | None, limit: int = 10_000) -> list[dict[str, Any]]:
-        """Reviews strictly after the cursor ``(reviewed_at, str(_id))``, oldest first.
+    # --- the order reviews were received in ---
+    def _reserve_seqs(self, n: int, *, numbering: bool = False) -> int:
+        """Take ``n`` numbers from the tenant's counter (one atomic update); returns the last one.
 
-        The cursor is compared on both fields so reviews sharing a timestamp are neither lost nor
-        counted twice. Only ``datetime`` timestamps take part (others cannot be ordered).
+        Args:
+            numbering: ``number_reviews`` is asking. If the tenant has no counter yet, every review
+                it numbers was stored by an older release: the counter remembers how many (``legacy_seq``).
         """
-        query: dict[str, Any] = {"tenant": self.tenant, "reviewed_at": {"$type": "date"}}
-        if after is not None:
-            query["reviewed_at"] = {"$type": "date", "$gte": after[0]}
-        docs = []
-        for doc in self.reviews.find(query, {"text": 0}).sort([("reviewed_at", 1), ("_id", 1)]):
-            key = (doc["reviewed_at"], str(doc["_id"]))
-            if after is None or key > (after[0], after[1]):
-                docs.append(doc)
-            if len(docs) >= limit:
-                break
-        docs.sort(key=lambda d: (d["reviewed_at"], str(d["_id"])))
-        return docs
+        from pymongo import ReturnDocument
 
-    def count_reviews_after(self, after: tuple[datetime, str] | None) -> int:
-        """How many reviews ``reviews_after(after)`` would return without its limit (counted, not read)."""
-        dated: dict[str, Any] = {"tenant": self.tenant, "reviewed_at": {"$type": "date"}}
+        update: dict[str, Any] = {"$inc": {SEQ: n}}
+        if numbering:
+            update["$setOnInsert"] = {"legacy_seq": n}
+        counter = self.db[SEQUENCES].find_one_and_update(
+            {"_id": self.tenant}, update, upsert=True, return_document=ReturnDocument.AFTER
+        )
+        return counter[SEQ]
+
+    def _unsequenced(self) -> list[dict[str, Any]]:
+        """The tenant's reviews without a ``seq`` (``_id`` and ``reviewed_at`` only)."""
+        if self.embedded:  # a scan of the stored documents: ~40x faster than litemongo's find (see _unique_keys_of)
+            return [
+                {"_id": d["_id"], "reviewed_at": d.get("reviewed_at")}
+                for d in self.reviews._store.documents
+                if d.get("tenant") == self.tenant and d.get(SEQ) is None
+            ]
+        return list(self.reviews.find({"tenant": self.tenant, SEQ: None}, {"reviewed_at": 1}))
+
+    def number_reviews(self) -> int:
+        """Give every review of the tenant stored without a ``seq`` one; returns how many were numbered.
+
+        Reviews stored by a release before sequence numbers (or written around ``insert_review``)
+        are numbered after every numbered review, in a deterministic order: those with a datetime
+        ``reviewed_at`` by ``(reviewed_at, str(_id))``, the order the older releases counted them
+        in (so a cursor they wrote covers a prefix: ``resolve_cursor``), then the others by
+        ``str(_id)``. Idempotent: a numbered review is never renumbered (two processes numbering
+        at once leave gaps, never a review with two numbers). ``open_tenant_store`` runs it at
+        every open: an index lookup on MongoDB when there is nothing to number, a scan of the
+        tenant's documents on the embedded store (like ``check_unique``), and about 1 ms a review
+        once, at the first open after an upgrade.
+        """
+        docs = self._unsequenced()
+        if not docs:
+            return 0
+        docs.sort(key=_numbering_key)
+        last = self._reserve_seqs(len(docs), numbering=True)
+        for seq, doc in enumerate(docs, last - len(docs) + 1):
+            self.reviews.update_one({"tenant": self.tenant, "_id": doc["_id"], SEQ: None}, {"$set": {SEQ: seq}})
+        return len(docs)
+
+    def resolve_cursor(self, after: tuple[int | None, datetime | None, str | None] | None) -> int:
+        """The ``seq`` a cursor (``ReviewCursor.as_tuple()``) stands for: the reviews numbered up to it are behind it.
+
+        A cursor written by an older release, ``(None, reviewed_at, review_id)``, covered the reviews
+        with ``(reviewed_at, str(_id))`` up to its own. It stands for the longest run of reviews, in
+        ``seq`` order, that it covered, among those numbered when the tenant's reviews were first
+        numbered (the only ones an older release can have read): on a store numbered by
+        ``number_reviews`` that is exactly the reviews it covered, and a review received later, even
+        one dated before the cursor, waits.
+        """
         if after is None:
-            return self.reviews.count_documents(dated)
-        later = self.reviews.count_documents({"tenant": self.tenant, "reviewed_at": {"$type": "date", "$gt": after[0]}})
-        ties = self.reviews.find({"tenant": self.tenant, "reviewed_at": after[0]}, {"_id": 1})
-        return later + sum(1 for doc in ties if str(doc["_id"]) > after[1])
+            return 0
+        seq, reviewed_at, review_id = after
+        if seq is not None:
+            return seq
+        numbered = {SEQ: {"$gte": 0}}
+        later = [
+            {"tenant": self.tenant, "reviewed_at": {"$gt": reviewed_at}, **numbered},
+            {"tenant": self.tenant, "reviewed_at": {"$not": {"$type": "date"}}, **numbered},  # never counted by the old cursor
+        ]
+        firsts = [doc[SEQ] for query in later for doc in self.reviews.find(query, {SEQ: 1}).sort([(SEQ, 1)]).limit(1)]
+        ties = self.reviews.find({"tenant": self.tenant, "reviewed_at": reviewed_at, **numbered}, {SEQ: 1})
+        firsts += [doc[SEQ] for doc in ties if str(doc["_id"]) > review_id]
+        counter = self.db[SEQUENCES].find_one({"_id": self.tenant}) or {}
+        covered = counter.get("legacy_seq", 0)
+        return min(covered, min(firsts) - 1) if firsts else covered
+
+    def reviews_after(self, after: tuple[int | None, datetime | None, str | None] | None, limit: int = 10_000) -> list[dict[str, Any]]:
+        """Reviews received after the cursor (``ReviewCursor.as_tuple()``, see ``resolve_cursor``), by ``seq``, without their text.
+
+        Every review counts, whatever its ``reviewed_at`` (older than the cursor's, in the future, a string).
+        """
+        query = {"tenant": self.tenant, SEQ: {"$gt": self.resolve_cursor(after)}}
+        return list(self.reviews.find(query, {"text": 0}).sort([(SEQ, 1)]).limit(limit))
+
+    def count_reviews_after(self, after: tuple[int | None, datetime | None, str | None] | None) -> int:
+        """How many reviews ``reviews_after(after)`` would return without its limit (counted, not read)."""
+        return self.reviews.count_documents({"tenant": self.tenant, SEQ: {"$gt": self.resolve_cursor(after)}})
 
     def counts(self) -> dict[str, Any]:
         newest = list(
@@ -423,7 +492,8 @@ class TenantStore:
         return len(self.classifications.insert_many([self._owned(d) for d in docs]).inserted_ids)
 
     def insert_review(self, doc: dict[str, Any]) -> bool:
-        """Insert one review; ``False`` if the same (session, reviewed_at) is already stored."""
+        """Insert one review, numbered with the tenant's next ``seq`` (any ``seq`` it has is replaced);
+        ``False`` if the same (session, reviewed_at) is already stored."""
         from pymongo.errors import DuplicateKeyError
 
         self.start_writing()
@@ -434,6 +504,7 @@ class TenantStore:
             key = {name: {"$eq": doc.get(name)} for name in UNIQUE_INDEXES[REVIEWS][1]}
             if self.reviews.find_one(key, {"_id": 1}) is not None:
                 return False
+        doc[SEQ] = self._reserve_seqs(1)  # on MongoDB a duplicate leaves a gap in the numbers: harmless
         try:
             self.reviews.insert_one(doc)
         except DuplicateKeyError:
@@ -441,12 +512,35 @@ class TenantStore:
         return True
 
     def delete_tenant_documents(self) -> dict[str, int]:
-        """Delete every classification and review of this tenant; returns how many of each."""
+        """Delete every classification and review of this tenant; returns how many of each.
+
+        The review counter stays: a number is never given twice, so a cursor in ``decisions.jsonl``
+        never covers a review received after the deletion."""
         self.start_writing()
         return {
             CLASSIFICATIONS: self.classifications.delete_many({"tenant": self.tenant}).deleted_count,
             REVIEWS: self.reviews.delete_many({"tenant": self.tenant}).deleted_count,
         }
+
+
+def _numbering_key(doc: dict[str, Any]) -> tuple:
+    """Reviews stored without a ``seq`` are numbered datetime-dated first, by ``(reviewed_at, str(_id))``, then the rest by ``str(_id)``."""
+    reviewed_at = doc.get("reviewed_at")
+    if isinstance(reviewed_at, datetime):
+        return (0, reviewed_at, str(doc["_id"]))
+    return (1, datetime.min, str(doc["_id"]))
+
+
+def _number_reviews_as_reader(store: TenantStore, store_dir: Path) -> None:
+    """A reader of a store an older release wrote numbers its reviews once, if no writer holds the
+    store: readers never wait for the writer lock, and a writer numbers them when it opens."""
+    if not store._unsequenced():
+        return
+    try:
+        with StoreWriterLock(store_dir, wait_s=0):
+            store.number_reviews()
+    except StoreBusyError:
+        pass
 
 
 def list_tenants(database) -> list[str]:
@@ -481,10 +575,11 @@ def open_tenant_store(
 ):
     """Connect, ensure the indexes, yield the tenant's ``TenantStore``, and always close the client.
 
-    On MongoDB the indexes are created on every open, as the server enforces them. On the embedded
-    store one writer at a time holds ``<data_dir>/store/writer.lock`` from its first write (or from
-    the open, with ``writer=True``) until the store is closed; readers never take it, never write
-    and never wait for it.
+    On MongoDB the indexes are created, and reviews written without a ``seq`` numbered, on every
+    open, as the server enforces them. On the embedded store one writer at a time holds
+    ``<data_dir>/store/writer.lock`` from its first write (or from the open, with ``writer=True``)
+    until the store is closed; readers never wait for it and never write, except once after an
+    upgrade: the first open numbers the reviews an older release stored, if no writer holds the lock.
 
     Args:
         uri: MongoDB URI; ``None`` or empty for the embedded store under ``data_dir``.
@@ -512,10 +607,15 @@ def open_tenant_store(
         store = TenantStore(client[database], tenant, lock)
         if lock is None:
             store.ensure_indexes()
+            store.number_reviews()
         elif writer:
             store.start_writing()
         if lock is not None and verify:
             store.check_unique(f"the embedded store {embedded_store_dir(data_dir)} (database {database!r})")
+            if store.writing:  # numbered once the documents are known to be unique (a repair opens without verify)
+                store.number_reviews()
+            else:
+                _number_reviews_as_reader(store, embedded_store_dir(data_dir))
         yield store
     finally:
         try:

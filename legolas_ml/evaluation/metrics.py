@@ -62,3 +62,54 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
         raise ValueError("mean_std needs at least one value")
     std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
     return float(arr.mean()), std
+
+
+LABEL_SOURCES = ("human", "llm")
+
+
+def _subset_scores(y_true: list, y_pred: list) -> dict:
+    """``n``, ``balanced_accuracy`` and ``accuracy`` of a subset; the scores are None when it is empty."""
+    if not y_true:
+        return {"n": 0, "balanced_accuracy": None, "accuracy": None}
+    return {
+        "n": len(y_true),
+        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+    }
+
+
+def metrics_by_label_source(y_true: Sequence, y_pred: Sequence, sources: Sequence[str]) -> dict:
+    """The test scores on human-labelled sessions and the agreement with the LLM on LLM-labelled ones, apart.
+
+    On a session labelled by the LLM, ``y_true`` is the LLM's label: predicting it measures agreement
+    with the LLM, not correctness. A test split that is mostly LLM-labelled (a first training) therefore
+    gives a mixed balanced accuracy that is mostly agreement; only the human-labelled part says how
+    often the model is right. Balanced accuracy is the mean recall over the classes present in each
+    subset (scikit-learn's ``balanced_accuracy_score``).
+
+    Args:
+        y_true: the reference labels, one per session.
+        y_pred: the predicted labels, same length.
+        sources: who labelled each session, ``"human"`` or ``"llm"`` (the dataset's ``source`` column).
+
+    Returns:
+        ``{"test_metrics_human": {...}, "llm_agreement": {...}}``, each with ``n``, ``balanced_accuracy``
+        and ``accuracy``; a subset without sessions has ``n`` 0 and None for both scores.
+
+    Raises:
+        ValueError: if the lengths differ or a source is neither ``"human"`` nor ``"llm"``.
+
+    Example:
+        >>> metrics_by_label_source(["a", "b", "a"], ["a", "a", "a"], ["human", "human", "llm"])["llm_agreement"]
+        {'n': 1, 'balanced_accuracy': 1.0, 'accuracy': 1.0}
+    """
+    if not len(y_true) == len(y_pred) == len(sources):
+        raise ValueError(f"y_true, y_pred and sources differ in length: {len(y_true)}, {len(y_pred)}, {len(sources)}")
+    unknown = sorted({str(s) for s in sources} - set(LABEL_SOURCES))
+    if unknown:
+        raise ValueError(f"sources must be one of {list(LABEL_SOURCES)}, got {unknown}")
+    subsets = {
+        source: ([t for t, s in zip(y_true, sources) if s == source], [p for p, s in zip(y_pred, sources) if s == source])
+        for source in LABEL_SOURCES
+    }
+    return {"test_metrics_human": _subset_scores(*subsets["human"]), "llm_agreement": _subset_scores(*subsets["llm"])}

@@ -33,6 +33,29 @@ def cmd_rollback(args) -> int:
     return 0
 
 
+def holdout_balanced_accuracies(history: list[dict]) -> dict[str, float]:
+    """Per version, its balanced accuracy on the human holdout, the latest recorded at a decision.
+
+    Decisions record it as ``holdout_balanced_accuracy``; older records have it only in the comparison
+    with a champion (none for a first training). A version without a recorded value is absent.
+
+    Args:
+        history: the registry's decision records, oldest first (``ModelRegistry.history()``).
+    """
+    found: dict[str, float] = {}
+    for record in history:
+        value = record.get("holdout_balanced_accuracy")
+        if value is None:
+            value = (((record.get("decision") or {}).get("comparison")) or {}).get("candidate_balanced_accuracy")
+        if value is not None:
+            found[record.get("version")] = value
+    return found
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def cmd_versions(args) -> int:
     registry = _registry(args)
     try:
@@ -40,17 +63,30 @@ def cmd_versions(args) -> int:
     except ChampionUnavailableError as exc:
         champion = None
         print(f"warning: {exc}")
-    decisions = {}
-    for record in registry.history():
-        decisions[record["version"]] = record
-    print(f"{'version':<18} {'state':<10} {'test BA':>8}  {'created':<20} decision")
+    history = registry.history()
+    decisions = {record["version"]: record for record in history}
+    holdout = holdout_balanced_accuracies(history)
+    print(f"{'version':<18} {'state':<10} {'human test BA':>13} {'holdout BA':>10}  {'created':<20} decision")
     for version in registry.versions():
         manifest = registry.manifest(version)
         record = decisions.get(version)
         state = "champion" if version == champion else (record["action"] if record else "candidate")
-        ba = (manifest.get("test_metrics") or {}).get("balanced_accuracy")
+        if state == "rolled_back":
+            state = "earlier"
+        # Human labels only: on LLM-labelled test sessions the score is agreement with the LLM.
+        test_ba = (manifest.get("test_metrics_human") or {}).get("balanced_accuracy")
         reason = f"{record['at']} by {record['actor']}: {record['reason']}" if record else "-"
-        print(f"{version:<18} {state:<10} {ba if ba is None else f'{ba:.4f}':>8}  {manifest.get('created_at', '-'):<20} {reason}")
+        print(
+            f"{version:<18} {state:<10} {_number(test_ba):>13} {_number(holdout.get(version)):>10}  "
+            f"{manifest.get('created_at', '-'):<20} {reason}"
+        )
+    stack = registry.champion_stack()
+    challenger = registry.challenger()
+    print(f"champions, oldest first (rollback walks back): {' -> '.join(stack) if stack else 'none'}")
+    if challenger is not None:
+        record = challenger["record"]
+        print(f"challenger: {challenger['version']} since {challenger['since']}, {challenger.get('holdout_n')} holdout sessions, "
+              f"next look at {record.get('next_look_at') or '-'}: {record.get('reason')}")
     return 0
 
 

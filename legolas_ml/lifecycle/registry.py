@@ -5,11 +5,15 @@ key: data version + split + config), the *candidate* is the newest version await
 the *champion* is the version in service. On disk, under ``<output>/<tenant>/ensemble/``::
 
     versions/<version>/manifest.json   one per trained ensemble, never rewritten once decided
-    champion.json                      {"version": ...}: the pointer to the version in service
-    decisions.jsonl                    append-only: every promotion, rejection and rollback
+    champion.json                      the pointer to the version in service, the stack of champions
+                                       before it, and the record of the decision that put it there
+    challenger.json                    the candidate waiting for holdout evidence, if any, likewise
+    decisions.jsonl                    append-only: every promotion, rejection, challenger and rollback
 
-Only the pointer says what is in service, and it is switched atomically; the history is read back
-with ``history()``. A missing or damaged pointer, manifest or checkpoint of the champion raises
+Only the pointer says what is in service. A decision that moves it is committed by one atomic write
+of the pointer, which carries the decision's record; the log is appended after, and a record the
+log lacks (a crash in between) is appended by the next ``history()``: the record and the pointer
+never disagree. Rollback walks the stack of champions back (v3 -> v2 -> v1) and says where it stops. A missing or damaged pointer, manifest or checkpoint of the champion raises
 ``ChampionUnavailableError`` naming the file and the command that fixes it: it is never read as
 "no model" (which would silently switch the quality gate to first-training mode).
 """
@@ -21,6 +25,7 @@ import json
 import os
 import shutil
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +33,10 @@ from legolas_ml.atomic_io import write_json_atomic
 from legolas_ml.lifecycle.artifacts import TenantArtifacts
 from legolas_ml.lifecycle.retraining import ReviewCursor
 
-PROMOTED, REJECTED, ROLLED_BACK = "promoted", "rejected", "rolled_back"
+PROMOTED, REJECTED, ROLLED_BACK, CHALLENGER, KEPT = "promoted", "rejected", "rolled_back", "challenger", "kept"
+#: Records that decided a training: the reviews it read are consumed. ``kept``: a training whose data
+#: was the champion's own (new reviews all landed in the holdout) keeps it serving.
+DECIDED = (PROMOTED, REJECTED, KEPT)
 
 
 class ChampionUnavailableError(RuntimeError):
@@ -71,6 +79,10 @@ class ModelRegistry:
     @property
     def decisions_path(self) -> Path:
         return self.root / "decisions.jsonl"
+
+    @property
+    def challenger_path(self) -> Path:
+        return self.root / "challenger.json"
 
     def version_dir(self, version: str) -> Path:
         return self.root / "versions" / version
@@ -144,13 +156,14 @@ class ModelRegistry:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ChampionUnavailableError(f"the ensemble manifest {legacy} is damaged ({exc}); {self._fix_hint()}") from None
         self.write_candidate({**manifest, "version": version})
-        self._append({
-            "action": PROMOTED, "version": version, "previous_champion": None, "actor": default_actor("legolas upgrade"),
-            "reason": f"adopted the pre-registry manifest {legacy}", "at": _now(),
+        record = {
+            "id": uuid.uuid4().hex, "action": PROMOTED, "version": version, "previous_champion": None,
+            "actor": default_actor("legolas upgrade"), "reason": f"adopted the pre-registry manifest {legacy}", "at": _now(),
             "reviews_cursor": manifest.get("reviews_cursor"), "data_version": manifest.get("data_version"),
-        })
+        }
         # The pointer before the rename: a crash in between leaves a champion, never none.
-        write_json_atomic(self.pointer_path, {"version": version, "since": _now()})
+        write_json_atomic(self.pointer_path, {"version": version, "since": record["at"], "stack": [version], "record": record})
+        self._append(record)
         legacy.rename(legacy.with_name("ensemble.json.adopted"))
         return version
 
@@ -203,8 +216,16 @@ class ModelRegistry:
         )
 
     # --- decisions ---
-    def history(self) -> list[dict[str, Any]]:
-        """Every decision, oldest first. A torn last line (a crash mid-append) is skipped."""
+    def _pointer(self, path: Path) -> dict[str, Any] | None:
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return None  # champion_version() reports a damaged champion pointer; a challenger's is dropped
+        return data if isinstance(data, dict) else None
+
+    def _log(self) -> list[dict[str, Any]]:
         if not self.decisions_path.exists():
             return []
         records = []
@@ -213,6 +234,18 @@ class ModelRegistry:
                 records.append(json.loads(line))
             except json.JSONDecodeError:
                 continue
+        return records
+
+    def history(self) -> list[dict[str, Any]]:
+        """Every decision, oldest first. A torn last line (a crash mid-append) is skipped; a decision
+        committed by a pointer write whose log append never happened is appended now (the journal)."""
+        records = self._log()
+        known = {r.get("id") for r in records if r.get("id")}
+        for path in (self.pointer_path, self.challenger_path):
+            committed = (self._pointer(path) or {}).get("record")
+            if isinstance(committed, dict) and committed.get("id") and committed["id"] not in known:
+                records.append(self._append(committed))
+                known.add(committed["id"])
         return records
 
     def _append(self, record: dict[str, Any]) -> dict[str, Any]:
@@ -227,6 +260,7 @@ class ModelRegistry:
     def _record(self, action: str, version: str, *, actor: str, reason: str, **extra: Any) -> dict[str, Any]:
         manifest = self.manifest(version)
         return {
+            "id": uuid.uuid4().hex,
             "action": action,
             "version": version,
             "previous_champion": self.champion_version(),
@@ -235,64 +269,188 @@ class ModelRegistry:
             "at": _now(),
             "reviews_cursor": manifest.get("reviews_cursor"),
             "data_version": manifest.get("data_version"),
-            "test_balanced_accuracy": (manifest.get("test_metrics") or {}).get("balanced_accuracy"),
+            "holdout_share": (manifest.get("holdout") or {}).get("share"),
+            # Human-labelled test sessions only; the mixed score (mostly LLM agreement at first) apart.
+            "test_balanced_accuracy_human": (manifest.get("test_metrics_human") or {}).get("balanced_accuracy"),
+            "test_balanced_accuracy_mixed": (manifest.get("test_metrics") or {}).get("balanced_accuracy"),
             **extra,
         }
+
+    def champion_stack(self) -> list[str]:
+        """The champions in service, oldest first, the current one last: what rollbacks walk back.
+
+        Read from the pointer; a pointer written before the stack existed is replayed from the log
+        (a promotion pushes, a rollback pops).
+        """
+        pointer = self._pointer(self.pointer_path) or {}
+        if isinstance(pointer.get("stack"), list) and pointer.get("version"):
+            return [str(v) for v in pointer["stack"]]
+        stack: list[str] = []
+        for record in self.history():
+            if record.get("action") == PROMOTED and (not stack or stack[-1] != record.get("version")):
+                stack.append(record["version"])
+            elif record.get("action") == ROLLED_BACK:
+                while stack and stack[-1] != record.get("version"):
+                    stack.pop()
+                if not stack:
+                    stack.append(record["version"])
+        current = pointer.get("version")
+        if current and (not stack or stack[-1] != current):
+            stack.append(current)
+        return stack
+
+    def _commit_champion(self, record: dict[str, Any], stack: list[str]) -> dict[str, Any]:
+        """Switch the pointer (the commit point, one atomic write carrying the record), then log it."""
+        write_json_atomic(self.pointer_path, {"version": record["version"], "since": record["at"], "stack": stack, "record": record})
+        self._append(record)
+        challenger = self.challenger()
+        if challenger is not None and challenger["version"] == record["version"]:
+            self.challenger_path.unlink(missing_ok=True)
+        return record
 
     def promote(self, version: str, *, actor: str, reason: str, **extra: Any) -> dict[str, Any]:
         """Make ``version`` the champion and record who, when, why and both versions."""
         self._verify_checkpoints(self.manifest(version), verify_weights=False)
+        stack = self.champion_stack()
         record = self._record(PROMOTED, version, actor=actor, reason=reason, **extra)
-        self._append(record)
-        write_json_atomic(self.pointer_path, {"version": version, "since": record["at"]})
-        return record
+        return self._commit_champion(record, stack if stack and stack[-1] == version else [*stack, version])
 
     def reject(self, version: str, *, actor: str, reason: str, **extra: Any) -> dict[str, Any]:
-        """Record that ``version`` stays a candidate (its files stay on disk with the reason)."""
-        return self._append(self._record(REJECTED, version, actor=actor, reason=reason, **extra))
+        """Record that ``version`` is not promoted (its files stay on disk with the reason); a
+        challenger rejected stops waiting."""
+        record = self._append(self._record(REJECTED, version, actor=actor, reason=reason, **extra))
+        challenger = self.challenger()
+        if challenger is not None and challenger["version"] == version:
+            self.challenger_path.unlink(missing_ok=True)
+        return record
+
+    def keep_champion(self, *, actor: str, reason: str, **extra: Any) -> dict[str, Any]:
+        """Record that a training reproduced the champion itself: the reviews it read are consumed."""
+        version = self.champion_version()
+        if version is None:
+            raise ValueError(f"tenant {self.artifacts.tenant!r} has no champion to keep")
+        return self._append(self._record(KEPT, version, actor=actor, reason=reason, **extra))
+
+    def wait_as_challenger(self, version: str, *, actor: str, reason: str, holdout_n: int, **extra: Any) -> dict[str, Any]:
+        """Keep ``version`` as the tenant's challenger until the holdout can decide it.
+
+        A different challenger waiting before is rejected first, with the reason that this one
+        replaced it. Its reviews are not consumed until it is decided (``consumed_reviews``).
+        """
+        earlier = self.challenger()
+        if earlier is not None and earlier["version"] != version:
+            self.reject(earlier["version"], actor=actor, reason=f"replaced as challenger by the newer candidate {version}",
+                        replaced_by=version)
+        record = self._record(CHALLENGER, version, actor=actor, reason=reason, holdout_n=holdout_n, **extra)
+        since = earlier["since"] if earlier is not None and earlier["version"] == version else record["at"]
+        write_json_atomic(self.challenger_path, {"version": version, "since": since, "holdout_n": holdout_n, "record": record})
+        self._append(record)
+        return record
+
+    def challenger(self) -> dict[str, Any] | None:
+        """The waiting challenger ``{"version", "since", "holdout_n", "record"}``, or ``None``.
+
+        A challenger pointer left behind by a crash after its version was decided is ignored.
+        """
+        pointer = self._pointer(self.challenger_path)
+        if not pointer or not pointer.get("version") or not isinstance(pointer.get("record"), dict):
+            return None
+        version = pointer["version"]
+        if (self._pointer(self.pointer_path) or {}).get("version") == version:
+            return None
+        for record in reversed(self._log()):
+            if record.get("id") == pointer["record"].get("id"):
+                break
+            if record.get("version") == version and record.get("action") in (PROMOTED, REJECTED):
+                return None
+        return pointer
 
     def decision_for(self, version: str) -> dict[str, Any] | None:
-        """The latest promotion or rejection of ``version``, if any."""
+        """The latest promotion, rejection or challenger record of ``version``, if any."""
         for record in reversed(self.history()):
-            if record.get("version") == version and record.get("action") in (PROMOTED, REJECTED):
+            if record.get("version") == version and record.get("action") in (PROMOTED, REJECTED, CHALLENGER):
                 return record
         return None
 
+    def rolled_back_from(self, version: str) -> dict[str, Any] | None:
+        """The rollback that took ``version`` out of service after its latest promotion, if any:
+        a re-run never re-promotes it unless an operator asks (``legolas promote``)."""
+        for record in reversed(self.history()):
+            if record.get("action") == ROLLED_BACK and record.get("rolled_back_from") == version:
+                return record
+            if record.get("action") == PROMOTED and record.get("version") == version:
+                return None
+        return None
+
     def rollback(self, *, actor: str, reason: str = "rollback requested") -> dict[str, Any]:
-        """Put back the champion that was in service before the current one.
+        """Put back the champion that was in service before the current one: the stack of champions
+        is walked back (v3 -> v2 -> v1), skipping any whose files are gone (said in the record).
 
         Raises:
-            ValueError: if there is no earlier champion to return to (its files must still exist).
+            ValueError: if there is no earlier champion to return to, naming the stack.
         """
         current = self.champion_version()
-        chain = [r["version"] for r in self.history() if r.get("action") in (PROMOTED, ROLLED_BACK)]
-        # Walk back through earlier champions, skipping the current one and any whose files are gone.
-        for version in reversed(chain):
-            if version == current:
-                continue
+        stack = self.champion_stack()
+        if current is None:
+            raise ValueError(f"tenant {self.artifacts.tenant!r} has no champion to roll back")
+        below, skipped = stack[:-1], []
+        while below:
+            version = below[-1]
             try:
                 self._verify_checkpoints(self.manifest(version), verify_weights=False)
             except (ValueError, ChampionUnavailableError):
+                skipped.append(below.pop())
                 continue
-            record = self._record(ROLLED_BACK, version, actor=actor, reason=reason, rolled_back_from=current)
-            self._append(record)
-            write_json_atomic(self.pointer_path, {"version": version, "since": record["at"]})
-            return record
-        raise ValueError(f"tenant {self.artifacts.tenant!r} has no earlier champion to roll back to (history: {chain})")
+            record = self._record(
+                ROLLED_BACK, version, actor=actor, reason=reason, rolled_back_from=current,
+                skipped_unavailable=skipped, earlier_champions=below[:-1],
+            )
+            return self._commit_champion(record, below)
+        gone = f"; skipped with missing files: {skipped}" if skipped else ""
+        raise ValueError(
+            f"tenant {self.artifacts.tenant!r}: {current} is the first champion in the stack {stack}, "
+            f"there is no earlier champion to roll back to{gone}"
+        )
 
     def consumed_reviews(self) -> ReviewCursor | None:
         """The newest review that a decided training (promoted or rejected) has read.
 
-        The retraining sensor counts reviews after this cursor as waiting: reviews are consumed
-        only once a run that trained on them reached a decision, never when a run is requested.
+        Reviews are consumed only once a run that trained on them reached a decision, never when a
+        run is requested; a waiting challenger's reviews are not consumed (``trained_reviews``).
         """
+        return self._newest_cursor(DECIDED)
+
+    def trained_reviews(self) -> ReviewCursor | None:
+        """The newest review any recorded training read, a waiting challenger's included: reviews
+        after it are new to every candidate, and what a retraining would add."""
+        return self._newest_cursor((*DECIDED, CHALLENGER))
+
+    def champion_reviews(self) -> ReviewCursor | None:
+        """The newest review the model in service learned from (its manifest's cursor)."""
+        version = self.champion_version()
+        if version is None:
+            return None
+        try:
+            return ReviewCursor.parse(self.manifest(version).get("reviews_cursor"))
+        except ValueError:
+            return None
+
+    def read_reviews(self) -> ReviewCursor | None:
+        """The newest review any recorded decision read, for training or in the holdout."""
+        return self._newest_cursor((PROMOTED, REJECTED, KEPT, CHALLENGER), fields=("reviews_cursor", "holdout_reviews_cursor"))
+
+    def _newest_cursor(self, actions: tuple[str, ...], fields: tuple[str, ...] = ("reviews_cursor",)) -> ReviewCursor | None:
         cursors = []
         for record in self.history():
-            if record.get("action") in (PROMOTED, REJECTED) and record.get("reviews_cursor"):
+            if record.get("action") not in actions:
+                continue
+            for name in fields:
                 try:
-                    cursors.append(ReviewCursor.parse(record["reviews_cursor"]))
+                    cursor = ReviewCursor.parse(record.get(name))
                 except ValueError:
                     continue
+                if cursor is not None:
+                    cursors.append(cursor)
         return max(cursors) if cursors else None
 
     # --- retention ---
@@ -313,6 +471,10 @@ class ModelRegistry:
         champion = self.champion_version()
         if champion:
             keep_versions.add(champion)
+        keep_versions |= set(self.champion_stack())  # rollback targets, however old
+        challenger = self.challenger()
+        if challenger:
+            keep_versions.add(challenger["version"])
         ever_decided = {r["version"] for r in decided}
         deleted = []
         for version in self.versions():

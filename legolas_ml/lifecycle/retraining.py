@@ -1,14 +1,17 @@
 """When to retrain, and what a retraining sensor tick does. Framework-free.
 
-A review cursor is ``(reviewed_at, str(_id))``, compared on both fields, so reviews sharing a
-timestamp are neither lost nor counted twice. Reviews are *consumed* when a run that trained on
-them recorded a decision (promoted or rejected: ``ModelRegistry.consumed_reviews``), not when a
-run is requested: a failed run is retried with a bounded backoff (``plan_tick``) and its reviews
-keep waiting, across failures, daemon restarts and store outages.
+A review cursor is a review's ``seq``: the number the store gave it when it received it
+(``TenantStore.insert_review``), per tenant and increasing. Reviews are counted in the order the
+store received them, whatever their ``reviewed_at`` says (older, in the future, or a string).
+Reviews are *consumed* when a run that trained on them recorded a decision (promoted or rejected:
+``ModelRegistry.consumed_reviews``), not when a run is requested: a failed run is retried with a
+bounded backoff (``plan_tick``) and its reviews keep waiting, across failures, daemon restarts and
+store outages.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable
@@ -16,17 +19,55 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 
-@dataclass(frozen=True, order=True)
+@functools.total_ordering
+@dataclass(frozen=True)
 class ReviewCursor:
-    reviewed_at: datetime
-    review_id: str
+    """A position in a tenant's reviews, in the order the store received them: ``ReviewCursor(seq=12)``
+    covers every review numbered 12 or less.
+
+    Releases before sequence numbers wrote ``(reviewed_at, review_id)`` cursors, which live on in
+    ``decisions.jsonl`` files and sensor cursors: ``ReviewCursor(reviewed_at, review_id)`` is such a
+    *legacy* cursor. It still parses and serializes as before, orders below every sequence cursor
+    (a training that wrote a sequence cursor read every review an older one did), and the store
+    resolves it to a sequence number (``TenantStore.resolve_cursor``).
+
+    Example:
+        >>> ReviewCursor(seq=12) < ReviewCursor(seq=13) and ReviewCursor(datetime(2026, 1, 1), "a") < ReviewCursor(seq=1)
+        True
+    """
+
+    reviewed_at: datetime | None = None  # legacy cursors only
+    review_id: str | None = None  # legacy cursors only
+    seq: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.seq is not None:
+            if isinstance(self.seq, bool) or not isinstance(self.seq, int) or self.seq < 0 or (self.reviewed_at, self.review_id) != (None, None):
+                raise ValueError(f"a review cursor is seq=<integer >= 0> or (reviewed_at, review_id), got {self!r}")
+        elif not isinstance(self.reviewed_at, datetime) or not isinstance(self.review_id, str):
+            raise ValueError(f"a legacy review cursor needs a datetime reviewed_at and a str review_id, got {self!r}")
+
+    @property
+    def legacy(self) -> bool:
+        """Whether an older release wrote it: ``(reviewed_at, review_id)`` instead of a sequence number."""
+        return self.seq is None
+
+    def _key(self) -> tuple:
+        return (0, self.reviewed_at, self.review_id) if self.legacy else (1, self.seq)
+
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, ReviewCursor):
+            return NotImplemented
+        return self._key() < other._key()
 
     def serialize(self) -> str:
-        return json.dumps({"reviewed_at": self.reviewed_at.isoformat(), "id": self.review_id})
+        if self.legacy:
+            return json.dumps({"reviewed_at": self.reviewed_at.isoformat(), "id": self.review_id})
+        return json.dumps({"seq": self.seq})
 
     @classmethod
     def parse(cls, text: str | None) -> "ReviewCursor | None":
-        """The cursor stored by ``serialize``; ``None`` for an empty cursor.
+        """The cursor stored by ``serialize`` (this release's or an older one's); ``None`` for an empty cursor.
 
         Raises:
             ValueError: if the text is not a cursor (a corrupted cursor must not silently restart at 0).
@@ -35,19 +76,31 @@ class ReviewCursor:
             return None
         try:
             data = json.loads(text)
+            if "seq" in data:
+                return cls(seq=data["seq"])
             return cls(datetime.fromisoformat(data["reviewed_at"]), str(data["id"]))
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"unreadable review cursor {text!r}: {exc}") from None
 
     @classmethod
     def of(cls, review: dict) -> "ReviewCursor":
-        return cls(review["reviewed_at"], str(review["_id"]))
+        """The cursor of a review read from the store (its ``seq``).
 
-    def as_tuple(self) -> tuple[datetime, str]:
-        return (self.reviewed_at, self.review_id)
+        Raises:
+            ValueError: if the review has no sequence number (it was not read from the store).
+        """
+        if review.get("seq") is None:
+            raise ValueError(f"review {review.get('_id')!r} has no seq: only reviews read from the store are numbered")
+        return cls(seq=review["seq"])
+
+    def as_tuple(self) -> tuple[int | None, datetime | None, str | None]:
+        """``(seq, reviewed_at, review_id)``, ``None`` where absent: the cursor as ``TenantStore.reviews_after`` takes it."""
+        return (self.seq, self.reviewed_at, self.review_id)
 
     def __str__(self) -> str:
-        return f"{self.reviewed_at.isoformat()}/{self.review_id}"
+        if self.legacy:
+            return f"{self.reviewed_at.isoformat()}/{self.review_id}"
+        return f"review #{self.seq}"
 
 
 @dataclass(frozen=True)
@@ -88,7 +141,13 @@ def waited_for(reviewed_at: datetime, now: datetime) -> timedelta:
 
 def dated_in_future(reviews: list[dict], now: datetime) -> int:
     """How many of ``reviews`` have a ``reviewed_at`` after ``now`` (both naive UTC)."""
-    return sum(1 for review in reviews if review["reviewed_at"] > now)
+    return sum(1 for review in reviews if isinstance(review.get("reviewed_at"), datetime) and review["reviewed_at"] > now)
+
+
+def oldest_reviewed(reviews: list[dict]) -> datetime | None:
+    """The earliest ``reviewed_at`` among ``reviews`` that have a datetime one (what people read as
+    "waiting since"); ``None`` if none has. Reviews are ordered and counted by ``seq``, never by this."""
+    return min((r["reviewed_at"] for r in reviews if isinstance(r.get("reviewed_at"), datetime)), default=None)
 
 
 IN_PROGRESS, SUCCEEDED, FAILED = "in_progress", "succeeded", "failed"
@@ -98,8 +157,12 @@ IN_PROGRESS, SUCCEEDED, FAILED = "in_progress", "succeeded", "failed"
 class ReviewBacklog:
     """The tenant's human reviews as the retraining sees them: how many, and how many wait.
 
-    ``waiting`` counts reviews after ``consumed`` (the newest review a decided training read:
-    ``ModelRegistry.consumed_reviews``), i.e. reviews the model in service has not learned from.
+    ``waiting`` counts reviews received after ``consumed`` (the newest review any recorded training
+    read, a waiting challenger's included: ``ModelRegistry.trained_reviews``), i.e. reviews no
+    training has seen, whatever their ``reviewed_at``; ``not_learned`` counts those the model in
+    service never learned (reviews read by rejected candidates or a waiting challenger too).
+    ``oldest_waiting`` is the earliest datetime ``reviewed_at`` among the waiting ones, for people
+    and the age rule.
     """
 
     total: int
@@ -108,12 +171,13 @@ class ReviewBacklog:
     newest_waiting: ReviewCursor | None
     consumed: ReviewCursor | None
     future_dated: int = 0  # waiting reviews dated after the time they were counted: their age counts as 0
+    not_learned: int | None = None  # reviews received after the champion's training read (None: not counted)
 
     @classmethod
     def of(
         cls, total: int, consumed: ReviewCursor | None, waiting: list[dict], now: datetime | None = None, waiting_count: int | None = None,
     ) -> "ReviewBacklog":
-        """From the store's review count and the reviews after ``consumed``, oldest first, counted at
+        """From the store's review count and the reviews after ``consumed`` in received order, counted at
         ``now`` (naive UTC like the stored review times; default: the current time).
 
         Args:
@@ -125,18 +189,20 @@ class ReviewBacklog:
             raise ValueError(f"total must count every review, got total {total} < {count} waiting")
         now = now or datetime.now(timezone.utc).replace(tzinfo=None)
         return cls(
-            total=total, waiting=count, oldest_waiting=waiting[0]["reviewed_at"] if waiting else None,
+            total=total, waiting=count, oldest_waiting=oldest_reviewed(waiting),
             newest_waiting=ReviewCursor.of(waiting[-1]) if waiting else None, consumed=consumed,
             future_dated=dated_in_future(waiting, now),
         )
 
     def describe(self) -> str:
-        """``"300 reviews in total, 12 waiting since the model in service (consumed up to ...), oldest since ..."``,
-        then ``"; 3 waiting reviews dated in the future (clock skew?), counted as waiting 0s"`` when some are."""
+        """``"300 reviews in total, 12 new since the last training (read up to ...), oldest since ..., 40 not
+        yet learned by the model in service"``, then ``"; 3 waiting reviews dated in the future (clock skew?),
+        counted as waiting 0s"`` when some are."""
         oldest = f", oldest since {self.oldest_waiting.isoformat(timespec='seconds')} UTC" if self.oldest_waiting else ""
+        unlearned = f", {self.not_learned} not yet learned by the model in service" if self.not_learned is not None else ""
         return (
-            f"{self.total} reviews in total, {self.waiting} waiting since the model in service "
-            f"(consumed up to {self.consumed or 'nothing yet'}){oldest}{self.future_note()}"
+            f"{self.total} reviews in total, {self.waiting} new since the last training "
+            f"(read up to {self.consumed or 'nothing yet'}){oldest}{unlearned}{self.future_note()}"
         )
 
     def future_note(self) -> str:
@@ -153,13 +219,14 @@ class ReviewBacklog:
             "oldest_waiting": self.oldest_waiting.isoformat(timespec="seconds") if self.oldest_waiting else None,
             "consumed_up_to": str(self.consumed) if self.consumed else None,
             "dated_in_future": self.future_dated,
+            "not_learned_by_champion": self.not_learned,
         }
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
     """How a failed retraining is retried: after ``backoff`` doubled per attempt, at most ``max_backoff``,
-    and at most ``max_attempts`` runs for the same reviews (then it waits for newer reviews).
+    and at most ``max_attempts`` runs for the same reviews (then it waits for a new batch: ``plan_tick``).
 
     Args:
         backoff: wait after the first failure, > 0.
@@ -254,25 +321,36 @@ def plan_tick(
     now: datetime,
     policy: RetrainPolicy,
     retry: RetryPolicy,
+    waiting_count: int | None = None,
 ) -> TickPlan:
     """Decide one tick of the retraining sensor. Reviews count as consumed only when a run that read
     them recorded a decision (``consumed``, from the registry); a run that failed is retried.
 
+    After ``retry.max_attempts`` failed runs of the same reviews the sensor gives up on them (the
+    failure is likely deterministic) until a whole new batch arrives: ``policy.threshold`` reviews
+    received after the given-up target, or a manual run that records a decision. One new review
+    does not start another series, nor does the age rule (an old-dated import would restart it at
+    once): either would turn one bad batch into a storm of failed trainings.
+
     Args:
         tenant: the tenant watched.
         consumed: the newest review a decided training read (``ModelRegistry.consumed_reviews``).
-        waiting: the reviews after ``consumed``, oldest first (dicts with ``reviewed_at`` and ``_id``).
+        waiting: the reviews received after ``consumed``, by ``seq`` (dicts with ``seq`` and ``reviewed_at``),
+            possibly only the first of them (a read limit).
         pending: the retraining requested earlier and not yet decided, from the sensor's cursor.
         run_status: ``request_id -> (IN_PROGRESS | SUCCEEDED | FAILED, finished_at)`` of its latest run;
             a run that cannot be found counts as failed.
         now: the tick's time (naive UTC, like the stored review times).
         policy: when enough reviews wait.
         retry: how failed runs are retried.
+        waiting_count: how many reviews wait when ``waiting`` holds only the first of them; default ``len(waiting)``.
     """
+    count = len(waiting) if waiting_count is None else waiting_count
     newest = ReviewCursor.of(waiting[-1]) if waiting else None
-    waits = f"{len(waiting)} reviews waiting after {consumed or 'the first review'}"
-    if waiting:
-        waits += f", oldest since {waiting[0]['reviewed_at'].isoformat(timespec='seconds')} UTC"
+    oldest = oldest_reviewed(waiting)
+    waits = f"{count} reviews waiting after {consumed or 'the first review'}"
+    if oldest is not None:
+        waits += f", oldest since {oldest.isoformat(timespec='seconds')} UTC"
     if pending is not None and consumed is not None and consumed >= pending.target:
         pending = None  # its run (or a later one) decided: those reviews are consumed
     if pending is not None:
@@ -281,15 +359,17 @@ def plan_tick(
             return TickPlan(None, f"tenant {tenant}: retraining {pending.request_id} (attempt {pending.attempt}) is running; {waits}", pending)
         # A run that succeeded without recording a decision (e.g. a partial selection) is retried like a failure.
         what = "ended without a decision" if status == SUCCEEDED else "failed"
-        if newest is not None and newest > pending.target and pending.attempt >= retry.max_attempts:
-            pending = None  # newer reviews arrived since it gave up: start afresh below
-        elif pending.attempt >= retry.max_attempts:
-            return TickPlan(
-                None,
-                f"tenant {tenant}: gave up after {pending.attempt} runs of the reviews up to {pending.target} ({what}); "
-                f"waiting for newer reviews or a manual run of the tenant's training job; {waits}",
-                pending,
-            )
+        if pending.attempt >= retry.max_attempts:
+            newer = count - sum(1 for review in waiting if ReviewCursor.of(review) <= pending.target)
+            if newer < policy.threshold:
+                return TickPlan(
+                    None,
+                    f"tenant {tenant}: gave up after {pending.attempt} runs of the reviews up to {pending.target} ({what}); "
+                    f"{newer} reviews since, {policy.threshold - newer} more needed to try again (threshold {policy.threshold}), "
+                    f"or a manual run of the tenant's training job; {waits}",
+                    pending,
+                )
+            pending = None  # a whole new batch since it gave up: a new series of attempts below
         else:
             due = (finished_at or now) + retry.wait_after(pending.attempt)
             if now < due:
@@ -303,7 +383,7 @@ def plan_tick(
             attempt = pending.attempt + 1
             request = PendingRetraining(target, attempt, request_id(tenant, target, attempt))
             return TickPlan(request, f"tenant {tenant}: retrying after run {pending.request_id} {what} (attempt {attempt}/{retry.max_attempts}); {waits}", request)
-    retrain, reason = policy.decide(len(waiting), waiting[0]["reviewed_at"] if waiting else None, now)
+    retrain, reason = policy.decide(count, oldest, now)
     if not retrain or newest is None:
         return TickPlan(None, f"tenant {tenant}: {reason}; consumed up to {consumed or 'nothing yet'}", None)
     request = PendingRetraining(newest, 1, request_id(tenant, newest, 1))

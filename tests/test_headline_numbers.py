@@ -1,0 +1,62 @@
+"""`ensemble_model` reports the human-labelled test score and the agreement with the LLM apart."""
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from dagster import build_asset_context
+
+from dagster_helpers import DEMO, resources
+from legolas_assets import evaluation
+from legolas_ml.data.splits import Fold, SplitPlan
+from legolas_ml.evaluation.metrics import classification_metrics
+from legolas_ml.lifecycle.artifacts import write_dataset
+
+LABELS = ["a", "b"]
+
+
+def _ensemble_model():
+    return [a for a in evaluation.build_evaluation(DEMO) if a.key == DEMO.key("ensemble_model")][0]
+
+
+def test_manifest_and_metadata_show_the_human_score_apart_from_the_llm_agreement(tmp_path, monkeypatch):
+    # A first training's test split: 4 human-labelled sessions, 6 LLM-labelled. The ensemble repeats
+    # the LLM's labels and says "a" to every human-labelled session: the mixed score looks good.
+    rows = [(f"h{i}", "ab"[i % 2], "human") for i in range(4)] + [(f"l{i}", "aaabbb"[i], "llm") for i in range(6)]
+    predicted = {"h0": "a", "h1": "a", "h2": "a", "h3": "a", **{sid: label for sid, label, src in rows if src == "llm"}}
+    dataset = write_dataset(tmp_path / "labeled.jsonl", [
+        {"session_id": sid, "text": f"text {sid}", "label": label, "source": src} for sid, label, src in rows
+    ])
+    plan = SplitPlan(test_ids=[r[0] for r in rows], folds=[Fold(index=0, train_ids=["x"], val_ids=["y"])], seed=0, kfold=False)
+    split_path = tmp_path / "split.json"
+    split_path.write_text(json.dumps(plan.to_dict()))
+
+    def evaluate(paths, texts, y_true, device, precision):
+        y_pred = [predicted[text.removeprefix("text ")] for text in texts]
+        probs = np.array([[1.0, 0.0] if p == "a" else [0.0, 1.0] for p in y_pred])  # (n, n_classes)
+        return classification_metrics(y_true, y_pred, classes=LABELS), probs, SimpleNamespace(labels=LABELS)
+
+    monkeypatch.setattr(evaluation, "evaluate_ensemble", evaluate)
+    monkeypatch.setattr(evaluation, "read_sidecar", lambda path: {"sha256": "0" * 64})
+    summary = {"rows": 10, "per_source": {"human": 4, "llm": 6}, "per_class": {"a": 5, "b": 5}}
+    output = _ensemble_model()(
+        build_asset_context(resources=resources(tmp_path)),
+        labeled_dataset={"path": str(dataset), "data_version": "d1", "mode": "first", "summary": summary},
+        stratified_splits={"path": str(split_path), "fingerprint": plan.fingerprint(), "n_folds": 1, "data_version": "d1"},
+        fold_models={"0": {"training_key": "v1", "checkpoint_path": str(tmp_path / "fold0.safetensors")}},
+        cv_metrics={"split_fingerprint": plan.fingerprint(), "balanced_accuracy": {"mean": 0.8, "std": 0.01}},
+    )
+
+    manifest, metadata = output.value, output.metadata
+    assert manifest["test_metrics_human"] == {"n": 4, "balanced_accuracy": 0.5, "accuracy": 0.5}
+    assert manifest["llm_agreement"] == {"n": 6, "balanced_accuracy": 1.0, "accuracy": 1.0}
+    assert manifest["test_metrics"]["balanced_accuracy"] == pytest.approx(0.8)  # mixed: kept for the chance check
+    on_disk = json.loads(open(manifest["manifest_path"]).read())
+    assert on_disk["test_metrics_human"] == manifest["test_metrics_human"] and on_disk["llm_agreement"] == manifest["llm_agreement"]
+    assert list(metadata)[:7] == [
+        "test_balanced_accuracy_human", "test_accuracy_human", "test_n_human",
+        "llm_agreement_balanced_accuracy", "llm_agreement_accuracy", "llm_agreement_n", "test_balanced_accuracy_mixed",
+    ]
+    assert metadata["test_balanced_accuracy_human"].value == 0.5 and metadata["test_balanced_accuracy_mixed"].value == 0.8
+    assert metadata["llm_agreement_n"].value == 6 and "test_balanced_accuracy" not in metadata
