@@ -39,6 +39,15 @@ def main() -> None:
             scenario = Scenario(delta, max(d, abs(delta)))
             rates = [promotion_rate(scenario, n, args.draws, policy, seed=n) for n in sizes]
             print(f"| {d:.2f} | {delta:+.2f} | " + " | ".join(f"{r:.1%}" for r in rates) + " |", flush=True)
+    print("\nUnbalanced classes (shares 0.52/0.20/0.15/0.10/0.03), the whole difference in one class (recall moved by 5 x delta):")
+    print("| falling class (share) | true BA difference | " + " | ".join(f"n={n}" for n in sizes) + " |")
+    print("|---|---|" + "---|" * len(sizes))
+    shares = (0.52, 0.20, 0.15, 0.10, 0.03)
+    for cls in (4, 3, 0):
+        for delta in (-0.05, 0.0):
+            scenario = Scenario(delta, 0.10, class_shares=shares, drop_class=cls)
+            rates = [promotion_rate(scenario, n, args.draws, policy, seed=n + 7) for n in sizes]
+            print(f"| {cls} ({shares[cls]:.2f}) | {delta:+.2f} | " + " | ".join(f"{r:.1%}" for r in rates) + " |", flush=True)
     print("\nA waiting challenger, looked at from 30 sessions on each time the holdout grew 25%, up to 450:")
     print("| disagreement | true BA difference | promoted | rejected | still waiting |")
     print("|---|---|---|---|---|")

@@ -24,6 +24,7 @@ from legolas_ml.evaluation.ensemble import EVAL_PRECISION
 from legolas_ml.lifecycle.artifacts import read_dataset
 from legolas_ml.data.store import StoreUnavailableError
 from legolas_ml.lifecycle.decision import (
+    KEEP,
     Decision,
     Holdout,
     decide_and_record,
@@ -73,7 +74,7 @@ def _recall_table(comparison) -> MetadataValue:
     ]))
 
 
-_WORDS = {PROMOTE: "promoted", REJECT: "rejected", WAIT: "challenger"}
+_WORDS = {PROMOTE: "promoted", REJECT: "rejected", WAIT: "challenger", KEEP: "kept (already the champion)"}
 
 
 def decision_metadata(decision: Decision) -> dict:
@@ -151,14 +152,15 @@ def build_promoted_ensemble(tenant: TenantPlan) -> AssetsDefinition:
             "decisions_log": MetadataValue.path(str(registry.decisions_path)),
         })
         word = _WORDS[decision.outcome]
-        (context.log.info if decision.promoted else context.log.warning)(f"candidate {version}: {word}: {decision.reason}")
+        serves = decision.outcome in (PROMOTE, KEEP)  # the candidate is in service
+        (context.log.info if serves else context.log.warning)(f"candidate {version}: {word}: {decision.reason}")
         yield Output(
-            {"tenant": tenant.name, "champion_version": serving, "candidate_version": version, "promoted": decision.promoted,
+            {"tenant": tenant.name, "champion_version": serving, "candidate_version": version, "promoted": serves,
              "outcome": word, "reason": decision.reason},
             metadata=metadata,
         )
         yield AssetCheckResult(
-            check_name="candidate_promoted", passed=decision.promoted, severity=AssetCheckSeverity.WARN,
+            check_name="candidate_promoted", passed=serves, severity=AssetCheckSeverity.WARN,
             metadata={"candidate_version": version, "champion_version": serving or "none", "outcome": word, "reason": decision.reason},
         )
 

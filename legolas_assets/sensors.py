@@ -146,22 +146,34 @@ def _requested_before(instance, run_key: str) -> bool:
 
 def challenger_look(tenant: TenantPlan, lifecycle, training, for_holdout: list[dict]) -> tuple[RunRequest, str] | None:
     """A run of ``challenger_job`` when the tenant's waiting challenger is due another look: enough
-    reviews landed in the holdout since its last one (``LookSchedule``); else ``None``."""
+    sessions landed in the holdout since its last one (``LookSchedule``); else ``None``.
+
+    Sessions are counted as the job compares them (distinct, in the holdout at the smallest share of
+    the compared versions); the run key names the challenger and the look, so one look is requested
+    once: a look that finds too few sessions, or fails, is not requested again for every new review.
+    """
     registry = lifecycle.registry(training, tenant.name)
     waiting = registry.challenger()
     if waiting is None:
         return None
+    champion = registry.champion_version()
+    shares = [lifecycle.holdout_share] + [
+        share for share in ((registry.manifest(v).get("holdout") or {}).get("share") for v in (waiting["version"], champion) if v)
+        if isinstance(share, (int, float))
+    ]
     last = ReviewCursor.parse(waiting["record"].get("holdout_reviews_cursor"))
-    new = [r for r in for_holdout if last is None or last.legacy or ReviewCursor.of(r) > last]
+    new = {
+        str(r["session_id"]) for r in for_holdout
+        if (last is None or last.legacy or ReviewCursor.of(r) > last) and in_holdout(tenant.name, str(r["session_id"]), min(shares))
+    }
     n = int(waiting.get("holdout_n") or 0)
     due = next_look(waiting, lifecycle.policy())
     if not new or n + len(new) < due:
         return None
-    newest = ReviewCursor.of(new[-1])
-    reason = (f"tenant {tenant.name}: challenger {waiting['version']} is due another look: {len(new)} reviews landed in the "
-              f"holdout since its last look at {n} sessions (next look at {due})")
+    reason = (f"tenant {tenant.name}: challenger {waiting['version']} is due another look: {len(new)} sessions landed in the "
+              f"holdout since its last look at {n} (next look at {due})")
     request = RunRequest(
-        run_key=f"{tenant.name}-challenger-{waiting['version']}-{newest}".replace(" ", "").replace("#", ""),
+        run_key=f"{tenant.name}-challenger-{waiting['version']}-look-at-{due}",
         job_name=challenger_job.name,
         run_config={"ops": {"look_at_challenger_op": {"config": {"tenant": tenant.name}}}},
         tags={TENANT_TAG: tenant.name, "legolas/trigger": reason[:200]},

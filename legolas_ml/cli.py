@@ -124,7 +124,7 @@ def cmd_status(args) -> int:
             print(f"refused: {problem}")
         return 0
     print(
-        f"{'tenant':<16} {'K':>3} {'documents':>10} {'reviews':>8} {'waiting':>8} {'queue':>6}  {'newest review':<20} "
+        f"{'tenant':<16} {'K':>3} {'documents':>10} {'reviews':>8} {'waiting':>8} {'unlearned':>9} {'queue':>6}  {'newest review':<20} "
         f"{'champion':<18} {'human test BA':>13} {'holdout BA':>10} {'age':>5}"
     )
     champions = {}
@@ -136,11 +136,14 @@ def cmd_status(args) -> int:
             label = champions[tenant.name]["version"] if champions[tenant.name] else "none"
         except ChampionUnavailableError as exc:
             champions[tenant.name], label = None, f"DAMAGED: {exc}"
-        consumed = registry.consumed_reviews()
+        # As the sensor counts: new since the last recorded training (a waiting challenger's included),
+        # and not yet learned by the model in service (read by rejected candidates or the challenger too).
+        trained, learned = registry.trained_reviews(), registry.champion_reviews()
         try:
             with _store(args) as store:
                 counts = store.counts()
-                waiting = store.count_reviews_after(consumed.as_tuple() if consumed else None)
+                waiting = store.count_reviews_after(trained.as_tuple() if trained else None)
+                unlearned = store.count_reviews_after(learned.as_tuple()) if learned else counts["reviews"]
                 queued = queue_size(store)
         except (StoreBusyError, StoreIntegrityError) as exc:  # one tenant's damaged documents: its row says so
             print(f"{tenant.name:<16} store problem: {scrub(str(exc), settings.mongo_uri())}")
@@ -152,7 +155,7 @@ def cmd_status(args) -> int:
         k = tenant.settings.n_folds or settings.preset()["n_folds"]
         newest = counts["newest_review"].isoformat(timespec="seconds") if counts["newest_review"] else "-"
         print(
-            f"{tenant.name:<16} {k:>3} {counts['classifications']:>10} {counts['reviews']:>8} {waiting:>8} {queued:>6}  "
+            f"{tenant.name:<16} {k:>3} {counts['classifications']:>10} {counts['reviews']:>8} {waiting:>8} {unlearned:>9} {queued:>6}  "
             f"{newest:<20} {label:<18} {_number(test_ba):>13} {_number(holdout_ba):>10} {_age(_promoted_at(registry, manifest)):>5}"
         )
     for problem in found.refused:

@@ -76,9 +76,10 @@ def test_a_grown_holdout_decides_the_same_version_afresh(registry):
     small = _holdout(10, cursor=_cursor(1))
     first = decide_and_record(registry, cand, small, PromotionPolicy(), _predict_for(small, {}), actor="t")
     assert first.outcome == WAIT and "holdout too small" in first.reason and registry.challenger()["version"] == "cand"
+    n = len(registry.history())
     again = decide_and_record(registry, cand, small, PromotionPolicy(), _predict_for(small, {}), actor="t")
-    assert again.standing is False or again.outcome == WAIT  # a challenger re-looked on the same holdout stays waiting
-    grown = _holdout(80, cursor=_cursor(2))
+    assert again.outcome == WAIT and again.standing and len(registry.history()) == n  # not due another look: nothing recorded
+    grown = _holdout(150, cursor=_cursor(2))
     decided = decide_and_record(registry, cand, grown, PromotionPolicy(), _predict_for(grown, {}), actor="t")
     assert decided.outcome == PROMOTE and not decided.standing and registry.champion_version() == "cand"
     assert registry.history()[-1]["holdout_reviews_cursor"] == _cursor(2)
@@ -97,6 +98,17 @@ def test_a_rolled_back_version_is_not_promoted_again_by_a_rerun(registry):
     registry.rollback(actor="operator", reason="bad in production")
     rerun = decide_and_record(registry, cand, holdout, PromotionPolicy(), _predict_for(holdout, {}), actor="t")
     assert rerun.outcome == REJECT and "rolled back" in rerun.reason and registry.champion_version() == "champ"
+
+
+def test_a_version_replaced_by_an_operator_is_not_reported_promoted_by_a_rerun(registry):
+    # Review of #26: after `legolas promote` of another version, a re-run said "promoted" with the old model in service.
+    registry.promote(_version(registry, "champ")["version"], actor="t", reason="first")
+    cand = _version(registry, "cand")
+    holdout = _holdout(150)
+    assert decide_and_record(registry, cand, holdout, PromotionPolicy(), _predict_for(holdout, {}), actor="t").promoted
+    registry.promote("champ", actor="operator", reason="back to the old one")
+    rerun = decide_and_record(registry, cand, holdout, PromotionPolicy(), _predict_for(holdout, {}), actor="t")
+    assert rerun.outcome == REJECT and "replaced by champ" in rerun.reason and registry.champion_version() == "champ"
 
 
 def test_a_raised_share_leaves_the_champions_training_sessions_out(registry):
@@ -120,7 +132,7 @@ def test_a_retraining_that_reproduces_the_champion_consumes_its_reviews(registry
     registry.promote("champ", actor="t", reason="first")
     holdout = _holdout(10, cursor=_cursor(5))
     decision = decide_and_record(registry, champ, holdout, PromotionPolicy(), _predict_for(holdout, {}), actor="t")
-    assert decision.promoted and registry.history()[-1]["action"] == "kept"
+    assert decision.outcome == "keep" and registry.history()[-1]["action"] == "kept"
     assert registry.consumed_reviews() == ReviewCursor.parse(_cursor(5))
     n = len(registry.history())
     decide_and_record(registry, champ, holdout, PromotionPolicy(), _predict_for(holdout, {}), actor="t")

@@ -78,8 +78,9 @@ def all_reviews(home):
         return store.reviews_after(None)
 
 
-def add_run(instance, request_id, status):
-    run = DagsterRun(job_name="training_job", run_id=make_new_run_id(), tags={REQUEST_TAG: request_id}, status=status)
+def add_run(instance, request_id, status, run_key=None):
+    tags = {REQUEST_TAG: request_id, **({"dagster/run_key": run_key} if run_key else {})}
+    run = DagsterRun(job_name="training_job", run_id=make_new_run_id(), tags=tags, status=status)
     instance.add_run(run)
     return run
 
@@ -288,4 +289,8 @@ def test_holdout_reviews_feed_the_challenger_not_the_retraining(home, monkeypatc
     [request] = tick(home).run_requests
     assert request.job_name == "challenger_job" and request.tags["legolas/tenant"] == "demo"
     assert request.run_config == {"ops": {"look_at_challenger_op": {"config": {"tenant": "demo"}}}}
-    assert "challenger chal is due another look: 8 reviews landed in the holdout" in request.tags["legolas/trigger"]
+    assert "challenger chal is due another look: 8 sessions landed in the holdout" in request.tags["legolas/trigger"]
+    # That look was requested once: ticks after it (the look ran, or failed) go on to the retraining rule.
+    instance = DagsterInstance.ephemeral()
+    add_run(instance, "look", DagsterRunStatus.FAILURE, run_key=request.run_key)
+    assert "0 new reviews" in skip_message(tick(home, instance=instance))

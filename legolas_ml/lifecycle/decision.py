@@ -41,6 +41,7 @@ from legolas_ml.lifecycle.promotion import (
 from legolas_ml.lifecycle.registry import CHALLENGER, PROMOTED, ModelRegistry
 from legolas_ml.lifecycle.retraining import ReviewCursor
 
+KEEP = "keep"
 #: ``(checkpoints, texts) -> predicted labels``: how an ensemble predicts the holdout.
 Predict = Callable[[Sequence[str], list[str]], list[str]]
 
@@ -83,7 +84,7 @@ class Decision:
     """What happens to the candidate, why, and everything the UI shows about it."""
 
     version: str
-    outcome: str  # PROMOTE | REJECT | WAIT
+    outcome: str  # PROMOTE | REJECT | WAIT | KEEP (the candidate is the champion itself)
     reason: str
     standing: bool = False  # an earlier recorded decision stands: nothing new was recorded
     promotion: PromotionDecision | None = None
@@ -115,10 +116,11 @@ def _share(manifest: dict | None) -> float | None:
 
 def _standing(registry: ModelRegistry, version: str, champion: str | None, fingerprint: str) -> tuple[str, str, dict] | None:
     """An earlier decision on the same version, champion and holdout sessions, if one stands."""
-    rolled_back = registry.rolled_back_from(version)
-    if rolled_back is not None:
-        return (REJECT, f"rolled back at {rolled_back['at']} by {rolled_back['actor']} ({rolled_back['reason']}); a re-run "
-                f"does not promote it again (`legolas promote --version {version}` does)", rolled_back)
+    out = registry.taken_out_of_service(version)
+    if out is not None:
+        how = "rolled back" if out["action"] == "rolled_back" else f"replaced by {out['version']}"
+        return (REJECT, f"{how} at {out['at']} by {out['actor']} ({out['reason']}); a re-run does not put it back in "
+                f"service (`legolas promote --version {version}` does)", out)
     earlier = registry.decision_for(version)
     if earlier is None or earlier.get("action") == CHALLENGER:
         return None
@@ -200,7 +202,7 @@ def decide_and_record(
     champion = registry.champion()
     version = candidate["version"]
     if champion is not None and champion["version"] == version:
-        decision = Decision(version, PROMOTE, "the candidate is already the champion (same data, split and config)", standing=True,
+        decision = Decision(version, KEEP, "the candidate is already the champion (same data, split and config)", standing=True,
                             champion_version=version)
         seen = registry.read_reviews()
         read = ReviewCursor.parse(holdout.reviews_cursor)
@@ -216,6 +218,13 @@ def decide_and_record(
     waiting = registry.challenger()
     first_look = waiting is None or waiting["version"] != version
     share = min(s for s in (holdout.share, _share(candidate), _share(champion)) if s is not None)
+    if not first_look:
+        # The waiting challenger itself (a re-run of the same training, or its job): looked at on the
+        # schedule only, so the error rates of repeated looks stay the ones stated.
+        n, due = len(holdout.restricted(share)), next_look(waiting, policy)
+        if n < due:
+            return Decision(version, WAIT, f"challenger {version} waits: {n} holdout sessions, next look at {due}", standing=True,
+                            compared_n=n, next_look_at=due, champion_version=(champion or {}).get("version"))
     standing = _standing(registry, version, (champion or {}).get("version"), holdout.fingerprint(share))
     if standing is not None:
         outcome, reason, record = standing
@@ -267,18 +276,8 @@ def look_at_challenger(
     waiting = registry.challenger()
     if waiting is None:
         return None
-    candidate = registry.manifest(waiting["version"])
-    champion = registry.champion()
-    share = min(s for s in (holdout.share, _share(candidate), _share(champion)) if s is not None)
-    n = len(holdout.restricted(share))
-    # From today's policy (a changed min_holdout or growth applies at once), not the one recorded.
-    due = next_look(waiting, policy)
-    if n < due:
-        return Decision(
-            waiting["version"], WAIT, f"challenger {waiting['version']} waits: {n} holdout sessions, next look at {due}",
-            standing=True, compared_n=n, next_look_at=due, champion_version=(champion or {}).get("version"),
-        )
-    return decide_and_record(registry, candidate, holdout, policy, predict, actor=actor, run_id=run_id)
+    # decide_and_record keeps the schedule: before the next look it records nothing.
+    return decide_and_record(registry, registry.manifest(waiting["version"]), holdout, policy, predict, actor=actor, run_id=run_id)
 
 
 def next_look(challenger: dict, policy: PromotionPolicy) -> int:

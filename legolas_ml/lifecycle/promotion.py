@@ -4,10 +4,12 @@ The decision is made on the tenant's evaluation holdout (``holdout.py``): human-
 that neither ensemble trained on. Both ensembles predict the same sessions, so the comparison is
 *paired*: only the sessions where exactly one of them is right carry evidence. For each class ``c``
 with ``n_c`` holdout sessions, ``a_c`` of them won by the candidate and ``b_c`` by the champion, the
-recall difference ``(a_c - b_c) / n_c`` has the Agresti-Min interval (a Wald interval for paired
-proportions after adding half a session to each of the four cells, which keeps it honest when the
-two ensembles never disagree). Balanced accuracy is the mean of the recalls, so its difference is
-the mean of the class differences, with variance ``sum(var_c) / C**2``.
+recall difference ``(a_c - b_c) / n_c`` has the paired Wald interval with variance
+``((a_c + b_c + 1) - (a_c - b_c)**2 / n_c) / n_c**2``: one disagreement more than observed (Agresti-Min's
+half session in each discordant cell), which keeps it honest when the two ensembles never
+disagree, without pulling the centre toward 0 (that pull under-states a rare class's real drop).
+Balanced accuracy is the mean of the recalls, so its difference is the mean of the class
+differences, with variance ``sum(var_c) / C**2``.
 
 The rule, in this order (``decide_promotion``):
 
@@ -173,10 +175,11 @@ def compare_on_holdout(
         mask = t == c
         n = int(mask.sum())
         wins, losses = int((a_right & ~b_right & mask).sum()), int((~a_right & b_right & mask).sum())
-        # Agresti-Min: half a session added to each cell of the 2x2 paired table.
-        w, l, m = wins + 0.5, losses + 0.5, n + 2
-        d = (w - l) / m
-        var = max((w + l) - (w - l) ** 2 / m, 0.0) / m**2
+        # The paired Wald interval with one more disagreement in the variance (Agresti-Min's half a
+        # session in each discordant cell, without its pull of the centre toward 0: that pull made a
+        # rare class's real drop look smaller and promoted too often).
+        d = (wins - losses) / n
+        var = max((wins + losses + 1) - (wins - losses) ** 2 / n, 0.0) / n**2
         support[c] = n
         cand_recall[c] = float(a_right[mask].mean())
         champ_recall[c] = float(b_right[mask].mean())

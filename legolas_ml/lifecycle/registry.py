@@ -163,7 +163,7 @@ class ModelRegistry:
         }
         # The pointer before the rename: a crash in between leaves a champion, never none.
         write_json_atomic(self.pointer_path, {"version": version, "since": record["at"], "stack": [version], "record": record})
-        self._append(record)
+        self._complete_journal()
         legacy.rename(legacy.with_name("ensemble.json.adopted"))
         return version
 
@@ -237,25 +237,56 @@ class ModelRegistry:
         return records
 
     def history(self) -> list[dict[str, Any]]:
-        """Every decision, oldest first. A torn last line (a crash mid-append) is skipped; a decision
-        committed by a pointer write whose log append never happened is appended now (the journal)."""
-        records = self._log()
-        known = {r.get("id") for r in records if r.get("id")}
-        for path in (self.pointer_path, self.challenger_path):
-            committed = (self._pointer(path) or {}).get("record")
-            if isinstance(committed, dict) and committed.get("id") and committed["id"] not in known:
-                records.append(self._append(committed))
-                known.add(committed["id"])
+        """Every decision, oldest first. A torn line (a crash mid-append) is skipped; a decision
+        committed by a pointer write whose log append never happened is appended first (the journal);
+        a record appended twice (two readers completing the journal at once) is read once."""
+        self._complete_journal()
+        records, seen = [], set()
+        for record in self._log():
+            if record.get("id") in seen:
+                continue
+            if record.get("id"):
+                seen.add(record["id"])
+            records.append(record)
         return records
 
+    def _complete_journal(self) -> None:
+        """Append the records the pointers carry and the log lacks, before anything else is appended:
+        the log keeps the order in which decisions were committed."""
+        committed = [(self._pointer(path) or {}).get("record") for path in (self.pointer_path, self.challenger_path)]
+        committed = [r for r in committed if isinstance(r, dict) and r.get("id")]
+        if not committed:
+            return
+        known = {r.get("id") for r in self._log()}
+        for record in sorted((r for r in committed if r["id"] not in known), key=lambda r: str(r.get("at"))):
+            self._write_line(record)
+
     def _append(self, record: dict[str, Any]) -> dict[str, Any]:
+        self._complete_journal()
+        return self._write_line(record)
+
+    def _write_line(self, record: dict[str, Any]) -> dict[str, Any]:
         self.root.mkdir(parents=True, exist_ok=True)
         line = json.dumps(record, sort_keys=True, default=str) + "\n"
-        with open(self.decisions_path, "a", encoding="utf-8") as handle:
-            handle.write(line)
+        with open(self.decisions_path, "a+b") as handle:
+            # A torn last line (a crash mid-append) ends without a newline: end it, so this record is whole.
+            if handle.seek(0, os.SEEK_END):
+                handle.seek(-1, os.SEEK_END)
+                if handle.read(1) != b"\n":
+                    line = "\n" + line
+            handle.write(line.encode("utf-8"))
             handle.flush()
             os.fsync(handle.fileno())
         return record
+
+    def _previous_champion(self) -> str | None:
+        """The version in service for a record; a damaged pointer reads as the top of the logged stack,
+        so `legolas promote` and `legolas rollback` can still repair it."""
+        try:
+            return self.champion_version()
+        except ChampionUnavailableError:
+            stack = self._replayed_stack()
+            return stack[-1] if stack else None
 
     def _record(self, action: str, version: str, *, actor: str, reason: str, **extra: Any) -> dict[str, Any]:
         manifest = self.manifest(version)
@@ -263,7 +294,7 @@ class ModelRegistry:
             "id": uuid.uuid4().hex,
             "action": action,
             "version": version,
-            "previous_champion": self.champion_version(),
+            "previous_champion": self._previous_champion(),
             "actor": actor,
             "reason": reason,
             "at": _now(),
@@ -279,33 +310,45 @@ class ModelRegistry:
     def champion_stack(self) -> list[str]:
         """The champions in service, oldest first, the current one last: what rollbacks walk back.
 
-        Read from the pointer; a pointer written before the stack existed is replayed from the log
-        (a promotion pushes, a rollback pops).
+        Read from the pointer; a pointer written before the stack existed, or a damaged one, is
+        replayed from the log (a promotion pushes, a rollback pops).
         """
         pointer = self._pointer(self.pointer_path) or {}
         if isinstance(pointer.get("stack"), list) and pointer.get("version"):
             return [str(v) for v in pointer["stack"]]
+        stack = self._replayed_stack()
+        current = pointer.get("version")
+        if isinstance(current, str) and current and (not stack or stack[-1] != current):
+            stack = [v for v in stack if v != current] + [current]
+        return stack
+
+    def _replayed_stack(self) -> list[str]:
         stack: list[str] = []
-        for record in self.history():
-            if record.get("action") == PROMOTED and (not stack or stack[-1] != record.get("version")):
-                stack.append(record["version"])
-            elif record.get("action") == ROLLED_BACK:
-                while stack and stack[-1] != record.get("version"):
+        for record in self._log():
+            version = record.get("version")
+            if record.get("action") == PROMOTED and version:
+                stack = [v for v in stack if v != version] + [version]
+            elif record.get("action") == ROLLED_BACK and version:
+                while stack and stack[-1] != version:
                     stack.pop()
                 if not stack:
-                    stack.append(record["version"])
-        current = pointer.get("version")
-        if current and (not stack or stack[-1] != current):
-            stack.append(current)
+                    stack.append(version)
         return stack
 
     def _commit_champion(self, record: dict[str, Any], stack: list[str]) -> dict[str, Any]:
-        """Switch the pointer (the commit point, one atomic write carrying the record), then log it."""
-        write_json_atomic(self.pointer_path, {"version": record["version"], "since": record["at"], "stack": stack, "record": record})
-        self._append(record)
+        """Switch the pointer (the commit point, one atomic write carrying the record), then log it.
+
+        A challenger waiting against the old champion is decided too: it was never compared with
+        the new one, and a look would otherwise pit an older candidate against a newer champion.
+        """
         challenger = self.challenger()
+        write_json_atomic(self.pointer_path, {"version": record["version"], "since": record["at"], "stack": stack, "record": record})
+        self._complete_journal()  # logs the record the pointer now carries
         if challenger is not None and challenger["version"] == record["version"]:
             self.challenger_path.unlink(missing_ok=True)
+        elif challenger is not None:
+            self.reject(challenger["version"], actor=record["actor"],
+                        reason=f"superseded: the champion changed to {record['version']} ({record['action']}) while it waited")
         return record
 
     def promote(self, version: str, *, actor: str, reason: str, **extra: Any) -> dict[str, Any]:
@@ -313,7 +356,8 @@ class ModelRegistry:
         self._verify_checkpoints(self.manifest(version), verify_weights=False)
         stack = self.champion_stack()
         record = self._record(PROMOTED, version, actor=actor, reason=reason, **extra)
-        return self._commit_champion(record, stack if stack and stack[-1] == version else [*stack, version])
+        # A version promoted again moves to the top: the stack holds each version once.
+        return self._commit_champion(record, [v for v in stack if v != version] + [version])
 
     def reject(self, version: str, *, actor: str, reason: str, **extra: Any) -> dict[str, Any]:
         """Record that ``version`` is not promoted (its files stay on disk with the reason); a
@@ -344,7 +388,7 @@ class ModelRegistry:
         record = self._record(CHALLENGER, version, actor=actor, reason=reason, holdout_n=holdout_n, **extra)
         since = earlier["since"] if earlier is not None and earlier["version"] == version else record["at"]
         write_json_atomic(self.challenger_path, {"version": version, "since": since, "holdout_n": holdout_n, "record": record})
-        self._append(record)
+        self._complete_journal()  # logs the record the pointer now carries
         return record
 
     def challenger(self) -> dict[str, Any] | None:
@@ -372,11 +416,13 @@ class ModelRegistry:
                 return record
         return None
 
-    def rolled_back_from(self, version: str) -> dict[str, Any] | None:
-        """The rollback that took ``version`` out of service after its latest promotion, if any:
-        a re-run never re-promotes it unless an operator asks (``legolas promote``)."""
+    def taken_out_of_service(self, version: str) -> dict[str, Any] | None:
+        """The record that took ``version`` out of service after its latest promotion (a rollback, or
+        the promotion of another version), if any: a re-run never re-promotes it unless an operator
+        asks (``legolas promote``)."""
         for record in reversed(self.history()):
-            if record.get("action") == ROLLED_BACK and record.get("rolled_back_from") == version:
+            if record.get("action") in (PROMOTED, ROLLED_BACK) and record.get("previous_champion") == version \
+                    and record.get("version") != version:
                 return record
             if record.get("action") == PROMOTED and record.get("version") == version:
                 return None
@@ -389,10 +435,12 @@ class ModelRegistry:
         Raises:
             ValueError: if there is no earlier champion to return to, naming the stack.
         """
-        current = self.champion_version()
         stack = self.champion_stack()
+        current = self._previous_champion()
         if current is None:
             raise ValueError(f"tenant {self.artifacts.tenant!r} has no champion to roll back")
+        if not stack or stack[-1] != current:
+            stack = [v for v in stack if v != current] + [current]
         below, skipped = stack[:-1], []
         while below:
             version = below[-1]
@@ -471,7 +519,7 @@ class ModelRegistry:
         champion = self.champion_version()
         if champion:
             keep_versions.add(champion)
-        keep_versions |= set(self.champion_stack())  # rollback targets, however old
+        keep_versions |= set(self.champion_stack()[-(keep_decided + 1):])  # the rollback targets within reach
         challenger = self.challenger()
         if challenger:
             keep_versions.add(challenger["version"])

@@ -28,30 +28,47 @@ from legolas_ml.lifecycle.promotion import (
 
 @dataclass(frozen=True)
 class Scenario:
-    """The truth behind a draw. ``disagreement`` must be at least ``|delta|``."""
+    """The truth behind a draw. ``disagreement`` must be at least ``|delta|``.
+
+    With ``class_shares`` the classes are unbalanced, and with ``drop_class`` the whole difference sits
+    in that one class (its recall moves by ``delta * n_classes``, so balanced accuracy moves by
+    ``delta``): the hardest case for a rule, a rare class that falls.
+    """
 
     delta: float
     disagreement: float = 0.10
     champion_accuracy: float = 0.85
     n_classes: int = 5
+    class_shares: tuple[float, ...] | None = None
+    drop_class: int | None = None
 
     def __post_init__(self) -> None:
-        x, y = self._cells()
-        if x < 0 or y < 0 or x > self.champion_accuracy or y > 1 - self.champion_accuracy:
-            raise ValueError(
-                f"disagreement must be >= |delta| and fit the champion's accuracy, got disagreement "
-                f"{self.disagreement!r}, delta {self.delta!r}, champion_accuracy {self.champion_accuracy!r}"
-            )
+        for delta, d in {self._class_cells(c) for c in range(self.n_classes)}:
+            x, y = (d - delta) / 2, (d + delta) / 2
+            if x < 0 or y < 0 or x > self.champion_accuracy or y > 1 - self.champion_accuracy:
+                raise ValueError(
+                    f"disagreement must be >= |delta| and fit the champion's accuracy, got disagreement "
+                    f"{self.disagreement!r}, delta {delta!r}, champion_accuracy {self.champion_accuracy!r}"
+                )
+        if self.class_shares is not None and (len(self.class_shares) != self.n_classes or abs(sum(self.class_shares) - 1) > 1e-9):
+            raise ValueError(f"class_shares must be {self.n_classes} shares summing to 1, got {self.class_shares!r}")
 
-    def _cells(self) -> tuple[float, float]:
-        # x: champion right, candidate wrong; y: champion wrong, candidate right. y - x = delta, x + y = d.
-        return (self.disagreement - self.delta) / 2, (self.disagreement + self.delta) / 2
+    def _class_cells(self, c: int) -> tuple[float, float]:
+        """(recall difference, disagreement) of class ``c``."""
+        if self.drop_class is None:
+            return self.delta, self.disagreement
+        if c != self.drop_class:
+            return 0.0, self.disagreement
+        delta = self.delta * self.n_classes
+        return delta, max(self.disagreement, abs(delta))
 
     def draw(self, n: int, rng: np.random.Generator) -> tuple[list[str], list[str], list[str]]:
         """``(y_true, candidate_pred, champion_pred)`` for ``n`` sessions."""
-        x, y = self._cells()
         p0 = self.champion_accuracy
-        truth = rng.integers(0, self.n_classes, n)
+        truth = rng.choice(self.n_classes, n, p=self.class_shares) if self.class_shares else rng.integers(0, self.n_classes, n)
+        cells = np.array([self._class_cells(c) for c in range(self.n_classes)])[truth]
+        # x: champion right, candidate wrong; y: champion wrong, candidate right. y - x = delta, x + y = d.
+        x, y = (cells[:, 1] - cells[:, 0]) / 2, (cells[:, 1] + cells[:, 0]) / 2
         champion_right = rng.random(n) < p0
         flip = rng.random(n) < np.where(champion_right, x / p0, y / (1 - p0))
         candidate_right = champion_right ^ flip
