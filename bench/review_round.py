@@ -7,7 +7,9 @@ generator's truth, as a JSONL that `legolas import-reviews` reads.
 The generator is re-run with the seed and size the tenant was created with (`make demo`: seed 7,
 600 conversations for `demo`) to know each conversation's true class; the store never holds it.
 ``--order random`` (default) picks unreviewed documents at random; ``--order queue`` takes the
-review queue's order (flagged documents, highest priority first), as a reviewer would.
+review queue's order (flagged documents, highest priority first), as a reviewer would;
+``--order rare-first`` takes documents whose LLM label is the rarest among the human reviews first
+(a reviewer asked to fill the classes a retraining lacks).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+from collections import Counter
 from datetime import datetime, timezone
 
 from legolas_ml import settings
@@ -30,19 +33,21 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--conversations", type=int, default=600)
     parser.add_argument("--domain", default="support")
-    parser.add_argument("--order", choices=("random", "queue"), default="random")
+    parser.add_argument("--order", choices=("random", "queue", "rare-first"), default="random")
     parser.add_argument("--round-seed", type=int, default=0, help="which random documents (--order random)")
     args = parser.parse_args()
     truth: dict[str, str] = {}
     generate_demo_data(args.conversations, 0, args.seed, truth=truth, domain=args.domain)
     with open_tenant_store(settings.mongo_uri(), settings.data_dir(), settings.database_name(), args.tenant) as store:
-        reviewed = {r["session_id"] for r in store.reviews.find({"tenant": args.tenant}, {"session_id": 1})}
+        reviewed = {r["session_id"]: r["label"] for r in store.reviews.find({"tenant": args.tenant}, {"session_id": 1, "label": 1})}
         docs = [d for d in store.classifications.find({"tenant": args.tenant}) if d["session_id"] not in reviewed]
     docs = [d for d in docs if d["session_id"] in truth]
+    random.Random(args.round_seed).shuffle(docs)
     if args.order == "queue":
         docs.sort(key=lambda d: (not d.get("needs_review"), -(d.get("review_priority") or 0), d["session_id"]))
-    else:
-        random.Random(args.round_seed).shuffle(docs)
+    elif args.order == "rare-first":
+        seen = Counter(reviewed.values())
+        docs.sort(key=lambda d: seen.get(d.get("llm_prediction"), 0))  # stable: random within a class
     now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     with open(args.out, "w") as handle:
         for doc in docs[: args.n]:

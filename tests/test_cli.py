@@ -73,10 +73,9 @@ def test_entry_point_installed():
     assert result.returncode == 0 and "import-reviews" in result.stdout
 
 
-def test_status_shows_the_champions_newest_report(home, capsys):
-    """Each explainability run writes its own report (runs/<run_id>/explainability/): status names the newest."""
-    import os
 
+def _demo_registry(home):
+    """Tenant demo with a little data, its registry, and one tiny checkpoint versions can point at."""
     import torch
 
     from legolas_ml.lifecycle.artifacts import TenantArtifacts
@@ -86,7 +85,13 @@ def test_status_shows_the_champions_newest_report(home, capsys):
     assert main(["demo-data", "--conversations", "60", "--reviews", "10"]) == 0
     checkpoint = save_checkpoint(home / "fold0.safetensors", {"w": torch.ones(1)}, {
         "epoch": 0, "metrics": {}, "labels": ["a", "b"], "model_config": {}, "training_config": {}})
-    registry = ModelRegistry(TenantArtifacts(home / "output", "demo"))
+    return ModelRegistry(TenantArtifacts(home / "output", "demo")), checkpoint
+
+def test_status_shows_the_champions_newest_report(home, capsys):
+    """Each explainability run writes its own report (runs/<run_id>/explainability/): status names the newest."""
+    import os
+
+    registry, checkpoint = _demo_registry(home)
     registry.write_candidate({
         "version": "v1", "checkpoints": [str(checkpoint)], "mode": "first", "created_at": "2026-11-25T10:00:00Z",
         "test_metrics": {"balanced_accuracy": 0.8, "n": 40},
@@ -108,16 +113,7 @@ def test_status_shows_the_champions_newest_report(home, capsys):
 def test_status_headlines_the_human_test_score_and_the_recorded_holdout_score(home, capsys):
     """The champion's row: balanced accuracy on human-labelled test sessions (not the mixed score, mostly
     agreement with LLM labels) and the latest holdout balanced accuracy its decisions recorded."""
-    import torch
-
-    from legolas_ml.lifecycle.artifacts import TenantArtifacts
-    from legolas_ml.lifecycle.registry import ModelRegistry
-    from legolas_ml.training.checkpoint import save_checkpoint
-
-    assert main(["demo-data", "--conversations", "60", "--reviews", "10"]) == 0
-    checkpoint = save_checkpoint(home / "fold0.safetensors", {"w": torch.ones(1)}, {
-        "epoch": 0, "metrics": {}, "labels": ["a", "b"], "model_config": {}, "training_config": {}})
-    registry = ModelRegistry(TenantArtifacts(home / "output", "demo"))
+    registry, checkpoint = _demo_registry(home)
     for version, human in (("v1", 0.6123), ("v2", 0.65)):
         registry.write_candidate({
             "version": version, "checkpoints": [str(checkpoint)], "mode": "first", "created_at": "2026-11-25T10:00:00Z",
@@ -141,16 +137,7 @@ def test_status_headlines_the_human_test_score_and_the_recorded_holdout_score(ho
 def test_status_and_versions_show_the_challenger_and_the_champion_stack(home, capsys):
     """Issue #26: `legolas status` shows the waiting challenger and how far it is from a decision;
     `legolas versions` the stack of champions a rollback walks back."""
-    import torch
-
-    from legolas_ml.lifecycle.artifacts import TenantArtifacts
-    from legolas_ml.lifecycle.registry import ModelRegistry
-    from legolas_ml.training.checkpoint import save_checkpoint
-
-    assert main(["demo-data", "--conversations", "60", "--reviews", "10"]) == 0
-    checkpoint = save_checkpoint(home / "fold0.safetensors", {"w": torch.ones(1)}, {
-        "epoch": 0, "metrics": {}, "labels": ["a", "b"], "model_config": {}, "training_config": {}})
-    registry = ModelRegistry(TenantArtifacts(home / "output", "demo"))
+    registry, checkpoint = _demo_registry(home)
     for version in ("v1", "v2", "v3"):
         registry.write_candidate({"version": version, "checkpoints": [str(checkpoint)], "mode": "first",
                                   "created_at": "2026-11-25T10:00:00Z", "test_metrics": {"balanced_accuracy": 0.9, "n": 4}})
@@ -170,16 +157,7 @@ def test_status_and_versions_show_the_challenger_and_the_champion_stack(home, ca
 
 def test_status_shows_dashes_for_a_champion_without_recorded_scores(home, capsys):
     """An old manifest (no human test score) and decisions without a holdout score: "-", not the mixed score."""
-    import torch
-
-    from legolas_ml.lifecycle.artifacts import TenantArtifacts
-    from legolas_ml.lifecycle.registry import ModelRegistry
-    from legolas_ml.training.checkpoint import save_checkpoint
-
-    assert main(["demo-data", "--conversations", "60", "--reviews", "10"]) == 0
-    checkpoint = save_checkpoint(home / "fold0.safetensors", {"w": torch.ones(1)}, {
-        "epoch": 0, "metrics": {}, "labels": ["a", "b"], "model_config": {}, "training_config": {}})
-    registry = ModelRegistry(TenantArtifacts(home / "output", "demo"))
+    registry, checkpoint = _demo_registry(home)
     registry.write_candidate({
         "version": "v1", "checkpoints": [str(checkpoint)], "mode": "first", "created_at": "2026-11-25T10:00:00Z",
         "test_metrics": {"balanced_accuracy": 0.8, "n": 40},
@@ -203,23 +181,20 @@ def test_holdout_scores_are_the_latest_recorded_per_version():
         {"version": "v2", "action": "rejected", "holdout_balanced_accuracy": None, "decision": {"comparison": None}},
     ]
     assert holdout_balanced_accuracies(history) == {"v0": 0.55, "v1": 0.62}
+    # A later comparison scores the champion on today's holdout: its latest score.
+    history.append({"version": "v3", "action": "challenger", "previous_champion": "v1", "holdout_balanced_accuracy": 0.7,
+                    "champion_holdout_balanced_accuracy": 0.66})
+    assert holdout_balanced_accuracies(history) == {"v0": 0.55, "v1": 0.66, "v3": 0.7}
 
 
 def test_versions_lists_the_human_test_score_and_the_holdout_score(home, capsys):
-    import torch
-
-    from legolas_ml.lifecycle.artifacts import TenantArtifacts
-    from legolas_ml.lifecycle.registry import ModelRegistry
-    from legolas_ml.training.checkpoint import save_checkpoint
-
-    checkpoint = save_checkpoint(home / "fold0.safetensors", {"w": torch.ones(1)}, {
-        "epoch": 0, "metrics": {}, "labels": ["a", "b"], "model_config": {}, "training_config": {}})
-    registry = ModelRegistry(TenantArtifacts(home / "output", "demo"))
+    registry, checkpoint = _demo_registry(home)
     registry.write_candidate({
         "version": "v1", "checkpoints": [str(checkpoint)], "created_at": "2026-11-25T10:00:00Z",
         "test_metrics": {"balanced_accuracy": 0.9, "n": 40}, "test_metrics_human": {"n": 8, "balanced_accuracy": 0.625, "accuracy": 0.6},
     })
     registry.promote("v1", actor="test", reason="first", holdout_balanced_accuracy=0.58)
+    capsys.readouterr()
     assert main(["versions"]) == 0
     header, row = capsys.readouterr().out.splitlines()[:2]
     assert "human test BA" in header and "holdout BA" in header

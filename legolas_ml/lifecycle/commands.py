@@ -36,7 +36,8 @@ def cmd_rollback(args) -> int:
 def holdout_balanced_accuracies(history: list[dict]) -> dict[str, float]:
     """Per version, its balanced accuracy on the human holdout, the latest recorded at a decision.
 
-    Decisions record it as ``holdout_balanced_accuracy``; older records have it only in the comparison
+    Decisions record it as ``holdout_balanced_accuracy``, and the champion's as
+    ``champion_holdout_balanced_accuracy`` of each comparison; older records have it only in the comparison
     with a champion (none for a first training). A version without a recorded value is absent.
 
     Args:
@@ -44,6 +45,10 @@ def holdout_balanced_accuracies(history: list[dict]) -> dict[str, float]:
     """
     found: dict[str, float] = {}
     for record in history:
+        # The champion is scored on the same holdout at every comparison: its latest score counts too.
+        measured = record.get("champion_holdout_balanced_accuracy")
+        if measured is not None and record.get("previous_champion"):
+            found[record["previous_champion"]] = measured
         value = record.get("holdout_balanced_accuracy")
         if value is None:
             value = (((record.get("decision") or {}).get("comparison")) or {}).get("candidate_balanced_accuracy")
@@ -56,6 +61,20 @@ def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+def _state(version: str, champion: str | None, stack: list[str], challenger: dict | None, record: dict | None) -> str:
+    """champion; challenger; earlier (a champion a rollback can return to); retired (served once, out of
+    the stack); else its last decision (rejected, kept) or candidate (never decided)."""
+    if version == champion:
+        return "champion"
+    if challenger is not None and challenger["version"] == version:
+        return "challenger"
+    if version in stack:
+        return "earlier"
+    if record is not None and record["action"] in ("promoted", "rolled_back"):
+        return "retired"
+    return record["action"] if record else "candidate"
+
+
 def cmd_versions(args) -> int:
     registry = _registry(args)
     try:
@@ -65,14 +84,13 @@ def cmd_versions(args) -> int:
         print(f"warning: {exc}")
     history = registry.history()
     decisions = {record["version"]: record for record in history}
+    stack, challenger = registry.champion_stack(), registry.challenger()
     holdout = holdout_balanced_accuracies(history)
     print(f"{'version':<18} {'state':<10} {'human test BA':>13} {'holdout BA':>10}  {'created':<20} decision")
     for version in registry.versions():
         manifest = registry.manifest(version)
         record = decisions.get(version)
-        state = "champion" if version == champion else (record["action"] if record else "candidate")
-        if state == "rolled_back":
-            state = "earlier"
+        state = _state(version, champion, stack, challenger, record)
         # Human labels only: on LLM-labelled test sessions the score is agreement with the LLM.
         test_ba = (manifest.get("test_metrics_human") or {}).get("balanced_accuracy")
         reason = f"{record['at']} by {record['actor']}: {record['reason']}" if record else "-"
@@ -80,8 +98,6 @@ def cmd_versions(args) -> int:
             f"{version:<18} {state:<10} {_number(test_ba):>13} {_number(holdout.get(version)):>10}  "
             f"{manifest.get('created_at', '-'):<20} {reason}"
         )
-    stack = registry.champion_stack()
-    challenger = registry.challenger()
     print(f"champions, oldest first (rollback walks back): {' -> '.join(stack) if stack else 'none'}")
     if challenger is not None:
         record = challenger["record"]

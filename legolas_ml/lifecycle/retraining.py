@@ -385,7 +385,7 @@ def plan_tick(
             return TickPlan(request, f"tenant {tenant}: retrying after run {pending.request_id} {what} (attempt {attempt}/{retry.max_attempts}); {waits}", request)
     retrain, reason = policy.decide(count, oldest, now)
     if not retrain or newest is None:
-        return TickPlan(None, f"tenant {tenant}: {reason}; consumed up to {consumed or 'nothing yet'}", None)
+        return TickPlan(None, f"tenant {tenant}: {reason}; read by a training up to {consumed or 'nothing yet'}", None)
     request = PendingRetraining(newest, 1, request_id(tenant, newest, 1))
     return TickPlan(request, f"tenant {tenant}: {reason}; {waits}", request)
 
