@@ -324,6 +324,9 @@ def assert_ui(dagster: Dagster, failures: Failures, retrain: dict, tick: dict, f
     check(sorted({e["partition"] for e in insurance}) == ["0", "1"], "insurance/fold_models: its own two fold partitions")
     promoted = entries(dagster.asset("promoted_ensemble", tenant="insurance")["assetMaterializations"][0])
     check(promoted.get("decision") == "promoted", f"insurance/promoted_ensemble: its first model is in service ({promoted.get('reason')})")
+    decided = entries(dagster.asset("promoted_ensemble")["assetMaterializations"][0])
+    check(decided.get("decision") in ("promoted", "rejected", "challenger") and "challenger_version" in decided,
+          f"demo/promoted_ensemble: the retraining's decision and the challenger ({decided.get('decision')}: {decided.get('reason')})")
     retrained_tenants = {t["value"] for t in retrain.get("tags", []) if t["key"] == "legolas/tenant"}
     check(retrained_tenants == {"demo"}, f"the sensor's retraining is tenant demo's alone (tags {retrained_tenants})")
     # Per-fold visibility: each fold partition of the retraining run has its own numbers and curve.
@@ -405,6 +408,9 @@ PAGES = [
     ("08_cv_metrics_checks.png", "/assets/demo/cv_metrics?view=checks", "cv_metrics checks: the fold-spread warning check", ["cv_fold_spread"]),
     ("09_explainability_report.png", "/assets/demo/explainability_report?view=events", "explainability_report: top-words plot with legend, report link",
      ["report_url"]),
+    ("16_promoted_ensemble.png", "/assets/demo/promoted_ensemble?view=events",
+     "promoted_ensemble after the retraining: the decision, its bounds, the challenger",
+     ["decision", "challenger_version", "difference_bound_low", "holdout_compared_n"]),
     ("12_label_audit.png", "/assets/demo/label_audit?view=events", "label_audit: the review queue, its reasons, noise rates and top items",
      ["review_queue_size", "flagged_share", "queue_by_reason", "top_of_queue"]),
     ("13_ensemble_predictions.png", "/assets/demo/ensemble_predictions?view=events", "ensemble_predictions: coverage, documents/s, why documents were scored",

@@ -19,8 +19,8 @@ TINY_OVERRIDES = {
 }
 
 #: The epochs a tiny from-scratch model gets in the Dagster tests. It can sit for several epochs on
-#: its first plateau (one class predicted, balanced accuracy 1/C), and the blocking above_chance
-#: check then stops the chain: with few epochs a test passed or failed with any change to the
+#: its first plateau (one class predicted, balanced accuracy 1/C), and the promotion rule's chance
+#: test then rejects it: with few epochs a test passed or failed with any change to the
 #: random stream (dropout, init). Measured on the demo tenant (400 conversations, 90 reviews),
 #: seeds 0-9 and 42: 2 folds with 4 epochs left a fold at chance in 5 of 11 runs, with 8 in 1
 #: of 11, with 12 in none; with 16, none in 44 runs (2 and 3 folds, min_delta 1e-4 and 1e-3).

@@ -63,6 +63,7 @@ def test_worse_candidate_is_rejected_with_its_numbers():
     assert comparison.n == 60 and comparison.difference < -0.1 and comparison.ci_high < 0 and comparison.disagreements == 10
     decision = decide_promotion(0.9, 3, comparison, has_champion=True)
     assert decision.outcome == REJECT and "shown worse than the champion" in decision.reason
+    assert all(-1 <= low <= high <= 1 for low, high in comparison.recall_ci.values())  # a Wald bound on few sessions is clipped
     assert f"n={comparison.n}" in decision.reason and "bounds" in decision.reason
     # Shown worse is rejected whatever the margin; identical predictions are promoted once the margin allows it.
     assert decide_promotion(0.9, 3, comparison, True, PromotionPolicy(margin=0.5, max_recall_drop=1.0)).outcome == REJECT

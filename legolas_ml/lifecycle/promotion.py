@@ -183,7 +183,8 @@ def compare_on_holdout(
         support[c] = n
         cand_recall[c] = float(a_right[mask].mean())
         champ_recall[c] = float(b_right[mask].mean())
-        recall_ci[c] = (float(d - z * math.sqrt(var)), float(d + z * math.sqrt(var)))
+        # A difference of recalls lies in [-1, 1]: so do its bounds (a Wald bound on few sessions would not).
+        recall_ci[c] = (max(-1.0, float(d - z * math.sqrt(var))), min(1.0, float(d + z * math.sqrt(var))))
         centre.append(d)
         variance += var
     k = len(classes)
@@ -192,7 +193,7 @@ def compare_on_holdout(
     return Comparison(
         n=len(t), per_class_support=support,
         candidate_balanced_accuracy=cand_ba, champion_balanced_accuracy=champ_ba, difference=cand_ba - champ_ba,
-        ci_low=mid - half, ci_high=mid + half, confidence=confidence,
+        ci_low=max(-1.0, mid - half), ci_high=min(1.0, mid + half), confidence=confidence,
         candidate_recall=cand_recall, champion_recall=champ_recall, recall_ci=recall_ci,
         disagreements=int((a_right != b_right).sum()),
     )
