@@ -324,6 +324,12 @@ class TenantStore:
         Args:
             numbering: ``number_reviews`` is asking. If the tenant has no counter yet, every review
                 it numbers was stored by an older release: the counter remembers how many (``legacy_seq``).
+
+        Known limit (MongoDB with concurrent writers): a number is taken before its review is inserted,
+        so writer A can hold 10 while writer B's 11 is already stored and read by a training; A's
+        review then sits behind that training's cursor and is not counted as waiting. The embedded
+        store is safe (one writer at a time holds its lock); on MongoDB, import reviews from one
+        process at a time until reads hold back past a gap.
         """
         from pymongo import ReturnDocument
 
