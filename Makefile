@@ -21,12 +21,12 @@ setup: $(VENV)/.installed
 	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 
 # The main job: two demo tenants in the embedded store, then every asset of each as one run of its
-# <tenant>__training_job (demo: K=5 preset, folds 0...4; insurance: its own K=3, folds 0...2).
+# <tenant>__training_job (demo: the preset's K=3, folds 0...2; insurance: its own setting, K=3, folds 0...2).
 demo: setup
 	LEGOLAS_PRESET=demo $(BIN)/legolas demo-data --conversations 600 --reviews 120
 	LEGOLAS_PRESET=demo $(BIN)/legolas demo-data --tenant insurance --domain insurance --conversations 300 --reviews 60
 	LEGOLAS_PRESET=demo $(BIN)/legolas tenants add insurance --n-folds 3
-	LEGOLAS_PRESET=demo $(BIN)/dagster job execute -m legolas_assets.definitions -j demo__training_job --tags '{"dagster/asset_partition_range_start": "0", "dagster/asset_partition_range_end": "4"}'
+	LEGOLAS_PRESET=demo $(BIN)/dagster job execute -m legolas_assets.definitions -j demo__training_job --tags '{"dagster/asset_partition_range_start": "0", "dagster/asset_partition_range_end": "2"}'
 	LEGOLAS_PRESET=demo $(BIN)/dagster job execute -m legolas_assets.definitions -j insurance__training_job --tags '{"dagster/asset_partition_range_start": "0", "dagster/asset_partition_range_end": "2"}'
 	LEGOLAS_PRESET=demo $(BIN)/legolas status
 

@@ -1,6 +1,10 @@
 """Rounds of simulated reviews through the real loop, with known truth: does each round improve the model in service?
 
     .venv/bin/python bench/loop_rounds.py [--arms queue,random,lowconf] [--rounds 3] [--n 60] [--out docs/loop_rounds.md]
+        [--variants "default:;design rule:LEGOLAS_RETRAIN_DATA=reviews;cold:LEGOLAS_WARM_START=0"]
+
+A variant is `name:VAR=value,VAR=value` (LEGOLAS_* settings for every command of its arms); each
+variant runs every arm from its own fresh home.
 
 Per arm, a throw-away LEGOLAS_HOME gets `make demo`'s tenant `demo` (600 conversations, 120 reviews,
 seed 7, the demo preset) and its first training (`demo__training_job`, as `make demo` runs it). Then,
@@ -28,7 +32,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-TENANT, CONVERSATIONS, REVIEWS, SEED, K = "demo", 600, 120, 7, 5
+sys.path.insert(0, str(ROOT))
+from legolas_ml.settings import PRESETS  # noqa: E402
+
+TENANT, CONVERSATIONS, REVIEWS, SEED, K = "demo", 600, 120, 7, PRESETS["demo"]["n_folds"]
 
 
 def run(cmd: list[str], env: dict) -> str:
@@ -60,6 +67,7 @@ def measure(home: Path, truth: dict[str, str], fresh: list[dict], fresh_truth: d
     from legolas_ml.evaluation.ensemble import EVAL_PRECISION, FoldEnsemble
     from legolas_ml.lifecycle.artifacts import TenantArtifacts
     from legolas_ml.lifecycle.registry import ModelRegistry
+    from legolas_ml.review.queue import review_queue
 
     registry = ModelRegistry(TenantArtifacts(home / "output", TENANT))
     champion = registry.champion()
@@ -67,7 +75,8 @@ def measure(home: Path, truth: dict[str, str], fresh: list[dict], fresh_truth: d
     with open_tenant_store(None, home, "legolas", TENANT) as store:
         reviewed = {r["session_id"] for r in store.reviews.find({"tenant": TENANT}, {"session_id": 1})}
         docs = [d for d in store.classifications.find({"tenant": TENANT}) if d["session_id"] not in reviewed and d["session_id"] in truth]
-    queue = sorted((d for d in docs if d.get("needs_review")), key=lambda d: -(d.get("review_priority") or 0))
+        # What a reviewer gets: `legolas review-queue`'s export, its random slice included.
+        queue = review_queue(store)
     ensemble = FoldEnsemble(champion["checkpoints"], device="cpu", precision=EVAL_PRECISION)
     fresh_pred = ensemble.predict([d["text"] for d in fresh])
     unrev_pred = ensemble.predict([d["text"] for d in docs])
@@ -79,7 +88,9 @@ def measure(home: Path, truth: dict[str, str], fresh: list[dict], fresh_truth: d
         "unreviewed": scores(unrev_true, unrev_pred) if docs else (float("nan"), float("nan")),
         "unreviewed_llm": scores(unrev_true, [d.get("llm_prediction") or "" for d in docs]) if docs else (float("nan"), float("nan")),
         "n_unreviewed": len(docs), "queue": len(queue),
-        "queue_precision": sum(d.get("llm_prediction") != truth[d["session_id"]] for d in queue[:n]) / max(min(n, len(queue)), 1),
+        "queue_precision": sum(q.get("llm_label") != truth.get(q["session_id"]) for q in queue[:n]) / max(min(n, len(queue)), 1),
+        "holdout": last.get("holdout_n"), "bound": (((last.get("decision") or {}).get("promotion") or {}).get("comparison")) or {},
+        "random_part": (last.get("decision") or {}).get("random_part"),
         "wrong_unreviewed": sum(d.get("llm_prediction") != truth[d["session_id"]] for d in docs),
     }
 
@@ -92,7 +103,13 @@ def pick(home: Path, arm: str, n: int, truth: dict[str, str], round_no: int) -> 
         docs = [d for d in store.classifications.find({"tenant": TENANT}) if d["session_id"] not in reviewed and d["session_id"] in truth]
     random.Random(1000 * round_no + 17).shuffle(docs)
     if arm == "queue":
-        docs.sort(key=lambda d: (not d.get("needs_review"), -(d.get("review_priority") or 0)))
+        from legolas_ml.review.queue import review_queue
+
+        with open_tenant_store(None, home, "legolas", TENANT) as store:
+            exported = [q["session_id"] for q in review_queue(store, limit=n)]
+        by_id = {d["session_id"]: d for d in docs}
+        # The export first (its random slice included), then, if it holds fewer than n, random others.
+        docs = [by_id[sid] for sid in exported if sid in by_id] + [d for d in docs if d["session_id"] not in set(exported)]
     elif arm == "lowconf":
         docs.sort(key=lambda d: d.get("llm_confidence") if d.get("llm_confidence") is not None else 1.0)
     return docs[:n]
@@ -105,6 +122,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=60)
     parser.add_argument("--fresh", type=int, default=1000)
     parser.add_argument("--out", default=None, help="also write the table to this markdown file")
+    parser.add_argument("--variants", default="default:", help="';'-separated name:VAR=value,VAR=value")
     args = parser.parse_args()
     from legolas_ml.data.demo_data import generate_demo_data
 
@@ -118,14 +136,18 @@ def main() -> None:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
     lines = [f"CPU: {cpu}, {os.cpu_count()} cores; precision {os.environ.get('LEGOLAS_PRECISION', 'auto')}; "
              f"{args.rounds} rounds of {args.n} reviews per arm; fresh sample {args.fresh} conversations (seed {SEED + 1000})", "",
-             "| arm | round | decision | champion | fresh acc / BA | fresh LLM acc / BA | unreviewed acc / BA | unreviewed LLM acc / BA | "
+             "| variant | arm | round | decision | champion | fresh acc / BA | fresh LLM acc / BA | unreviewed acc / BA | unreviewed LLM acc / BA | "
              "unreviewed | wrong LLM labels among them | queue | queue precision@N | training s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
-    for arm in args.arms.split(","):
+    variants = []
+    for item in filter(None, args.variants.split(";")):
+        name, _, assignments = item.partition(":")
+        variants.append((name.strip(), dict(a.split("=", 1) for a in filter(None, assignments.split(",")))))
+    for (variant, settings), arm in ((v, a) for v in variants for a in args.arms.split(",")):
         home = Path(tempfile.mkdtemp(prefix=f"legolas-loop-{arm}-"))
         env = {**os.environ, "LEGOLAS_HOME": str(home), "DAGSTER_HOME": str(home / "dagster"), "LEGOLAS_PRESET": "demo",
-               "HF_HUB_OFFLINE": "1"}
+               "HF_HUB_OFFLINE": "1", **settings}
         (home / "dagster").mkdir(parents=True)
         (home / "dagster" / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
         os.environ.update({"LEGOLAS_HOME": str(home)})
@@ -144,12 +166,14 @@ def main() -> None:
             m = measure(home, truth, fresh, fresh_truth, args.n)
             if failure:  # the registry's last record is an earlier round's
                 m["decision"], m["reason"] = "run failed", failure
-            row = (f"| {arm} | {round_no} | {m['decision']} | {m['champion'][:8]} | {m['fresh'][0]:.3f} / {m['fresh'][1]:.3f} | "
+            row = (f"| {variant} | {arm} | {round_no} | {m['decision']} | {m['champion'][:8]} | {m['fresh'][0]:.3f} / {m['fresh'][1]:.3f} | "
                    f"{m['fresh_llm'][0]:.3f} / {m['fresh_llm'][1]:.3f} | {m['unreviewed'][0]:.3f} / {m['unreviewed'][1]:.3f} | "
                    f"{m['unreviewed_llm'][0]:.3f} / {m['unreviewed_llm'][1]:.3f} | {m['n_unreviewed']} | {m['wrong_unreviewed']} | "
                    f"{m['queue']} | {m['queue_precision']:.2f} | {seconds:.0f} |")
             lines.append(row)
-            print(row + (f"  <- {m['reason']}" if round_no else ""), flush=True)
+            bound = m["bound"]
+            said = f"  <- {m['reason']}" + (f" [holdout {m['holdout']}, diff {bound.get('difference')}, bound {bound.get('ci_low')}..{bound.get('ci_high')}; random part {m['random_part']}]" if bound else "")
+            print(row + (said if round_no else ""), flush=True)
     if args.out:
         Path(args.out).write_text("\n".join(lines) + "\n")
 

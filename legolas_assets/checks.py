@@ -24,6 +24,7 @@ from dagster import (
     asset_check,
 )
 
+from legolas_ml.evaluation.baseline import BASELINE_NAME, compare
 from legolas_ml.lifecycle.artifacts import read_dataset
 from legolas_ml.data.splits import SplitPlan, class_proportions
 from legolas_ml.lifecycle.promotion import PromotionPolicy
@@ -67,7 +68,7 @@ def checked(context: AssetCheckExecutionContext, *, metadata: dict, **result) ->
     return AssetCheckResult(metadata={**metadata, **evaluated_materialization(context)}, **result)
 
 
-def _members_needed(tenant: TenantPlan) -> int:
+def members_needed(tenant: TenantPlan) -> int:
     """Sessions a class needs so that, after the 20% test split, every fold of the tenant still sees it."""
     values = tenant.layout
     k = values["n_folds"] if values["kfold"] else 2
@@ -115,7 +116,7 @@ def build_checks(tenant: TenantPlan) -> list[AssetChecksDefinition]:
     @asset_check(asset=tenant.key("labeled_dataset"), blocking=True, description="every class has enough members for K folds")
     def enough_members_per_class(context: AssetCheckExecutionContext, labeled_dataset: dict) -> AssetCheckResult:
         per_class = labeled_dataset["summary"]["per_class"]
-        needed = _members_needed(tenant)
+        needed = members_needed(tenant)
         short = {c: n for c, n in per_class.items() if n < needed}
         return checked(
             context,
@@ -252,6 +253,33 @@ def build_checks(tenant: TenantPlan) -> list[AssetChecksDefinition]:
         )
 
 
+    @asset_check(
+        asset=tenant.key("ensemble_model"),
+        description=f"test balanced accuracy (mixed) at least the {BASELINE_NAME}'s on the same test sessions",
+    )
+    def ensemble_beats_baseline(context: AssetCheckExecutionContext, ensemble_model: dict) -> AssetCheckResult:
+        # A warning, not a gate: on a small or mostly LLM-labelled test set the baseline may win by noise.
+        ensemble = ensemble_model["test_metrics"]
+        baseline = (ensemble_model.get("baseline") or {}).get("test_metrics")
+        passed, reason = compare(ensemble, baseline)
+        ensemble_human = ensemble_model["test_metrics_human"]["balanced_accuracy"]
+        baseline_human = ensemble_model["baseline"]["test_metrics_human"]["balanced_accuracy"] if baseline else None
+        return checked(
+            context,
+            passed=passed,
+            severity=AssetCheckSeverity.WARN,
+            metadata={
+                "ensemble_test_balanced_accuracy_mixed": round(ensemble["balanced_accuracy"], 4),
+                "baseline_test_balanced_accuracy_mixed": round(baseline["balanced_accuracy"], 4) if baseline else None,
+                "test_n": ensemble["n"],
+                # Shown, not decided on: the human-labelled part may be a handful of sessions.
+                "ensemble_test_balanced_accuracy_human": None if ensemble_human is None else round(ensemble_human, 4),
+                "baseline_test_balanced_accuracy_human": None if baseline_human is None else round(baseline_human, 4),
+                "reason": reason,
+            },
+        )
+
+
     @asset_check(asset=tenant.key("explainability_report"), description=f"at least {MIN_CONVERGED_SHARE:.0%} of texts converged")
     def attributions_converged(context: AssetCheckExecutionContext, explainability_report: dict) -> AssetCheckResult:
         share = explainability_report["share_converged"]
@@ -261,4 +289,4 @@ def build_checks(tenant: TenantPlan) -> list[AssetChecksDefinition]:
             metadata={"share_converged": round(share, 4), "required": MIN_CONVERGED_SHARE, "mean_steps": explainability_report["mean_steps"]},
         )
 
-    return [at_least_two_classes, enough_members_per_class, unique_session_ids, quarantine_share, training_set_not_halved, no_test_leakage, fold_class_proportions, ensemble_above_chance, cv_fold_spread, ensemble_consistent_with_cv, attributions_converged]
+    return [at_least_two_classes, enough_members_per_class, unique_session_ids, quarantine_share, training_set_not_halved, no_test_leakage, fold_class_proportions, ensemble_above_chance, cv_fold_spread, ensemble_consistent_with_cv, ensemble_beats_baseline, attributions_converged]

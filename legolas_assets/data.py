@@ -6,9 +6,10 @@ from legolas_ml.data.quality_gate import GateSettings, content_hash, gate_from_s
 from legolas_ml.data.store import StoreUnavailableError
 from legolas_ml.lifecycle.artifacts import write_dataset
 from legolas_ml.lifecycle.dataset_diff import dataset_diff
-from legolas_ml.lifecycle.holdout import split_holdout
+from legolas_ml.lifecycle.holdout import in_holdout, split_holdout
 from legolas_ml.lifecycle.registry import ChampionUnavailableError
 
+from .checks import members_needed
 from .resources import MongoResource, LifecycleResource, TrainingResource
 from .reviews import REVIEWS_KEY
 from .stages import DATA, SINGLE_RUN, placement
@@ -32,7 +33,12 @@ def build_labeled_dataset(tenant: TenantPlan) -> AssetsDefinition:
             raise Failure(description=f"labeled_dataset: {exc}") from None
         try:
             with mongo.open(tenant.name) as store:
-                result = gate_from_store(store, champion is not None, training.dataset_mode, GateSettings(training.max_text_chars))
+                result = gate_from_store(
+                    store, champion is not None, training.dataset_mode, GateSettings(training.max_text_chars),
+                    retrain=training.retrain(), min_rows_per_class=members_needed(tenant),
+                    held_out=lambda sid: in_holdout(tenant.name, sid, lifecycle.holdout_share),
+                )
+                random_ids = store.random_sample_ids()
         except StoreUnavailableError as exc:
             raise Failure(description=f"labeled_dataset: the store is unavailable: {exc}", allow_retries=True) from None
         split = split_holdout(result.dataset, tenant.name, lifecycle.holdout_share)
@@ -68,6 +74,8 @@ def build_labeled_dataset(tenant: TenantPlan) -> AssetsDefinition:
             # What the model in service was trained on, for the shrinkage check.
             "champion_dataset": champion.get("dataset_summary") if champion else None,
             "champion_version": champion.get("version") if champion else None,
+            # Holdout sessions a reviewer got as random samples (the queue's random slice): reported apart.
+            "holdout_random_ids": sorted(set(split.holdout["session_id"].astype(str)) & random_ids),
         }
         quarantined = {k: v for k, v in result.quarantined.items() if v}
         metadata = {
@@ -81,7 +89,9 @@ def build_labeled_dataset(tenant: TenantPlan) -> AssetsDefinition:
             "inputs": result.counts["inputs"],
             "from_human_reviews": per_source["human"],
             "from_llm": per_source["llm"],
+            "llm_rows_kept_by_class": MetadataValue.json(result.llm_kept),
             "holdout_sessions": len(split.holdout),
+            "holdout_random_samples": len(value["holdout_random_ids"]),
             "holdout_per_class": MetadataValue.json(split.per_class),
             "holdout_excluded_unreviewed": split.excluded_unreviewed,
             "quarantined": result.counts["quarantined"],

@@ -1,10 +1,12 @@
-"""Stage 4: cross-validated metrics, and the softmax-averaging ensemble evaluated on the test set."""
+"""Stage 4: cross-validated metrics, and the softmax-averaging ensemble evaluated on the test set beside a
+TF-IDF + logistic regression baseline trained on the same folds."""
 
 import json
 import time
 
 from dagster import AssetExecutionContext, AssetsDefinition, Failure, MetadataValue, Output, TableColumn, TableRecord, TableSchema, asset
 
+from legolas_ml.evaluation.baseline import BASELINE_NAME, evaluate_baseline
 from legolas_ml.evaluation.ensemble import EVAL_PRECISION
 from legolas_ml.evaluation.metrics import metrics_by_label_source
 from legolas_ml.lifecycle.artifacts import read_dataset
@@ -142,6 +144,8 @@ def build_evaluation(tenant: TenantPlan) -> list[AssetsDefinition]:
         plot = plots.confusion_matrix(
             metrics["confusion_matrix"], ensemble.labels, run_dir / "confusion_matrix.png", f"ensemble of {len(paths)} folds, test set",
         )
+        # The bar the ensemble must clear (check `ensemble_beats_baseline`): same folds, same test sessions.
+        baseline = evaluate_baseline(df, plan, run_dir / "baseline.joblib")
         summary = labeled_dataset["summary"]
         manifest = {
             "version": version,
@@ -161,6 +165,7 @@ def build_evaluation(tenant: TenantPlan) -> list[AssetsDefinition]:
             "llm_agreement": agreement,
             "eval_precision": EVAL_PRECISION,
             "cv_balanced_accuracy": cv_metrics["balanced_accuracy"],
+            "baseline": baseline.to_dict(),  # its artifact ("path", "sha256") scores the holdout later
             "run_id": context.run_id,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
@@ -187,6 +192,23 @@ def build_evaluation(tenant: TenantPlan) -> list[AssetsDefinition]:
             "test_accuracy_mixed": round(metrics["accuracy"], 4),
             "test_f1_macro_mixed": round(metrics["f1_macro"], 4),
             "test_n": metrics["n"],
+            "vs_baseline": _table(
+                [
+                    {"model": "ensemble", "cv_balanced_accuracy": mean_pm_std(cv_metrics["balanced_accuracy"]),
+                     "test_balanced_accuracy_mixed": metrics["balanced_accuracy"],
+                     "test_balanced_accuracy_human": human["balanced_accuracy"], "test_accuracy_mixed": metrics["accuracy"]},
+                    {"model": BASELINE_NAME, "cv_balanced_accuracy": mean_pm_std(baseline.cv["balanced_accuracy"]),
+                     "test_balanced_accuracy_mixed": baseline.test_metrics["balanced_accuracy"],
+                     "test_balanced_accuracy_human": baseline.test_metrics_human["balanced_accuracy"],
+                     "test_accuracy_mixed": baseline.test_metrics["accuracy"]},
+                ],
+                [("model", "string"), ("cv_balanced_accuracy", "string"), ("test_balanced_accuracy_mixed", "float"),
+                 ("test_balanced_accuracy_human", "float"), ("test_accuracy_mixed", "float")],
+            ),
+            "baseline_test_balanced_accuracy_mixed": round(baseline.test_metrics["balanced_accuracy"], 4),
+            "baseline_test_balanced_accuracy_human": _rounded(baseline.test_metrics_human["balanced_accuracy"]),
+            "baseline_cv_balanced_accuracy": mean_pm_std(baseline.cv["balanced_accuracy"]),
+            "baseline_fit_s": round(baseline.fit_s, 2),
             "per_class": _table(
                 [{"class": c, **metrics["per_class"][c]} for c in labels],
                 [("class", "string"), ("precision", "float"), ("recall", "float"), ("f1", "float"), ("support", "int")],
@@ -202,13 +224,15 @@ def build_evaluation(tenant: TenantPlan) -> list[AssetsDefinition]:
             "source_counts": MetadataValue.json(summary["per_source"]),
             "inference_s": round(seconds, 2),
             "manifest": MetadataValue.path(str(run_manifest)),
+            "baseline": MetadataValue.path(baseline.path),
             "confusion_matrix_png": MetadataValue.path(str(plot)),
             **links.urls({"manifest_url": run_manifest, "confusion_matrix_url": plot}),
         }
         context.log.info(
             f"candidate {version}: test balanced accuracy {_shown(human['balanced_accuracy'])} on {human['n']} human-labelled "
             f"sessions; agreement with the LLM {_shown(agreement['balanced_accuracy'])} (balanced) on {agreement['n']} "
-            f"LLM-labelled ones; mixed {metrics['balanced_accuracy']:.4f} on {metrics['n']}"
+            f"LLM-labelled ones; mixed {metrics['balanced_accuracy']:.4f} on {metrics['n']}; {BASELINE_NAME} mixed "
+            f"{baseline.test_metrics['balanced_accuracy']:.4f}"
         )
         return Output({**manifest, "manifest_path": str(manifest_path), "run_dir": str(run_dir)}, metadata=metadata)
 

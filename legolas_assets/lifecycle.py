@@ -88,6 +88,8 @@ def decision_metadata(decision: Decision) -> dict:
     }
     if decision.candidate_holdout_balanced_accuracy is not None:
         metadata["candidate_holdout_balanced_accuracy"] = round(decision.candidate_holdout_balanced_accuracy, 4)
+    if decision.baseline_holdout_balanced_accuracy is not None:
+        metadata["baseline_holdout_balanced_accuracy"] = round(decision.baseline_holdout_balanced_accuracy, 4)
     comparison = decision.promotion.comparison if decision.promotion else None
     if comparison is not None:
         metadata.update({
@@ -99,6 +101,11 @@ def decision_metadata(decision: Decision) -> dict:
             "disagreements": comparison.disagreements,
             "recall_by_class": _recall_table(comparison),
         })
+    part = decision.random_part
+    if part:
+        # The queue's random slice: the part of the holdout that looks like the documents in service.
+        metadata["holdout_random_part"] = MetadataValue.json(part)
+        metadata["holdout_random_n"] = part["n"]
     if decision.outcome == WAIT and decision.next_look_at:
         metadata["challenger_next_look_at_holdout_n"] = decision.next_look_at
     if decision.promotion and decision.promotion.sessions_to_decide:
@@ -127,7 +134,7 @@ def build_promoted_ensemble(tenant: TenantPlan) -> AssetsDefinition:
         registry = lifecycle.registry(training, tenant.name)
         holdout = Holdout(
             read_dataset(labeled_dataset["holdout_path"]), tenant.name, labeled_dataset["summary"]["holdout"]["share"],
-            labeled_dataset["summary"].get("reviews_cursor"),
+            labeled_dataset["summary"].get("reviews_cursor"), frozenset(labeled_dataset.get("holdout_random_ids") or ()),
         )
         try:
             decision = decide_and_record(

@@ -153,6 +153,17 @@ def _audit_inputs(training: TrainingResource, tenant: str, champion: dict, log):
     return plan, training_rows
 
 
+def _calibration_metadata(report) -> dict:
+    """Each temperature's bound (``none``: inside its interval) and ECE before/after (-1.0: no rows to measure on)."""
+    values = {}
+    for prefix in ("", "ensemble_"):
+        values[f"{prefix}temperature_at_bound"] = getattr(report, f"{prefix}temperature_at_bound") or "none"
+        for when in ("before", "after"):
+            ece = getattr(report, f"{prefix}ece_{when}")
+            values[f"{prefix}ece_{when}"] = round(ece, 4) if ece is not None else -1.0
+    return values
+
+
 def build_label_audit(owner: TenantPlan) -> AssetsDefinition:
     """``<tenant>/label_audit``: the tenant's LLM labels audited into the tenant's review queue."""
 
@@ -177,7 +188,7 @@ def build_label_audit(owner: TenantPlan) -> AssetsDefinition:
             with mongo.open(tenant) as store:
                 report, _ = run_label_audit(
                     store, champion, plan=plan, training=training_rows, settings=settings, device=gpu.device,
-                    log=context.log.info, seed=training.seed,
+                    log=context.log.info, seed=training.seed, warn=context.log.warning,
                 )
                 queue = review_queue(store)
         except _STORE_ERRORS as exc:
@@ -189,10 +200,17 @@ def build_label_audit(owner: TenantPlan) -> AssetsDefinition:
                 queue_reasons[reason] = queue_reasons.get(reason, 0) + 1
             label = str(record["llm_label"])
             queue_classes[label] = queue_classes.get(label, 0) + 1
+        unreviewed = report.documents - report.reviewed
         metadata = {
             "tenant": tenant,
             "model_version": report.model_version,
             "review_queue_size": len(queue),
+            "queue_share_of_unreviewed": round(len(queue) / unreviewed, 4) if unreviewed else 0.0,
+            "queue_budget": report.queue_size,
+            "flagged_by_rules": report.flagged_by_rules,
+            "cut_by_budget": report.cut_by_budget,
+            "random_sampled": report.random_sampled,
+            "external_flags": report.external_flags,
             "flagged": report.flagged,
             "flagged_share": round(report.flagged_share, 4),
             "audited": report.audited,
@@ -202,12 +220,14 @@ def build_label_audit(owner: TenantPlan) -> AssetsDefinition:
             "cleared_after_review": report.cleared_after_review,
             "skipped_meanwhile": report.skipped_meanwhile,
             "ensemble_temperature": round(report.ensemble_temperature, 4),
+            **_calibration_metadata(report),
             "out_of_fold": report.out_of_fold,
             "not_scored_yet": report.unscored,
             "reviewed_by_human": report.reviewed,
             "queue_by_reason": MetadataValue.json(dict(sorted(queue_reasons.items()))),
             "queue_by_llm_label": MetadataValue.json(dict(sorted(queue_classes.items()))),
             "flagged_by_reason": MetadataValue.json(report.per_reason),
+            "signals_by_reason": MetadataValue.json(report.per_signal),
             "flagged_by_llm_label": MetadataValue.json(report.per_class),
             "noise_rate_by_llm_label": MetadataValue.json({c: round(v, 4) for c, v in sorted(report.noise_rate.items())}),
             "temperature": round(report.temperature, 4),

@@ -18,7 +18,7 @@ from legolas_ml.lifecycle.artifacts import TenantArtifacts, validate_tenant
 from legolas_ml.lifecycle.holdout import DEFAULT_HOLDOUT_SHARE, validate_share
 from legolas_ml.lifecycle.promotion import PromotionPolicy
 from legolas_ml.lifecycle.registry import ModelRegistry
-from legolas_ml.review.audit import REASONS, AuditSettings
+from legolas_ml.review.audit import FLAG_REASONS, REASONS, AuditSettings
 from legolas_ml.training.config import DEFAULT_MODEL, TrainingConfig
 from legolas_ml.training.modeling import device_description, resolve_device, resolve_precision
 from legolas_ml.data.store import open_tenant_store, redact_uri
@@ -145,6 +145,13 @@ class TrainingResource(ConfigurableResource):
     min_delta: float = 0.001
     seed: int = 42
     dataset_mode: str = Field(default="auto", description="'auto', 'first' or 'retrain' (operator override)")
+    retrain_data: str = Field(
+        default="switch",
+        description="what a retraining trains on: 'switch' (LLM + human labels until every class has retrain_min_reviews_per_class "
+        "reviewed rows, then human only), 'reviews' (human only: the design notes' rule) or 'unflagged' (LLM labels the audit did not flag + human)",
+    )
+    retrain_min_reviews_per_class: int = Field(default=50, description="'switch': reviewed training rows every class needs before LLM labels are dropped")
+    warm_start: bool = Field(default=True, description="a retraining's folds start from the champion's fold weights")
     max_text_chars: int = Field(default=20_000, description="longer texts are quarantined")
     max_quarantine_share: float = Field(default=0.2, description="check: quarantined share of inputs must stay below")
     reuse_finished_folds: bool = Field(
@@ -155,6 +162,12 @@ class TrainingResource(ConfigurableResource):
     gpus_per_fold: float = Field(default=-1.0, description="Ray: GPU share per fold (0.25 packs 4 folds per GPU); -1 = auto")
     cpus_per_fold: float = Field(default=1.0, description="Ray: CPUs per fold")
     fold_retries: int = Field(default=2, description="Ray: retries of a fold whose worker or node died")
+
+    def retrain(self):
+        """What a retraining trains on (``legolas_ml.data.quality_gate.RetrainData``), validated."""
+        from legolas_ml.data.quality_gate import RetrainData
+
+        return RetrainData(self.retrain_data, self.retrain_min_reviews_per_class)
 
     def fold_runner(self):
         """The fold runner of this run (``legolas_ml.runners``), validated."""
@@ -175,6 +188,10 @@ class TrainingResource(ConfigurableResource):
 
     def artifacts(self, tenant: str) -> TenantArtifacts:
         return TenantArtifacts(self.output_root(), tenant)
+
+    def registry(self, tenant: str) -> ModelRegistry:
+        """The tenant's versions, read-only use (the holdout share is the lifecycle resource's business)."""
+        return ModelRegistry(self.artifacts(tenant))
 
     def config(self, gpu: GPUResource, tenant: "TenantPlan") -> TrainingConfig:
         """The ``TrainingConfig`` of ``tenant``'s training: its own K, model, epochs and length where it sets them."""
@@ -240,7 +257,13 @@ class ReviewLoopResource(ConfigurableResource):
     """The loop: how the ensemble in service scores documents and which labels the audit sends to people."""
 
     scoring_batch_size: int = Field(default=512, description="documents read, scored and written together")
-    reasons: list[str] = Field(default=list(REASONS), description=f"audit reasons that flag a document, among {list(REASONS)}")
+    reasons: list[str] = Field(default=list(REASONS), description=f"audit reasons computed and recorded, among {list(REASONS)}")
+    flag_reasons: list[str] = Field(
+        default=list(FLAG_REASONS),
+        description=f"audit reasons that flag a document, among {list(REASONS)}; the others are recorded on flagged documents, never flag",
+    )
+    queue_size: int = Field(default=AuditSettings.queue_size, description="at most this many documents wait in a tenant's review queue, highest priority first")
+    random_share: float = Field(default=AuditSettings.random_share, description="share of the queue drawn at random from the unflagged documents, in [0, 0.5]")
     min_confidence: float = Field(default=0.7, description="low_confidence: the ensemble's top probability is below this")
     max_entropy: float = Field(default=0.5, description="high_entropy: normalised entropy H(p)/log(C) above this")
     novelty_quantile: float = Field(default=0.99, description="novelty: farther from the training data than this quantile of its own nearest distances")
@@ -262,8 +285,10 @@ class ReviewLoopResource(ConfigurableResource):
 
         return AuditSettings(
             reasons=tuple(pick("review_reasons", tuple(self.reasons))), min_confidence=pick("min_confidence", self.min_confidence),
+            flag_reasons=tuple(pick("review_flag_reasons", tuple(self.flag_reasons))),
             max_entropy=pick("max_entropy", self.max_entropy), novelty_quantile=self.novelty_quantile,
             max_flagged_share=pick("max_flagged_share", self.max_flagged_share),
+            queue_size=pick("queue_size", self.queue_size), random_share=pick("random_share", self.random_share),
         )
 
 
@@ -285,11 +310,16 @@ def default_resources() -> dict[str, Any]:
                 epochs=settings.epochs() or base["epochs"],
                 max_length=settings.max_length() or base["max_length"],
                 batch_size=settings.batch_size(),
-                lr=settings.lr(),
+                lr=settings.lr() or base["lr"],
+                loss=base["loss"],
+                focal_gamma=base["focal_gamma"],
                 runner=settings.runner(),
                 ray_address=settings.ray_address(),
                 gpus_per_fold=settings.gpus_per_fold(),
                 cpus_per_fold=settings.cpus_per_fold(),
                 fold_retries=settings.fold_retries(),
+                retrain_data=settings.retrain_data(),
+                retrain_min_reviews_per_class=settings.retrain_min_reviews_per_class(),
+                warm_start=settings.warm_start(),
             ),
         }

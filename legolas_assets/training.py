@@ -5,6 +5,7 @@ import json
 from dagster import AssetExecutionContext, AssetsDefinition, AssetObservation, Failure, MetadataValue, Output, TableColumn, TableRecord, TableSchema, asset
 
 from legolas_ml.lifecycle.artifacts import read_dataset, training_key
+from legolas_ml.lifecycle.retraining import warm_start_checkpoints
 from legolas_ml.runners.base import FoldWorkerLostError
 from legolas_ml.training.cross_validation import encode_dataset
 from legolas_ml.data.splits import SplitPlan
@@ -43,6 +44,12 @@ def build_fold_models(tenant: TenantPlan) -> AssetsDefinition:
     ):
         """One model per fold (focal loss, rewind early stopping), keeping only its best epoch."""
         config = training.config(gpu, tenant)
+        champion = labeled_dataset.get("champion_version")
+        # The champion the gate read, not whatever serves now: the warm start is part of the training key.
+        manifest = training.registry(tenant.name).manifest(champion) if champion else None
+        starts, start_reason = warm_start_checkpoints(manifest, config.model_name, config.model_overrides, training.warm_start)
+        config = config.replace(init_checkpoints=starts)
+        context.log.info(start_reason)
         device = gpu.resolved()
         plan = SplitPlan.from_dict(json.loads(open(stratified_splits["path"]).read()))
         keys = list(context.partition_keys)
@@ -129,6 +136,7 @@ def build_fold_models(tenant: TenantPlan) -> AssetsDefinition:
             context.add_asset_metadata(fold_metadata(results[key]), partition_key=key)
         metadata = {
             "folds_in_this_run": len(keys),
+            "warm_start": start_reason,
             "device": device["name"],
             "training_log": MetadataValue.path(str(log_path)),
         }

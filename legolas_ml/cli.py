@@ -19,6 +19,7 @@ from legolas_ml.lifecycle.commands import holdout_balanced_accuracies, tenant_ar
 from legolas_ml.lifecycle.registry import ChampionUnavailableError, ModelRegistry
 from legolas_ml.data.demo_data import DOMAINS, generate_demo_data
 from legolas_ml.data.review_import import IMPORT_FORMATS, import_reviews
+from legolas_ml.review.audit import RANDOM_SAMPLE
 from legolas_ml.review.queue import FORMATS, queue_size, review_queue, write_queue
 from legolas_ml.data.store import StoreUnavailableError, list_tenants, open_tenant_store, scrub, validate_database
 from legolas_ml.data.store_integrity import StoreIntegrityError
@@ -89,8 +90,10 @@ def cmd_review_queue(args) -> int:
         atomic_write(Path(args.output), write)
         n = len(records)
     where = "" if args.output == "-" else f" to {args.output}"
+    sampled = sum(1 for r in records if r["review_reason"] == [RANDOM_SAMPLE])
     print(
-        f"tenant {args.tenant!r}: {n} documents in the review queue{where}; fill in 'label' and run "
+        f"tenant {args.tenant!r}: {n} documents in the review queue{where} ({sampled} of them random samples, "
+        f"review_reason 'random_sample', spread through it: review them like the others); fill in 'label' and run "
         f"`legolas import-reviews <file> --tenant {args.tenant}`",
         file=sys.stderr,
     )

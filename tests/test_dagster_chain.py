@@ -51,7 +51,7 @@ def test_whole_chain_materializes(chain):
         "ensemble_predictions", "label_audit",
     )}
     checks = result.get_asset_check_evaluations()
-    assert len(checks) == 16
+    assert len(checks) == 17
     assert [c.check_name for c in checks if not c.passed and c.severity.value == "ERROR"] == []
 
 
@@ -66,6 +66,18 @@ def test_metadata_users_look_for(chain):
     assert ens["test_balanced_accuracy_mixed"].value > 1 / 5 + 0.05  # the blocking check's own threshold
     assert ens["test_n_human"].value + ens["llm_agreement_n"].value == ens["test_n"].value
     assert "data:image/png;base64" in ens["confusion_matrix_plot"].value
+    # The TF-IDF + LR baseline beside the ensemble: its saved folds, its row of the table, and the
+    # warning check that compares exactly these two numbers.
+    rows = {r.data["model"]: r.data for r in ens["vs_baseline"].value.records}
+    assert rows["ensemble"]["test_balanced_accuracy_mixed"] == ens["test_balanced_accuracy_mixed"].value
+    assert rows["TF-IDF + LR baseline"]["test_balanced_accuracy_mixed"] == ens["baseline_test_balanced_accuracy_mixed"].value
+    manifest = json.loads(Path(ens["manifest"].value).read_text())
+    assert manifest["baseline"]["path"] == ens["baseline"].value and Path(ens["baseline"].value).exists()
+    assert len(manifest["baseline"]["per_fold"]) == 3
+    beats = {c.check_name: c for c in result.get_asset_check_evaluations()}["ensemble_beats_baseline"]
+    assert beats.severity.value == "WARN"
+    assert beats.metadata["baseline_test_balanced_accuracy_mixed"].value == ens["baseline_test_balanced_accuracy_mixed"].value
+    assert beats.passed == (manifest["test_metrics"]["balanced_accuracy"] >= manifest["baseline"]["test_metrics"]["balanced_accuracy"])
     folds = [m.materialization for m in result.get_asset_materialization_events() if m.asset_key == key("fold_models")]
     assert sorted(m.partition for m in folds) == ["0", "1", "2"]
     xai = _metadata(result, "explainability_report")
@@ -90,7 +102,11 @@ def test_the_loop_scores_and_audits_after_the_promotion(chain):
     assert audit["audited"].value > 0 and audit["out_of_fold"].value > 0  # the first training's LLM sessions
     assert audit["review_queue_size"].value >= audit["flagged"].value
     assert audit["top_of_queue"].value.records and set(audit["queue_by_reason"].value) <= {
-        "label_issue", "disagreement", "low_confidence", "high_entropy", "novelty", "label_not_in_model", "flagged_before_audit"}
+        "label_issue", "disagreement", "low_confidence", "high_entropy", "novelty", "label_not_in_model", "flagged_before_audit",
+        "random_sample"}
+    # The budget holds (review.queue_size, 100 by default: external flags included) and the calibration says how it went.
+    assert audit["review_queue_size"].value <= audit["queue_budget"].value == 100
+    assert audit["temperature_at_bound"].value in ("none", "lower", "upper") and audit["ece_after"].value >= 0
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
     assert checks["predictions_cover_unreviewed"].passed
     assert checks["flagged_share_under_threshold"].metadata["observed_share"].value == audit["flagged_share"].value
@@ -101,14 +117,24 @@ def test_the_loop_scores_and_audits_after_the_promotion(chain):
 
 def test_second_training_is_a_retraining(chain):
     home, instance, _ = chain
-    # Humans only is too few rows for K folds here: the blocking check may stop the run; the mode is what matters.
+    # The switching rule (default): too few reviews per class to carry a training alone, so the first
+    # training's data stays (human reviews win over the LLM labels) and the reason says what is missing.
     result = run_chain(home, instance, selection=["labeled_dataset"], raise_on_error=False)
     data = _metadata(result, "labeled_dataset")
-    assert data["mode"].value == "retrain" and data["from_llm"].value == 0
-    # The diff against the model in service: every LLM row is gone, which the shrinkage check also sees.
+    assert data["mode"].value == "retrain" and data["from_llm"].value > 0
+    assert "until every class has 50 reviewed training rows" in data["mode_reason"].value
+    # The design notes' rule (human reviews only): every LLM row goes, except those of a class with
+    # too few reviewed rows for K folds, which keeps them: the run never fails for a rare class.
+    result = run_chain(home, instance, selection=["labeled_dataset"], retrain_data="reviews")
+    data = _metadata(result, "labeled_dataset")
+    kept = data["llm_rows_kept_by_class"].value
+    assert data["mode"].value == "retrain" and data["from_llm"].value == sum(kept.values()) and kept
+    assert "human reviews only, except the trusted LLM rows of" in data["mode_reason"].value
+    assert {c.check_name: c.passed for c in result.get_asset_check_evaluations()}["enough_members_per_class"] is True
+    # The diff against the model in service: the LLM rows of the classes with enough reviews are gone.
     assert data["rows_change"].value == data["rows"].value - data["champion_rows"].value < 0
     parts = {r.data["part"]: r.data for r in data["diff_by_class_and_source"].value.records}
-    assert parts["source llm"]["now"] == 0 and parts["source llm"]["model_in_service"] > 0
+    assert 0 < parts["source llm"]["now"] < parts["source llm"]["model_in_service"]
     assert f"{data['rows'].value} rows vs {data['champion_rows'].value} for the model in service" in data["vs_model_in_service"].value
 
 
@@ -238,8 +264,13 @@ def test_sensor_retrains_on_imported_reviews(chain, tmp_path, monkeypatch):
     registry = ModelRegistry(TenantArtifacts(home / "output", "demo"))
     decided = registry.history()[-1]
     manifest = registry.manifest(decided["version"])
-    assert manifest["mode"] == "retrain" and manifest["source_counts"]["llm"] == 0
+    assert manifest["mode"] == "retrain" and manifest["source_counts"]["llm"] > 0  # the switching rule: not enough reviews yet
     assert manifest["source_counts"]["human"] >= 70  # the 100 imported reviews, minus those held out
+    # A retraining starts from the champion's folds (warm start): the sidecar says which.
+    from legolas_ml.training.checkpoint import read_sidecar
+
+    started = read_sidecar(manifest["checkpoints"][0])["warm_start"]
+    assert started and started["from"] in registry.manifest(decided.get("previous_champion") or registry.history()[0]["version"])["checkpoints"]
     # The run decided (promoted or rejected) on those reviews: they are consumed, a fresh sensor counts 0.
     fresh = build_sensor_context(instance=instance, resources={k: res[k] for k in ("mongo", "training", "lifecycle")})
     assert "0 new reviews" in retrain_on_new_reviews(fresh).skip_reason.skip_message

@@ -169,3 +169,46 @@ def test_asset_checks_record_nothing():
     for check in build_checks(TenantPlan("demo")):
         assert "lifecycle" not in check.required_resource_keys, check.check_specs
     assert CHANCE_MARGIN == PromotionPolicy().chance_margin  # one threshold, not two
+
+
+def test_the_random_part_of_the_holdout_is_reported_apart(registry):
+    # Issue #28: the holdout is mostly the queue's hard cases; the random slice estimates service accuracy.
+    registry.promote(_version(registry, "champ")["version"], actor="t", reason="first")
+    cand = _version(registry, "cand")
+    base = _holdout(60)
+    ids = base.frame["session_id"].tolist()
+    holdout = Holdout(base.frame, TENANT, base.share, random_ids=frozenset(ids[:10]))
+    # The champion is wrong on 4 of the 10 random sessions and on none of the rest; the candidate on 1 of the rest.
+    decision = decide_and_record(registry, cand, holdout, PromotionPolicy(), _predict_for(holdout, {"champ": set(ids[:4]), "cand": {ids[20]}}), actor="t")
+    assert decision.random_part == {
+        "n": 10, "candidate_accuracy": 1.0, "champion_accuracy": 0.6,
+        "rest_n": 50, "candidate_accuracy_rest": 0.98, "champion_accuracy_rest": 1.0,
+    }
+    assert registry.history()[-1]["decision"]["random_part"]["n"] == 10
+    # Without marks, the whole holdout is "the rest".
+    plain = decide_and_record(registry, _version(registry, "other"), base, PromotionPolicy(), _predict_for(base, {}), actor="t")
+    assert plain.random_part["n"] == 0 and plain.random_part["rest_n"] == 60
+
+
+def test_the_candidates_baseline_is_scored_on_the_same_holdout_sessions(registry, tmp_path):
+    # Issue #28: the TF-IDF + LR baseline's holdout number beside the ensemble's, on the compared sessions.
+    from legolas_ml.evaluation.baseline import baseline_holdout_metrics, evaluate_baseline
+    from legolas_ml.training.cross_validation import plan_splits
+
+    from synthetic import separable_frame, tiny_config
+
+    train = separable_frame(n_per_class=20, classes=("billing", "shipping", "account"), seed=3)
+    result = evaluate_baseline(train, plan_splits(train, tiny_config(n_folds=3)), tmp_path / "baseline.joblib")
+    registry.promote(_version(registry, "champ")["version"], actor="t", reason="first")
+    cand = {**_version(registry, "cand"), "baseline": result.to_dict()}
+    holdout = _holdout(40)
+    words = separable_frame(n_per_class=40, seed=9)
+    frame = holdout.frame.assign(text=words["text"].iloc[:40].tolist(), label=words["label"].iloc[:40].tolist())
+    holdout = Holdout(frame, TENANT, holdout.share)
+    predict = predictor({})
+    predict.truth.update(dict(zip(frame["text"], frame["label"])))
+    decision = decide_and_record(registry, cand, holdout, PromotionPolicy(), predict, actor="t")
+    expected = baseline_holdout_metrics(result.path, frame["text"].tolist(), frame["label"].tolist())["balanced_accuracy"]
+    assert decision.baseline_holdout_balanced_accuracy == expected is not None
+    # A version from before baselines (no "baseline" in its manifest): nothing to show, nothing fails.
+    assert decide_and_record(registry, _version(registry, "old"), holdout, PromotionPolicy(), predict, actor="t").baseline_holdout_balanced_accuracy is None

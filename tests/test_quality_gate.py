@@ -2,7 +2,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from legolas_ml.data.quality_gate import GateSettings, content_hash, decide_mode, gate_from_store, normalise_label, run_gate
+from legolas_ml.data.quality_gate import GateSettings, RetrainData, content_hash, decide_mode, gate_from_store, normalise_label, run_gate
 from legolas_ml.data.store import TenantStore, connect
 from legolas_ml.lifecycle.retraining import ReviewCursor
 
@@ -68,12 +68,59 @@ def test_needs_review_and_null_prediction_excluded(store):
     assert gate_from_store(store, has_model=False).dataset["session_id"].tolist() == ["s3"]
 
 
-def test_retrain_uses_human_reviews_only(store):
+def test_retrain_data_reviews_is_the_design_rule(store):
     store.insert_classifications([llm("s1", "billing"), llm("s2", "shipping")])
-    store.insert_review(review("s3", "account"))
-    result = gate_from_store(store, has_model=True)
-    assert result.mode == "retrain" and result.per_source == {"human": 1, "llm": 0}
+    store.insert_review(review("s3", "billing"))
+    store.insert_review(review("s4", "shipping"))
+    result = gate_from_store(store, has_model=True, retrain=RetrainData("reviews"), min_rows_per_class=1)
+    assert result.mode == "retrain" and result.per_source == {"human": 2, "llm": 0} and result.llm_kept == {}
     assert gate_from_store(store, has_model=True, requested_mode="first").per_source["llm"] == 2
+
+
+def test_a_class_without_enough_reviews_keeps_its_llm_rows_and_says_so(store):
+    store.insert_classifications([llm("s1", "billing"), llm("s2", "shipping"), llm("s5", "shipping")])
+    store.insert_review(review("s3", "billing"))
+    store.insert_review(review("s4", "billing"))
+    result = gate_from_store(store, has_model=True, retrain=RetrainData("reviews"), min_rows_per_class=2)
+    # billing has its 2 reviewed rows: its LLM row goes; shipping has none: it keeps both LLM rows.
+    assert sorted(result.dataset["session_id"]) == ["s2", "s3", "s4", "s5"]
+    assert result.llm_kept == {"shipping": 2} and "['shipping']" in result.mode_reason and "shipping 0" in result.mode_reason
+
+
+def test_switch_keeps_first_training_data_until_every_class_has_enough_reviews(store):
+    store.insert_classifications([llm("s1", "billing"), llm("s2", "shipping"), llm("s3", "shipping", needs_review=True)])
+    store.insert_review(review("r1", "billing"))
+    store.insert_review(review("r2", "shipping"))
+    switch = RetrainData("switch", min_reviews_per_class=2)
+    result = gate_from_store(store, has_model=True, retrain=switch)
+    # Not yet: the trusted LLM labels stay (s3 is flagged for review: never trusted).
+    assert sorted(result.dataset["session_id"]) == ["r1", "r2", "s1", "s2"] and result.llm_kept == {"billing": 1, "shipping": 1}
+    assert "until every class has 2 reviewed training rows (billing 1, shipping 1)" in result.mode_reason
+    # A held-out review does not count: it is never trained on.
+    store.insert_review(review("r3", "billing"))
+    store.insert_review(review("r4", "shipping"))
+    assert gate_from_store(store, has_model=True, retrain=switch, held_out=lambda sid: sid == "r4").llm_kept
+    result = gate_from_store(store, has_model=True, retrain=switch)
+    assert result.per_source == {"human": 4, "llm": 0} and "human reviews only" in result.mode_reason
+    # The hash is the data version: it follows the rows the policy kept.
+    assert result.content_hash == content_hash(result.dataset)
+
+
+def test_unflagged_never_switches(store):
+    store.insert_classifications([llm("s1", "billing")])
+    store.insert_review(review("r1", "billing"))
+    result = gate_from_store(store, has_model=True, retrain=RetrainData("unflagged"), min_rows_per_class=1)
+    assert result.per_source == {"human": 1, "llm": 1}
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"policy": "human"}, "retrain_data must be one of ['switch', 'reviews', 'unflagged'], got 'human'"),
+    ({"min_reviews_per_class": 0}, "retrain_min_reviews_per_class must be an integer >= 1, got 0"),
+])
+def test_retrain_data_validation(kwargs, message):
+    with pytest.raises(ValueError) as error:
+        RetrainData(**kwargs)
+    assert str(error.value) == message
 
 
 def test_mode_override_and_validation():

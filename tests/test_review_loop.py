@@ -16,12 +16,12 @@ from legolas_ml.data.demo_data import generate_demo_data
 from legolas_ml.data.splits import Fold, SplitPlan
 from legolas_ml.data.store import open_tenant_store
 from legolas_ml.evaluation.ensemble import FoldEnsemble
-from legolas_ml.review.calibration import apply_temperature, fit_temperature
-from legolas_ml.review.audit import AuditSettings, audit_labels, normalised_entropy
+from legolas_ml.review.calibration import apply_temperature, expected_calibration_error, fit_calibration, fit_temperature
+from legolas_ml.review.audit import REASONS, AuditSettings, audit_labels, normalised_entropy, plan_queue
 from legolas_ml.review.label_audit import FLAG_FIELDS, run_label_audit
 from legolas_ml.review.novelty import NoveltyModel, embed_texts
 from legolas_ml.review.out_of_fold import out_of_fold_probabilities, validation_fold_of
-from legolas_ml.review.queue import queue_size, review_queue, write_queue
+from legolas_ml.review.queue import interleave, queue_record, queue_size, review_queue, write_queue
 from legolas_ml.scoring.predictions import SCORE_FIELDS, score_documents
 from legolas_ml.training.checkpoint import save_checkpoint
 from legolas_ml.training.modeling import build_model
@@ -207,8 +207,13 @@ def test_audit_reasons_follow_the_rules():
     result = audit_labels(given, probs, classes, AuditSettings())
     assert result.reasons[0] == []
     assert result.reasons[1] == ["label_issue", "disagreement"]
-    assert result.reasons[2] == ["low_confidence", "high_entropy"]
+    # By default low confidence and entropy only order (their precision is below the base rate):
+    # computed and recorded as signals, never a flag on their own.
+    assert result.reasons[2] == [] and result.signals[2] == ["low_confidence", "high_entropy"]
     assert result.reasons[3] == ["label_not_in_model"]
+    assert result.per_signal["low_confidence"] >= 1 and "low_confidence" not in result.per_reason
+    every = audit_labels(given, probs, classes, AuditSettings(flag_reasons=REASONS))
+    assert every.reasons[2] == ["low_confidence", "high_entropy"]
     assert result.priority[1] > result.priority[2] > result.priority[0]
     assert set(result.noise_rate) == {"a", "b", "c"} and 0 <= result.noise_rate["a"] <= 1
     only = audit_labels(given, probs, classes, AuditSettings(reasons=("disagreement",)))
@@ -236,6 +241,12 @@ def test_audit_settings_name_the_bad_value():
         AuditSettings(novelty_quantile=0)
     with pytest.raises(ValueError, match="unknown \\['vibes'\\]"):
         AuditSettings(reasons=("vibes",))
+    with pytest.raises(ValueError, match=r"review.flag_reasons must be among \[.*\], got unknown \['vibes'\]"):
+        AuditSettings(flag_reasons=("vibes",))
+    with pytest.raises(ValueError, match=r"review.queue_size must be a whole number >= 1, got 0"):
+        AuditSettings(queue_size=0)
+    with pytest.raises(ValueError, match=r"review.random_share must be a number in \[0, 0.5\], got 0.6"):
+        AuditSettings(random_share=0.6)
 
 
 def test_novelty_flags_texts_far_from_the_training_data(tmp_path):
@@ -254,10 +265,10 @@ def test_novelty_flags_texts_far_from_the_training_data(tmp_path):
     assert emb.shape == (2, 32) and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
 
 
-def _audit(home, version="v1"):
+def _audit(home, version="v1", settings=AuditSettings(), **kwargs):
     manifest = {"version": version, "labels": CLASSES, "checkpoints": []}
     with open_tenant_store(None, home, "legolas", TENANT) as store:
-        return run_label_audit(store, manifest, plan=None, training=None, log=lambda line: None)
+        return run_label_audit(store, manifest, plan=None, training=None, settings=settings, log=lambda line: None, **kwargs)
 
 
 def test_audit_flags_never_reviewed_documents_and_a_rerun_changes_nothing(home):
@@ -275,6 +286,7 @@ def test_audit_flags_never_reviewed_documents_and_a_rerun_changes_nothing(home):
         assert after[sid] == before[sid], f"reviewed document {sid} was changed"
     flagged = {s for s, d in after.items() if d.get("review_flagged_by") == "label_audit"}
     assert flagged and all(after[s]["needs_review"] is True and after[s]["review_reason"] for s in flagged)
+    sampled = {s for s in flagged if after[s].get("review_sample") == "random"}  # they stay until reviewed
     again, _ = _audit(home)
     assert again.updated == 0 and _docs(home) == after
     # A reviewer answers one flagged document: the next audit takes the loop's flag off it.
@@ -285,7 +297,7 @@ def test_audit_flags_never_reviewed_documents_and_a_rerun_changes_nothing(home):
     assert resolved.cleared_after_review == 1 and resolved.updated == 0
     assert _docs(home)[answered]["needs_review"] is False and "review_reason" not in _docs(home)[answered]
     assert _audit(home)[0].cleared_after_review == 0
-    flagged.discard(answered)
+    flagged -= {answered} | sampled
     # A new model that agrees with every LLM label: the audit's own flags are cleared, the external one stays.
     def agreeing(texts):
         with open_tenant_store(None, home, "legolas", TENANT) as store:
@@ -311,8 +323,8 @@ def test_exported_queue_round_trips_through_import_reviews(home, fmt, capsys):
     assert main(["review-queue", "--tenant", TENANT, "--format", fmt, "--output", str(path)]) == 0
     with open_tenant_store(None, home, "legolas", TENANT) as store:
         queue = review_queue(store)
-    assert queue and [r["review_priority"] for r in queue if r["review_priority"] is not None] == sorted(
-        [r["review_priority"] for r in queue if r["review_priority"] is not None], reverse=True)
+    ranked = [r["review_priority"] for r in queue if r["review_priority"] is not None and r["review_reason"] != ["random_sample"]]
+    assert queue and ranked == sorted(ranked, reverse=True)  # the random samples are spread through it, not ranked
     assert all(len(r["ensemble_top3"]) == 3 for r in queue if r["review_reason"] != ["flagged_before_audit"])
     # The reviewer labels the first three entries and leaves the rest empty.
     if fmt == "jsonl":
@@ -423,3 +435,125 @@ def test_the_loop_assets_wait_for_a_model_in_service(tmp_path):
     assert all(c.passed for c in result.get_asset_check_evaluations())
     with open_tenant_store(None, tmp_path, "legolas", "demo") as store:
         assert store.classifications.count_documents({"tenant": "demo", "ml_model_version": {"$exists": True}}) == 0
+
+
+# --- the queue: budget, random slice, calibration report, the probabilities shown ---------------
+
+def test_queue_budget_keeps_the_highest_priorities_and_counts_external_flags():
+    ids = [f"s{i:02d}" for i in range(40)]
+    reasons = [["disagreement"] if i < 30 else [] for i in range(40)]
+    priority = np.linspace(0.99, 0.01, 40)  # s00 first
+    external = np.zeros(40, dtype=bool)
+    external[29] = True  # flagged by the LLM pipeline, the lowest priority of the flagged: kept anyway
+    settings = AuditSettings(queue_size=10, random_share=0.2)
+    plan = plan_queue(ids, reasons, priority, external=external, sampled=np.zeros(40, dtype=bool),
+                      external_elsewhere=1, settings=settings, key="v1")
+    assert (plan.random_part, plan.flagged_part, plan.external) == (2, 8, 2)
+    kept = [i for i in range(40) if plan.reasons[i] == ["disagreement"]]
+    assert kept == [0, 1, 2, 3, 4, 5, 29]  # 8 places minus the 2 external flags, by priority; the external one stays
+    assert plan.cut == 29 - 6 and plan.wanted == 30
+    assert int(plan.queued.sum()) + 1 <= settings.queue_size  # + the external flag on a document not audited
+    assert "6 of 29 rule flags" in plan.reason and "23 cut" in plan.reason
+
+
+def test_audit_writes_no_more_flags_than_the_budget(home):
+    _score(home)
+    report, result = _audit(home, settings=AuditSettings(queue_size=12, random_share=0.25))
+    docs = _docs(home)
+    queued = {s for s, d in docs.items() if d.get("review_flagged_by") == "label_audit" and d.get("needs_review")}
+    assert len(queued) == report.flagged <= 12 and report.random_sampled == 3
+    assert report.flagged_by_rules > 9 and report.cut_by_budget == report.flagged_by_rules - 9
+    by_rules = {s for s in queued if docs[s]["review_reason"] != ["random_sample"]}
+    row = {sid: i for i, sid in enumerate(result.session_ids)}
+    cut = [s for s in result.session_ids if result.reasons[row[s]] and s not in by_rules]
+    assert len(by_rules) == 9 and min(docs[s]["review_priority"] for s in by_rules) >= max(result.priority[row[s]] for s in cut)
+
+
+def test_random_slice_is_drawn_kept_after_the_review_and_spread_through_the_export(home):
+    _score(home)
+    settings = AuditSettings(queue_size=30, random_share=0.1)
+    report, result = _audit(home, settings=settings)
+    docs = _docs(home)
+    sampled = {s for s, d in docs.items() if d.get("review_sample") == "random"}
+    assert len(sampled) == report.random_sampled == 3  # ceil(30 * 0.1)
+    row = {sid: i for i, sid in enumerate(result.session_ids)}
+    for sid in sampled:  # unreviewed, audited, and not what the rules flag: the rest of the service
+        assert docs[sid]["review_reason"] == ["random_sample"] and docs[sid]["needs_review"] is True
+        assert not result.reasons[row[sid]] or result.queue.cut
+    assert _audit(home, settings=settings)[0].updated == 0  # one champion, one sample
+    with open_tenant_store(None, home, "legolas", TENANT) as store:
+        queue = review_queue(store)
+        assert store.random_sample_ids() == sampled
+    # Every prefix holds the queue's share of random samples: positions 10, 20, 30 of 30.
+    positions = [i for i, r in enumerate(queue, 1) if r["review_reason"] == ["random_sample"]]
+    assert len(queue) == 30 and positions == [10, 20, 30]
+    assert interleave(list("abcdefgh"), ["X", "Y"]) == list("abcdXefghY")
+    # A reviewer answers one sample: its flag goes, its mark stays (the lifecycle reads it), the other
+    # samples stay and one more is drawn to keep the random part full.
+    answered = sorted(sampled)[0]
+    with open_tenant_store(None, home, "legolas", TENANT) as store:
+        store.insert_review({"session_id": answered, "label": "billing", "reviewed_at": "2026-03-01T00:00:00"})
+    again, _ = _audit(home, settings=settings)
+    after = _docs(home)
+    assert again.cleared_after_review == 1 and after[answered]["review_sample"] == "random"
+    assert "review_reason" not in after[answered] and after[answered]["needs_review"] is False
+    still = {s for s, d in after.items() if d.get("review_sample") == "random" and s != answered}
+    assert sampled - {answered} <= still and len(still) == 3  # the earlier samples stay, one drawn
+    with open_tenant_store(None, home, "legolas", TENANT) as store:
+        assert answered in store.random_sample_ids() and answered in store.reviewed_session_ids()
+    # A smaller random part takes samples out before any review: they stop being samples.
+    smaller, _ = _audit(home, settings=AuditSettings(queue_size=30, random_share=0.0))
+    assert smaller.random_sampled == 0
+    with open_tenant_store(None, home, "legolas", TENANT) as store:
+        assert store.random_sample_ids() == {answered}
+
+
+def test_calibration_reports_its_bound_and_its_error_before_and_after():
+    rng = np.random.default_rng(2)
+    logits = rng.normal(scale=3.0, size=(2000, 4))
+    calibrated = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    targets = np.array([rng.choice(4, p=p) for p in calibrated])
+    fit = fit_calibration(apply_temperature(calibrated, 2.5), targets)
+    assert fit.at_bound is None and fit.rows == 2000 and fit.ece_after < 0.03 < 0.1 < fit.ece_before
+    # So flat that the NLL wants T below 0.05: reported at the lower bound, still mis-calibrated.
+    flat = fit_calibration(apply_temperature(calibrated, 200.0), targets)
+    assert flat.temperature == pytest.approx(0.05, rel=0.01) and flat.at_bound == "lower"
+    # Confidently wrong: the NLL wants the flattest rows it can get.
+    wrong = fit_calibration(calibrated, calibrated.argmin(axis=1))
+    assert wrong.at_bound == "upper"
+    # ECE by hand: ten rows at 0.8, five right -> |0.5 - 0.8| = 0.3; one bin.
+    probs = np.tile([0.8, 0.2], (10, 1))
+    assert expected_calibration_error(probs, np.array([0] * 5 + [1] * 5)) == pytest.approx(0.3)
+
+
+def test_the_export_shows_the_probabilities_the_audit_flagged_on(home, monkeypatch):
+    import legolas_ml.review.label_audit as label_audit
+
+    _score(home)
+    # A calibration that sharpens the rows: what the rules see is no longer the stored ml_probabilities.
+    monkeypatch.setattr(label_audit, "apply_temperature", lambda probs, t: apply_temperature(probs, 0.5) if len(probs) else probs)
+    external = sorted(set(_docs(home)) - _reviewed(home))[0]
+    with open_tenant_store(None, home, "legolas", TENANT) as store:
+        store.classifications.update_one({"tenant": TENANT, "session_id": external}, {"$set": {"needs_review": True, "text": "  "}})
+    _, result = _audit(home)
+    docs = _docs(home)
+    row = {sid: i for i, sid in enumerate(result.session_ids)}
+    with open_tenant_store(None, home, "legolas", TENANT) as store:
+        queue = review_queue(store)
+    shown = 0
+    for record in queue:
+        sid = record["session_id"]
+        if sid == external:  # flagged by someone else and not audited (no text): the ensemble's scores
+            assert "review_probabilities" not in docs[sid]
+            assert record["ensemble_top3"][0]["probability"] == round(max(docs[sid]["ml_probabilities"].values()), 4)
+            continue
+        used = dict(zip(CLASSES, result.probabilities[row[sid]]))
+        assert docs[sid]["review_probabilities"] == {c: round(float(p), 4) for c, p in used.items()}
+        top = sorted(used.values(), reverse=True)[:3]
+        assert [t["probability"] for t in record["ensemble_top3"]] == [round(float(p), 4) for p in top]
+        assert all(round(float(used[t["class"]]), 4) == t["probability"] for t in record["ensemble_top3"])
+        assert record["ensemble_top3"][0]["probability"] != round(max(docs[sid]["ml_probabilities"].values()), 4)
+        shown += 1
+    assert shown > 10
+    fallback = queue_record({"session_id": "x", "ml_probabilities": {"a": 0.7, "b": 0.3}, "needs_review": True})
+    assert fallback["ensemble_top3"][0] == {"class": "a", "probability": 0.7}

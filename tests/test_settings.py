@@ -54,7 +54,7 @@ def test_unset_or_blank_means_the_default(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("LEGOLAS_BATCH_SIZE", " ")
     assert settings.n_folds() is None and settings.epochs() is None and settings.max_length() is None
-    assert settings.batch_size() == 16 and settings.lr() == 5e-5 and settings.explain_per_class() >= 1
+    assert settings.batch_size() == 16 and settings.lr() is None and settings.explain_per_class() >= 1
     assert settings.preset() == settings.PRESETS["default"]
     monkeypatch.setenv("LEGOLAS_N_FOLDS", "4")
     assert settings.preset()["n_folds"] == 4 and settings.preset()["kfold"]

@@ -80,7 +80,12 @@ def test_tenant_settings_are_validated_and_reach_the_training_config(tmp_path, m
     assert "min_confidence must be a number in [0, 1], got 1.5" in capsys.readouterr().err
     assert main(["tenants", "add", "acme", "--settings", '{"epoch": 3}']) == 2
     assert "unknown tenant setting(s) ['epoch']; the settings are [" in capsys.readouterr().err
-    settings = '{"epochs": 3, "max_length": 32, "min_confidence": 0.6, "review_reasons": ["label_issue"]}'
+    assert main(["tenants", "add", "acme", "--settings", '{"random_share": 0.9}']) == 2
+    assert "random_share must be a number in [0, 0.5], got 0.9" in capsys.readouterr().err
+    settings = (
+        '{"epochs": 3, "max_length": 32, "min_confidence": 0.6, "review_reasons": ["label_issue"], '
+        '"review_flag_reasons": ["label_issue", "disagreement"], "queue_size": 40, "random_share": 0.2}'
+    )
     assert main(["tenants", "add", "acme", "--n-folds", "4", "--model", "org/acme-bert", "--settings", settings]) == 0
     [acme] = discover_tenants()
     config = TrainingResource(epochs=7, max_length=64).config(GPUResource(device="cpu"), acme)
@@ -90,6 +95,10 @@ def test_tenant_settings_are_validated_and_reach_the_training_config(tmp_path, m
     assert (other.n_folds, other.epochs, other.max_length) == (3, 7, 64) and other.model_name != "org/acme-bert"
     audit = ReviewLoopResource().audit_settings(acme)
     assert audit.min_confidence == 0.6 and audit.reasons == ("label_issue",) and audit.max_entropy == 0.5
+    assert (audit.flag_reasons, audit.queue_size, audit.random_share) == (("label_issue", "disagreement"), 40, 0.2)
+    deployment = ReviewLoopResource().audit_settings(TenantPlan("other"))
+    assert (deployment.flag_reasons, deployment.queue_size, deployment.random_share) == (
+        ("label_issue", "disagreement", "label_not_in_model"), 100, 0.1)
     assert main(["tenants", "list"]) == 0
     assert "acme" in capsys.readouterr().out
 
@@ -318,6 +327,7 @@ def test_every_store_query_is_scoped_to_its_tenant(tmp_path):
         exercise("counts")
         exercise("reviewed_session_ids")
         exercise("reviewed_session_ids", [sid])
+        exercise("random_sample_ids")
         list(exercise("classification_fields", ["text"], [sid]))
         exercise("update_unreviewed", sid, {"$set": {"ml_prediction": "billing"}}, text="not the text")
         exercise("has_review", sid, "billing")

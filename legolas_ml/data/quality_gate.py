@@ -4,7 +4,15 @@ The differential training rule:
 
 * **first training** of a tenant (no finished ensemble exists): human reviews plus the trusted LLM
   classifications (see ``store.trusted_llm_query``);
-* **retraining** (an ensemble exists): human reviews only.
+* **retraining** (an ensemble exists): human reviews only, once the reviews can carry a training
+  alone. ``RetrainData`` says when: by default (``"switch"``) a retraining keeps the first training's
+  data (human reviews + trusted LLM labels, a human review wins) until every class has
+  ``min_reviews_per_class`` reviewed training rows, then trains on human reviews only. ``"reviews"``
+  is the rule as the design notes wrote it (human reviews only from the first retraining), and
+  ``"unflagged"`` never switches (confident learning: the trusted LLM labels are those the label
+  audit did not flag). Under every policy a class with fewer reviewed rows than K folds need keeps
+  its trusted LLM rows, so a rare class never fails the run; the gate says which classes did.
+  The evidence for the default is in ``docs/loop_rounds.md``.
 
 Every input document ends in exactly one bucket: *accepted*, *quarantined* (with a reason) or
 *superseded* (a human review beats an LLM label; among reviews of one session the latest valid
@@ -22,7 +30,7 @@ import re
 import reprlib
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -34,6 +42,7 @@ from legolas_ml.data.timestamps import parse_timestamp
 from legolas_ml.lifecycle.retraining import ReviewCursor
 
 MODES = ("auto", "first", "retrain")
+RETRAIN_DATA = ("switch", "reviews", "unflagged")
 QUARANTINE_REASONS = (
     "missing_session_id",
     "empty_text",
@@ -71,6 +80,81 @@ class GateSettings:
             raise ValueError(f"samples_per_reason must be >= 0, got {self.samples_per_reason}")
 
 
+@dataclass(frozen=True)
+class RetrainData:
+    """What a retraining trains on (see the module docstring).
+
+    Args:
+        policy: ``"switch"`` (default), ``"reviews"`` (the design notes' rule) or ``"unflagged"``.
+        min_reviews_per_class: with ``"switch"``, the reviewed training rows every class needs
+            before a retraining drops the LLM labels.
+    """
+
+    policy: str = "switch"
+    min_reviews_per_class: int = 50
+
+    def __post_init__(self) -> None:
+        if self.policy not in RETRAIN_DATA:
+            raise ValueError(f"retrain_data must be one of {list(RETRAIN_DATA)}, got {self.policy!r}")
+        if isinstance(self.min_reviews_per_class, bool) or not isinstance(self.min_reviews_per_class, int) or self.min_reviews_per_class < 1:
+            raise ValueError(f"retrain_min_reviews_per_class must be an integer >= 1, got {self.min_reviews_per_class!r}")
+
+
+def retraining_rows(
+    dataset: pd.DataFrame,
+    data: RetrainData,
+    *,
+    min_rows_per_class: int = 0,
+    held_out: Callable[[str], bool] | None = None,
+) -> tuple[pd.DataFrame, str, dict[str, int]]:
+    """The rows a retraining keeps from the gate's human + trusted-LLM table, and why (pure).
+
+    Args:
+        dataset: the gate's table (``session_id, text, label, source``), a human review already
+            winning over the LLM label of its session.
+        data: the retraining policy.
+        min_rows_per_class: the training rows a class needs for K folds; a class with fewer
+            reviewed rows keeps its LLM rows under every policy.
+        held_out: whether a session is in the tenant's evaluation holdout; held-out reviews do not
+            count (they are never trained on).
+
+    Returns:
+        ``(rows, reason, kept)``: ``kept`` is the number of LLM rows kept per class (empty when the
+        retraining uses human reviews only).
+
+    Example:
+        >>> df = pd.DataFrame({"session_id": ["a", "b", "c"], "text": ["x"] * 3, "label": ["p", "p", "q"], "source": ["human", "llm", "llm"]})
+        >>> retraining_rows(df, RetrainData("reviews"), min_rows_per_class=1)[1]
+        "human reviews only, except the trusted LLM rows of ['q'] (fewer than 1 reviewed training rows: q 0)"
+    """
+    human = dataset["source"] == "human"
+    counted = dataset[human]
+    if held_out is not None and len(counted):
+        counted = counted[~counted["session_id"].astype(str).map(held_out)]
+    reviewed = Counter(counted["label"])
+    classes = sorted(set(dataset["label"]))
+    llm_per_class = Counter(dataset.loc[~human, "label"])
+
+    def keeping(keep: set[str], reason: str) -> tuple[pd.DataFrame, str, dict[str, int]]:
+        rows = dataset[human | dataset["label"].isin(keep)].reset_index(drop=True)
+        return rows, reason, {c: llm_per_class[c] for c in sorted(keep) if llm_per_class[c]}
+
+    def shown(short: dict[str, int]) -> str:
+        return ", ".join(f"{c} {n}" for c, n in short.items())
+
+    if data.policy == "unflagged":
+        return keeping(set(classes), "human reviews + trusted LLM labels the audit did not flag (retrain_data 'unflagged')")
+    need = max(data.min_reviews_per_class, min_rows_per_class) if data.policy == "switch" else min_rows_per_class
+    short = {c: reviewed[c] for c in classes if reviewed[c] < need}
+    if data.policy == "switch":
+        if short:
+            return keeping(set(classes), f"human reviews + trusted LLM labels until every class has {need} reviewed training rows ({shown(short)})")
+        return keeping(set(), f"every class has >= {need} reviewed training rows: human reviews only")
+    if short:
+        return keeping(set(short), f"human reviews only, except the trusted LLM rows of {sorted(short)} (fewer than {need} reviewed training rows: {shown(short)})")
+    return keeping(set(), "human reviews only (retrain_data 'reviews')")
+
+
 @dataclass
 class GateResult:
     """The accepted training table and the account of every input document."""
@@ -86,6 +170,7 @@ class GateResult:
     quarantine_samples: list[dict[str, Any]] = field(default_factory=list)
     content_hash: str = ""
     reviews_cursor: str | None = None  # the last-received review read (highest seq), as a serialized ReviewCursor
+    llm_kept: dict[str, int] = field(default_factory=dict)  # a retraining's LLM rows kept, per class (RetrainData)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -99,6 +184,7 @@ class GateResult:
             "quarantine_samples": self.quarantine_samples,
             "content_hash": self.content_hash,
             "reviews_cursor": self.reviews_cursor,
+            "llm_kept": self.llm_kept,
         }
 
 
@@ -109,7 +195,7 @@ def decide_mode(requested: str, has_model: bool) -> tuple[str, str]:
     if requested != "auto":
         return requested, f"mode forced to {requested!r} by configuration"
     if has_model:
-        return "retrain", "a trained ensemble exists for this tenant: human reviews only"
+        return "retrain", "a trained ensemble exists for this tenant: a retraining"
     return "first", "no trained ensemble exists for this tenant: human reviews + trusted LLM labels"
 
 
@@ -325,7 +411,16 @@ def content_hash(dataset: pd.DataFrame) -> str:
     return digest.hexdigest()[:16]
 
 
-def gate_from_store(store, has_model: bool, requested_mode: str = "auto", settings: GateSettings | None = None) -> GateResult:
+def gate_from_store(
+    store,
+    has_model: bool,
+    requested_mode: str = "auto",
+    settings: GateSettings | None = None,
+    *,
+    retrain: RetrainData | None = None,
+    min_rows_per_class: int = 0,
+    held_out: Callable[[str], bool] | None = None,
+) -> GateResult:
     """Read a tenant's documents from a ``TenantStore`` and run the gate on them.
 
     Args:
@@ -333,13 +428,28 @@ def gate_from_store(store, has_model: bool, requested_mode: str = "auto", settin
         has_model: whether the tenant has a finished ensemble (``TenantArtifacts.has_model()``).
         requested_mode: ``"auto"`` (decide from ``has_model``), ``"first"`` or ``"retrain"``.
         settings: gate limits.
+        retrain: what a retraining trains on (default ``RetrainData()``); see ``retraining_rows``.
+        min_rows_per_class: the training rows a class needs for K folds (a retraining keeps the
+            LLM rows of a class with fewer reviewed ones).
+        held_out: whether a session is in the tenant's evaluation holdout (its reviews do not count
+            towards a class's reviewed training rows).
     """
     mode, reason = decide_mode(requested_mode, has_model)
     reviews = list(store.human_reviews())
-    llm_docs = list(store.trusted_llm_classifications()) if mode == "first" else None
+    # A retraining reads the trusted LLM labels too: RetrainData decides which of them it keeps.
+    llm_docs = list(store.trusted_llm_classifications())
     textless = [r.get("session_id") for r in reviews if not isinstance(r.get("text"), str) or not r["text"].strip()]
     texts = store.texts_for(textless) if textless else {}
-    result = run_gate(reviews, llm_docs, texts, mode, reason, settings)
+    result = run_gate(reviews, llm_docs, texts, "first", reason, settings)
+    result.mode = mode
+    if mode == "retrain":
+        rows, why, kept = retraining_rows(result.dataset, retrain or RetrainData(), min_rows_per_class=min_rows_per_class, held_out=held_out)
+        result.dataset, result.llm_kept = rows, kept
+        result.mode_reason = f"{reason}: {why}"
+        result.per_source = {"human": int((rows["source"] == "human").sum()), "llm": int((rows["source"] == "llm").sum())}
+        result.per_class = dict(sorted(Counter(rows["label"]).items()))
+        result.counts["accepted"] = len(rows)
+        result.content_hash = content_hash(rows)
     # Every review read is consumed once a decision is recorded, whatever its reviewed_at (even one
     # the gate quarantined: it was looked at). Counted by seq, the order the store received them.
     numbered = [r for r in reviews if r.get("seq") is not None]

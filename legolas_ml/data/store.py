@@ -452,6 +452,16 @@ class TenantStore:
             query["session_id"] = {"$in": list(session_ids)}
         return self.classifications.find(query, {name: 1 for name in ("session_id", *fields)})
 
+    def random_sample_ids(self) -> frozenset[str]:
+        """Normalised session ids the review queue sent to a reviewer as random samples (``review_sample: "random"``,
+        set by the label audit and kept after the review), for the holdout's service-like part.
+
+        Intersected with the reviewed sessions, this is the part of the reviews drawn at random: an
+        estimate of the service's accuracy, apart from the hard cases. A sample the audit took out of
+        the queue before any review (a smaller budget) is not in it."""
+        docs = self.classifications.find({"tenant": self.tenant, "review_sample": "random"}, {"session_id": 1})
+        return frozenset(str(sid) for sid in (normalise_session_id(d.get("session_id")) for d in docs) if sid)
+
     def update_unreviewed(self, session_id: Any, changes: dict[str, Any], *, text: str | None = None) -> bool:
         """Apply ``changes`` (a ``$set``/``$unset`` document) to one classification in one atomic update,
         only if no human classified it and, when ``text`` is given, its text is still ``text``.

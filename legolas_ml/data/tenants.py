@@ -51,7 +51,10 @@ class TenantSettings:
     min_confidence: float | None = None  # audit: low_confidence below this top probability
     max_entropy: float | None = None  # audit: high_entropy above this normalised entropy
     max_flagged_share: float | None = None  # check: flagged share of audited documents stays under
-    review_reasons: tuple[str, ...] | None = None  # audit reasons that flag a document
+    review_reasons: tuple[str, ...] | None = None  # audit reasons computed and recorded
+    review_flag_reasons: tuple[str, ...] | None = None  # of them, those that flag a document (the others are only recorded)
+    queue_size: int | None = None  # at most this many documents wait in the review queue
+    random_share: float | None = None  # share of the queue drawn at random from the unflagged documents, in [0, 0.5]
 
     def __post_init__(self) -> None:
         self.validate()
@@ -62,6 +65,7 @@ class TenantSettings:
         _whole("epochs", self.epochs, 1)
         _whole("max_length", self.max_length, 8)
         _whole("retrain_threshold", self.retrain_threshold, 1)
+        _whole("queue_size", self.queue_size, 1)
         if self.model_name is not None:
             from legolas_ml.settings import is_local_model_path
 
@@ -76,6 +80,8 @@ class TenantSettings:
             _number("retrain_max_age_hours", self.retrain_max_age_hours, "a number of hours >= 0 (0 turns it off)", lambda v: v >= 0)
         for name in ("min_confidence", "max_entropy", "max_flagged_share"):
             _number(name, getattr(self, name), "a number in [0, 1]", lambda v: 0 <= v <= 1)
+        # Literal 0.5: review.audit.MAX_RANDOM_SHARE, not imported here for numpy's sake (as REASONS below).
+        _number("random_share", self.random_share, "a number in [0, 0.5]", lambda v: 0 <= v <= 0.5)
         if self.review_reasons is not None:
             from legolas_ml.review.audit import REASONS  # numpy: only when a tenant sets its own reasons
 
@@ -86,6 +92,13 @@ class TenantSettings:
                 raise ValueError(
                     f"tenant setting review_reasons must be a non-empty list among {list(REASONS)}, got {list(self.review_reasons)!r}"
                 )
+        if self.review_flag_reasons is not None:
+            from legolas_ml.review.audit import REASONS
+
+            # Empty is allowed: the queue then holds external flags and random samples only.
+            if not isinstance(self.review_flag_reasons, tuple) or any(r not in REASONS for r in self.review_flag_reasons):
+                shown = list(self.review_flag_reasons) if isinstance(self.review_flag_reasons, tuple) else self.review_flag_reasons
+                raise ValueError(f"tenant setting review_flag_reasons must be a list among {list(REASONS)}, got {shown!r}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> "TenantSettings":
@@ -97,8 +110,9 @@ class TenantSettings:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown tenant setting(s) {unknown}; the settings are {sorted(known)}")
-        if isinstance(values.get("review_reasons"), list):
-            values["review_reasons"] = tuple(values["review_reasons"])
+        for name in ("review_reasons", "review_flag_reasons"):
+            if isinstance(values.get(name), list):
+                values[name] = tuple(values[name])
         if isinstance(values.get("model_name"), str) and values["model_name"].startswith(("./", "../", "~")):
             # Stored absolute: the Dagster run does not start in the directory the command ran in.
             values["model_name"] = str(Path(values["model_name"]).expanduser().resolve())

@@ -56,12 +56,16 @@ class Holdout:
         share: the share it was drawn with.
         reviews_cursor: the newest review read to build it (serialized ``ReviewCursor``): consumed
             by a decision on it.
+        random_ids: sessions a reviewer was sent as random samples of the unreviewed documents
+            (the queue's random slice), not because the audit doubted them: the part of the holdout
+            that looks like the documents in service, reported apart (``Decision.random_part``).
     """
 
     frame: pd.DataFrame
     tenant: str
     share: float
     reviews_cursor: str | None = None
+    random_ids: frozenset[str] = frozenset()
 
     def fingerprint(self, share: float | None = None) -> str:
         """Hash of the (session, label) pairs compared at ``share`` (default: all)."""
@@ -96,6 +100,11 @@ class Decision:
     champion_holdout_balanced_accuracy: float | None = None
     champion_version: str | None = None
     next_look_at: int | None = None  # WAIT: the holdout size at which it is looked at again
+    # The compared sessions that came from the queue's random slice: an estimate of service accuracy
+    # (the rest are mostly the audit's hard cases). Reported, not decided on: it is small.
+    random_part: dict[str, Any] | None = None
+    # The candidate's TF-IDF + LR baseline on the same sessions: the bar beside the ensemble's number.
+    baseline_holdout_balanced_accuracy: float | None = None
     record: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
@@ -164,11 +173,15 @@ def decide(
         texts, y_true = compared["text"].tolist(), compared["label"].tolist()
         candidate_pred = predict(candidate["checkpoints"], texts)
         decision.candidate_holdout_balanced_accuracy = classification_metrics(y_true, candidate_pred, classes=sorted(set(y_true)))["balanced_accuracy"]
+        decision.baseline_holdout_balanced_accuracy = _baseline_on(candidate, texts, y_true)
         if champion is not None:
             champion_pred = predict(champion["checkpoints"], texts)
             confidence = policy.confidence if first_look else policy.challenger_confidence
             comparison = compare_on_holdout(y_true, candidate_pred, champion_pred, confidence)
             decision.champion_holdout_balanced_accuracy = comparison.champion_balanced_accuracy
+        else:
+            champion_pred = None
+        decision.random_part = random_part(compared["session_id"].astype(str).tolist(), y_true, candidate_pred, champion_pred, holdout.random_ids)
     promotion = decide_promotion(
         candidate["test_metrics"]["balanced_accuracy"], len(candidate["labels"]), comparison, champion is not None, policy
     )
@@ -181,6 +194,42 @@ def decide(
     if promotion.outcome == WAIT:
         decision.next_look_at = LookSchedule(policy.challenger_growth).next_look(decision.compared_n, policy.min_holdout)
     return decision
+
+
+def _baseline_on(candidate: dict, texts: list[str], y_true: list[str]) -> float | None:
+    """The candidate's baseline's balanced accuracy on the compared sessions; ``None`` for a version
+    trained before baselines existed (it decides nothing, so a missing file never blocks a decision)."""
+    from legolas_ml.evaluation.baseline import baseline_holdout_metrics
+
+    baseline = candidate.get("baseline") or {}
+    if not baseline.get("path"):
+        return None
+    try:
+        return baseline_holdout_metrics(baseline["path"], texts, y_true, sha256=baseline.get("sha256"))["balanced_accuracy"]
+    except (OSError, ValueError):
+        return None
+
+
+def random_part(
+    session_ids: Sequence[str], y_true: Sequence[str], candidate_pred: Sequence[str], champion_pred: Sequence[str] | None, random_ids: frozenset[str]
+) -> dict[str, Any]:
+    """Accuracy of the candidate (and champion) on the compared sessions that were random samples.
+
+    Example:
+        >>> random_part(["a", "b", "c"], ["x", "y", "x"], ["x", "x", "x"], ["x", "y", "y"], frozenset({"a", "b"}))
+        {'n': 2, 'candidate_accuracy': 0.5, 'champion_accuracy': 1.0, 'rest_n': 1, 'candidate_accuracy_rest': 1.0, 'champion_accuracy_rest': 0.0}
+    """
+    def accuracy(pred: Sequence[str] | None, rows: list[int]) -> float | None:
+        if pred is None or not rows:
+            return None
+        return round(sum(pred[i] == y_true[i] for i in rows) / len(rows), 4)
+
+    inside = [i for i, sid in enumerate(session_ids) if sid in random_ids]
+    rest = [i for i, sid in enumerate(session_ids) if sid not in random_ids]
+    return {
+        "n": len(inside), "candidate_accuracy": accuracy(candidate_pred, inside), "champion_accuracy": accuracy(champion_pred, inside),
+        "rest_n": len(rest), "candidate_accuracy_rest": accuracy(candidate_pred, rest), "champion_accuracy_rest": accuracy(champion_pred, rest),
+    }
 
 
 def decide_and_record(
@@ -295,7 +344,7 @@ def holdout_from_store(store, tenant: str, share: float, *, dataset_mode: str, m
 
     result = gate_from_store(store, True, dataset_mode, GateSettings(max_text_chars))
     split = split_holdout(result.dataset, tenant, share)
-    return Holdout(split.holdout, tenant, share, result.reviews_cursor)
+    return Holdout(split.holdout, tenant, share, result.reviews_cursor, store.random_sample_ids())
 
 
 def ensemble_predictor(device: str, precision: str) -> Predict:

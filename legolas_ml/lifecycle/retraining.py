@@ -428,3 +428,42 @@ def parse_tenant_states(text: str | None, legacy_tenant: str) -> dict[str, str]:
 def serialize_tenant_states(states: dict[str, str]) -> str:
     """The multi-tenant cursor: ``{"tenants": {tenant: state}}``, tenants sorted."""
     return json.dumps({"tenants": {tenant: json.loads(states[tenant]) for tenant in sorted(states)}})
+
+
+def warm_start_checkpoints(champion: dict | None, model_name: str, model_overrides: dict, enabled: bool = True) -> tuple[list[str], str]:
+    """The champion's fold checkpoints a retraining starts from (``TrainingConfig.init_checkpoints``), and why.
+
+    A retraining starts from the champion when warm start is enabled, a champion exists, every one of
+    its fold checkpoints is on disk, and it was trained with the same model and model overrides (the
+    weights would not fit another architecture). Otherwise it starts cold, and the reason says why.
+
+    Args:
+        champion: the champion's manifest (``checkpoints``), or ``None`` on a first training.
+        model_name: the model this training uses.
+        model_overrides: this training's model config overrides.
+        enabled: the ``warm_start`` setting.
+
+    Example:
+        >>> warm_start_checkpoints(None, "m", {})
+        ([], 'no champion: a first training starts from the pretrained model')
+    """
+    from pathlib import Path
+
+    from legolas_ml.training.checkpoint import read_sidecar
+
+    if champion is None:
+        return [], "no champion: a first training starts from the pretrained model"
+    version = champion.get("version", "?")
+    if not enabled:
+        return [], f"warm start is off (warm_start=false): starts from the pretrained model, not champion {version}"
+    paths = [str(p) for p in champion.get("checkpoints") or []]
+    missing = [p for p in paths if not Path(p).exists()]
+    if not paths or missing:
+        return [], f"champion {version} has missing fold checkpoints {missing[:3]}: starts from the pretrained model"
+    trained = (read_sidecar(paths[0]).get("training_config") or {})
+    if trained.get("model_name") != model_name or (trained.get("model_overrides") or {}) != (model_overrides or {}):
+        return [], (
+            f"champion {version} was trained with model {trained.get('model_name')!r} overrides {trained.get('model_overrides')!r}, "
+            f"this training uses {model_name!r} {model_overrides!r}: starts from the pretrained model"
+        )
+    return paths, f"warm start: fold k starts from champion {version}'s fold k mod {len(paths)}"

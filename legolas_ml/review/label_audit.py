@@ -5,21 +5,31 @@ service has scored (``ml_model_version``; ``ensemble_predictions`` runs first). 
 document, in one atomic update each, and only where they change (a second run writes nothing)::
 
     needs_review          true while the audit (or anyone else) wants a person to look
-    review_reason         the reasons of ``audit.REASONS`` that hold
+    review_reason         the flagging reasons of ``audit.REASONS`` that hold, or ["random_sample"]
+    review_signals        the other reasons that hold (signals that do not flag: context, never the cause)
     review_priority       1 - cleanlab label quality: the queue's order
     review_label_quality  cleanlab's self-confidence score of the LLM label
+    review_probabilities  {class: probability} the rules saw (calibrated, out-of-fold where honest):
+                          what the export shows, so a reviewer sees the numbers that raised the flag
     review_flagged_by     "label_audit" when the audit raised the flag, "external" when it was set before
     review_model_version  the champion version the audit used
     review_flagged_at     when the flag (or its reasons) last changed
+    review_sample         "random" on a random sample of the queue (``audit.plan_queue``); unlike the
+                          fields above it stays after the review, so that the lifecycle can tell the
+                          reviewed sessions drawn at random (``TenantStore.random_sample_ids``) from the
+                          hard cases; removed only if the audit takes the document out of the queue
+                          before any review (a smaller budget), as it was then never reviewed as one
 
-A document that no longer qualifies is un-flagged only if the audit flagged it: a flag somebody
-else set stays (its stale reasons are removed).
+The queue budget (``review.queue_size``, ``review.random_share``) decides which of the rules'
+flags are written (``audit.plan_queue``). A document that no longer qualifies is un-flagged only if
+the audit flagged it: a flag somebody else set stays (its stale reasons are removed).
 """
 
 from __future__ import annotations
 
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -34,17 +44,21 @@ from legolas_ml.data.splits import SplitPlan
 from legolas_ml.data.store import holding_writer_lock
 from legolas_ml.evaluation.ensemble import EVAL_PRECISION, FoldEnsemble
 from legolas_ml.scoring.predictions import text_sha256
-from legolas_ml.review.calibration import apply_temperature, fit_temperature
-from legolas_ml.review.audit import AuditResult, AuditSettings, audit_labels, summary_by
+from legolas_ml.review.calibration import TemperatureFit, apply_temperature, fit_calibration
+from legolas_ml.review.audit import AuditResult, AuditSettings, audit_labels, plan_queue, summary_by
 from legolas_ml.review.novelty import NoveltyModel, embed_texts
 from legolas_ml.review.out_of_fold import out_of_fold_probabilities
 
 AUDITOR = "label_audit"
 FLAG_FIELDS = (
     "needs_review", "review_reason", "review_priority", "review_label_quality", "review_flagged_by",
-    "review_model_version", "review_flagged_at",
+    "review_model_version", "review_flagged_at", "review_signals", "review_probabilities",
 )
-_READ_FIELDS = ("text", "llm_prediction", "llm_confidence", "ml_probabilities", "ml_model_version", "ml_text_sha256", *FLAG_FIELDS)
+#: Kept after the review (the module docstring): not a flag field.
+SAMPLE_FIELD = "review_sample"
+_READ_FIELDS = (
+    "text", "llm_prediction", "llm_confidence", "ml_probabilities", "ml_model_version", "ml_text_sha256", *FLAG_FIELDS, SAMPLE_FIELD,
+)
 #: Training examples embedded for the novelty threshold (a deterministic sample beyond this).
 MAX_NOVELTY_REFERENCES = 5000
 
@@ -61,20 +75,32 @@ class AuditReport:
     unscored: int = 0  # no prediction of the model in service for the current text yet
     audited: int = 0
     out_of_fold: int = 0  # audited with the probabilities of the fold that did not train on them
-    flagged: int = 0
+    flagged: int = 0  # audited documents in the queue after the budget: the rules' flags kept, external ones, random samples
+    flagged_by_rules: int = 0  # before the budget
+    cut_by_budget: int = 0  # flagged by the rules, left out by review.queue_size
+    random_sampled: int = 0  # random samples in the queue (review.random_share)
+    external_flags: int = 0  # unreviewed flags somebody else set: they take places in the budget
+    queue_size: int = 0  # the budget applied
     newly_flagged: int = 0
     unflagged: int = 0
     cleared_after_review: int = 0  # audit flags removed because a human has reviewed the session since
     updated: int = 0  # documents written (flag raised, changed or cleared)
     skipped_meanwhile: int = 0
     per_reason: dict[str, int] = field(default_factory=dict)
+    per_signal: dict[str, int] = field(default_factory=dict)  # audited documents each enabled reason holds on, flagging or not
     per_class: dict[str, int] = field(default_factory=dict)  # flagged, by LLM label
     noise_rate: dict[str, float] = field(default_factory=dict)
     novelty_threshold: float | None = None
     temperature: float = 1.0  # applied to out-of-fold rows before the rules (calibration.py)
     calibration_rows: int = 0
+    temperature_at_bound: str | None = None  # "lower"/"upper": the fit wanted a temperature beyond its search interval
+    ece_before: float | None = None  # expected calibration error of those rows, before and after the temperature
+    ece_after: float | None = None
     ensemble_temperature: float = 1.0  # applied to the ensemble's rows, fitted on the test split
     ensemble_calibration_rows: int = 0
+    ensemble_temperature_at_bound: str | None = None
+    ensemble_ece_before: float | None = None
+    ensemble_ece_after: float | None = None
     novelty_references: int = 0
     top: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
@@ -87,6 +113,15 @@ class AuditReport:
         values = {k: v for k, v in self.__dict__.items()}
         values["flagged_share"] = self.flagged_share
         return values
+
+    def record_calibration(self, fit: TemperatureFit, *, ensemble: bool) -> None:
+        """Keep ``fit`` as the out-of-fold rows' calibration, or the ensemble's rows' one."""
+        prefix = "ensemble_" if ensemble else ""
+        setattr(self, f"{prefix}temperature", fit.temperature)
+        setattr(self, f"{prefix}calibration_rows", fit.rows)
+        setattr(self, f"{prefix}temperature_at_bound", fit.at_bound)
+        setattr(self, f"{prefix}ece_before", fit.ece_before)
+        setattr(self, f"{prefix}ece_after", fit.ece_after)
 
 
 def _probability_row(doc: dict[str, Any], classes: list[str]) -> np.ndarray | None:
@@ -101,28 +136,51 @@ def _probability_row(doc: dict[str, Any], classes: list[str]) -> np.ndarray | No
     return row / total if total > 0 and np.isfinite(total) else None
 
 
-def flag_changes(doc: dict[str, Any], reasons: list[str], priority: float, quality: float, model_version: str, now: datetime) -> dict | None:
-    """The update that makes ``doc``'s flags say ``reasons`` (empty: not flagged), or ``None`` if they already do."""
+def flag_changes(
+    doc: dict[str, Any],
+    reasons: list[str],
+    priority: float,
+    quality: float,
+    model_version: str,
+    now: datetime,
+    *,
+    signals: list[str] = (),
+    probabilities: dict[str, float] | None = None,
+    sample: bool = False,
+) -> dict | None:
+    """The update that makes ``doc``'s flags say ``reasons`` (empty: not flagged), or ``None`` if they already do.
+
+    Args:
+        signals: every reason that holds; those not in ``reasons`` are recorded as ``review_signals``.
+        probabilities: ``{class: probability}`` the rules saw, recorded as ``review_probabilities``.
+        sample: the document is in the queue as a random sample (``review_sample: "random"``).
+    """
     by = doc.get("review_flagged_by")
     if by is None and doc.get("needs_review") is True:
         by = "external"  # flagged before (by the LLM pipeline or a person): the audit never clears it
+    # An unreviewed sample leaving the queue was never reviewed as one: it stops being a sample.
+    unsample = {SAMPLE_FIELD: ""} if doc.get(SAMPLE_FIELD) is not None and not sample else {}
     if reasons:
         wanted = {
             "needs_review": True,
             "review_reason": reasons,
+            "review_signals": [r for r in signals if r not in reasons],
             "review_priority": round(float(priority), 6),
             "review_label_quality": None if np.isnan(quality) else round(float(quality), 6),
+            "review_probabilities": probabilities,
             "review_flagged_by": by or AUDITOR,
             "review_model_version": model_version,
         }
-        if all(doc.get(k) == v for k, v in wanted.items()):
+        if sample:
+            wanted[SAMPLE_FIELD] = "random"
+        if all(doc.get(k) == v for k, v in wanted.items()) and not unsample:
             return None
-        return {"$set": {**wanted, "review_flagged_at": now}}
-    stale = ("review_reason", "review_priority", "review_label_quality", "review_model_version", "review_flagged_at")
+        return {"$set": {**wanted, "review_flagged_at": now}, **({"$unset": unsample} if unsample else {})}
+    stale = tuple(k for k in FLAG_FIELDS if k not in ("needs_review", "review_flagged_by"))
     if by == AUDITOR:
-        return {"$set": {"needs_review": False}, "$unset": {k: "" for k in (*stale, "review_flagged_by")}}
-    if any(k in doc for k in stale):
-        return {"$unset": {k: "" for k in stale}}
+        return {"$set": {"needs_review": False}, "$unset": {k: "" for k in (*stale, "review_flagged_by")} | unsample}
+    if any(k in doc for k in stale) or unsample:
+        return {"$unset": {k: "" for k in stale} | unsample}
     return None
 
 
@@ -139,6 +197,7 @@ def run_label_audit(
     seed: int = 0,
     write: bool = True,
     clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc).replace(tzinfo=None),
+    warn: Callable[[str], None] | None = None,
 ) -> tuple[AuditReport, AuditResult | None]:
     """Audit the tenant's LLM labels against the ensemble ``manifest`` and write the flags back.
 
@@ -150,16 +209,20 @@ def run_label_audit(
         training: the champion's training rows (``session_id``, ``text``, ``label``): with ``plan``,
             their out-of-fold probabilities calibrate the temperature; their texts are the novelty
             references. ``None`` skips both.
-        settings: the routing rules.
+        settings: the routing rules and the queue budget.
         device: where the fold models run.
         log: progress lines.
+        seed: with the model version, the key of the random sample's order (one champion, one sample).
         write: write the flags back; ``False`` only computes them (benchmarks).
+        warn: lines that need attention (a calibration at its bound); default ``log``.
     """
     started = time.perf_counter()
     version, classes = manifest["version"], list(manifest["labels"])
-    report = AuditReport(version)
+    warn = warn or log
+    report = AuditReport(version, queue_size=settings.queue_size)
     reviewed = store.reviewed_session_ids()
     docs, given, rows, resolved = [], [], [], []
+    external_elsewhere = 0  # external flags on documents this audit cannot score: they still take places
     for doc in store.classification_fields(_READ_FIELDS):
         report.documents += 1
         sid = normalise_session_id(doc.get("session_id"))
@@ -168,16 +231,20 @@ def run_label_audit(
             if doc.get("review_flagged_by") == AUDITOR:
                 resolved.append(doc["session_id"])  # the review answered the flag: it leaves the loop's fields
             continue
+        external = doc.get("needs_review") is True and doc.get("review_flagged_by") != AUDITOR
         if not isinstance(doc.get("text"), str) or not doc["text"].strip():
             report.without_text += 1
+            external_elsewhere += external
             continue
         if doc.get("llm_prediction") is None:
             report.without_llm_label += 1
+            external_elsewhere += external
             continue
         current = doc.get("ml_model_version") == version and doc.get("ml_text_sha256") == text_sha256(doc["text"])
         row = _probability_row(doc, classes) if current else None
         if row is None:
             report.unscored += 1
+            external_elsewhere += external
             continue
         docs.append({**doc, "sid": sid})
         given.append(normalise_label(doc["llm_prediction"])[0])
@@ -201,18 +268,29 @@ def run_label_audit(
         report.out_of_fold = int(from_fold.sum())
         log(f"{report.out_of_fold} documents were training sessions: out-of-fold probabilities from the fold that validated each")
         label_of = dict(zip(training["session_id"].astype(str), training["label"]))
-        report.temperature, report.calibration_rows = _calibrate(oof, label_of, classes)
+        report.record_calibration(_calibrate(oof, label_of, classes), ensemble=False)
         # The ensemble's rows are a mean of K models, flatter than one fold's: their own temperature,
         # fitted on the test split (labelled, never trained on by any fold).
         test_texts = {sid: texts[sid] for sid in plan.test_ids if sid in texts}
         if test_texts:
             ensemble = FoldEnsemble(manifest["checkpoints"], device=device, precision=EVAL_PRECISION)
             test_probs = dict(zip(test_texts, ensemble.predict_proba(list(test_texts.values()))))
-            report.ensemble_temperature, report.ensemble_calibration_rows = _calibrate(test_probs, label_of, classes)
+            report.record_calibration(_calibrate(test_probs, label_of, classes), ensemble=True)
         log(
             f"calibration: temperature {report.temperature:.3f} for out-of-fold rows ({report.calibration_rows} training "
-            f"sessions), {report.ensemble_temperature:.3f} for the ensemble's ({report.ensemble_calibration_rows} test sessions)"
+            f"sessions, ECE {_ece(report.ece_before)} -> {_ece(report.ece_after)}), {report.ensemble_temperature:.3f} for the "
+            f"ensemble's ({report.ensemble_calibration_rows} test sessions, ECE {_ece(report.ensemble_ece_before)} -> "
+            f"{_ece(report.ensemble_ece_after)})"
         )
+        for rows_of, bound, temperature in (
+            ("out-of-fold", report.temperature_at_bound, report.temperature),
+            ("ensemble", report.ensemble_temperature_at_bound, report.ensemble_temperature),
+        ):
+            if bound:
+                warn(
+                    f"calibration of the {rows_of} rows hit the {bound} bound of its search interval (temperature "
+                    f"{temperature:.3f}): the probabilities stay mis-calibrated, the thresholds mean less than they say"
+                )
     else:
         log("no split or training data of the model in service: probabilities are not calibrated, no out-of-fold rows")
     pred_probs[from_fold] = apply_temperature(pred_probs[from_fold], report.temperature)
@@ -230,11 +308,23 @@ def run_label_audit(
     result = audit_labels(given, pred_probs, classes, settings, novel)
     result.session_ids = [d["sid"] for d in docs]
     result.probabilities = pred_probs
+    result.queue = plan_queue(
+        result.session_ids, result.reasons, result.priority,
+        external=np.array([d.get("needs_review") is True and d.get("review_flagged_by") != AUDITOR for d in docs], dtype=bool),
+        sampled=np.array([d.get(SAMPLE_FIELD) == "random" for d in docs], dtype=bool),
+        external_elsewhere=external_elsewhere, settings=settings, key=f"{seed}:{version}",
+    )
+    log(result.queue.reason)
     if write:
-        _write_flags(store, docs, result, version, report, clock)
-    flagged = result.flagged
+        _write_flags(store, docs, result, classes, version, report, clock)
+    flagged = result.queue.queued
     report.flagged = int(flagged.sum())
-    report.per_reason = dict(sorted(result.per_reason.items()))
+    report.flagged_by_rules = result.queue.wanted
+    report.cut_by_budget = result.queue.cut
+    report.random_sampled = int(result.queue.random.sum())
+    report.external_flags = result.queue.external
+    report.per_reason = dict(sorted(Counter(r for rs in result.queue.reasons for r in rs).items()))
+    report.per_signal = dict(sorted(result.per_signal.items()))
     report.per_class = summary_by([g if g is not None else "(unknown)" for g in given], flagged)
     report.noise_rate = result.noise_rate
     order = sorted(np.flatnonzero(flagged), key=lambda i: (-result.priority[i], docs[i]["sid"]))[:top_n]
@@ -245,7 +335,7 @@ def run_label_audit(
             "ensemble_label": result.predicted[i],
             "ensemble_probability": round(float(result.confidence[i]), 4),
             "priority": round(float(result.priority[i]), 4),
-            "reasons": ", ".join(result.reasons[i]),
+            "reasons": ", ".join(result.queue.reasons[i]),
         }
         for i in order
     ]
@@ -254,13 +344,17 @@ def run_label_audit(
     return report, result
 
 
-def _calibrate(probs_of: dict, label_of: dict, classes: list[str]) -> tuple[float, int]:
-    """The temperature of ``probs_of`` (session -> row) against the training labels, and its row count."""
+def _calibrate(probs_of: dict, label_of: dict, classes: list[str]) -> TemperatureFit:
+    """The temperature of ``probs_of`` (session -> row) against the training labels, with its row count and ECEs."""
     index = {c: i for i, c in enumerate(classes)}
     pairs = [(p, index[label_of[sid]]) for sid, p in probs_of.items() if label_of.get(sid) in index]
     if not pairs:
-        return 1.0, 0
-    return fit_temperature(np.vstack([p for p, _ in pairs]), np.array([t for _, t in pairs])), len(pairs)
+        return TemperatureFit()
+    return fit_calibration(np.vstack([p for p, _ in pairs]), np.array([t for _, t in pairs]))
+
+
+def _ece(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _clear_resolved(store, session_ids: list) -> int:
@@ -270,27 +364,33 @@ def _clear_resolved(store, session_ids: list) -> int:
         return sum(store.clear_audit_flag(sid, AUDITOR, changes) for sid in session_ids)
 
 
-def _write_flags(store, docs, result: AuditResult, version: str, report: AuditReport, clock, batch: int = 500) -> None:
+def _write_flags(store, docs, result: AuditResult, classes: list[str], version: str, report: AuditReport, clock, batch: int = 500) -> None:
     """Write each document's flags, batch by batch, re-checking for reviews right before each batch."""
     for start in range(0, len(docs), batch):
         chunk = range(start, min(start + batch, len(docs)))
         with holding_writer_lock(store):  # held per batch: an import waits for one batch at most
-            _write_batch(store, docs, chunk, result, version, report, clock)
+            _write_batch(store, docs, chunk, result, classes, version, report, clock)
 
 
-def _write_batch(store, docs, chunk, result: AuditResult, version: str, report: AuditReport, clock) -> None:
+def _write_batch(store, docs, chunk, result: AuditResult, classes: list[str], version: str, report: AuditReport, clock) -> None:
     reviewed_now = store.reviewed_session_ids(among=[docs[i]["session_id"] for i in chunk])
     now = clock()
+    queue = result.queue
     for i in chunk:
         doc = docs[i]
-        changes = flag_changes(doc, result.reasons[i], result.priority[i], result.label_quality[i], version, now)
+        reasons = queue.reasons[i]
+        probabilities = {c: round(float(p), 4) for c, p in zip(classes, result.probabilities[i])}
+        changes = flag_changes(
+            doc, reasons, result.priority[i], result.label_quality[i], version, now,
+            signals=result.signals[i], probabilities=probabilities, sample=bool(queue.random[i]),
+        )
         if changes is None:
             continue
         if doc["sid"] in reviewed_now or not store.update_unreviewed(doc["session_id"], changes):
             report.skipped_meanwhile += 1
             continue
         report.updated += 1
-        if result.reasons[i] and doc.get("needs_review") is not True:
+        if reasons and doc.get("needs_review") is not True:
             report.newly_flagged += 1
-        if not result.reasons[i] and "$set" in changes and changes["$set"].get("needs_review") is False:
+        if not reasons and "$set" in changes and changes["$set"].get("needs_review") is False:
             report.unflagged += 1

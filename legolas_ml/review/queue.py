@@ -8,7 +8,12 @@ The conversation is deliberately not called ``text``: a review's ``text`` replac
 in training, and a spreadsheet may truncate or alter a cell. In CSV, context cells that a
 spreadsheet would run as a formula (starting with ``=``, ``+``, ``-``, ``@``) are prefixed with ``'``.
 Records come in priority order: the audit's ``review_priority`` (the labels most likely wrong
-first), then documents flagged without a priority (by the LLM pipeline or a person).
+first), then documents flagged without a priority (by the LLM pipeline or a person). The audit's
+random samples (``review_reason: ["random_sample"]``) are spread evenly through that order, so that
+every prefix of the file holds about the queue's share of them: a reviewer who stops after the first
+N records has still reviewed a random part, which tells the service's accuracy apart from the hard
+cases'. ``ensemble_top3`` shows the probabilities the audit flagged on (``review_probabilities``:
+calibrated, out-of-fold where honest), or the ensemble's scores for a flag the audit did not raise.
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ import json
 from collections.abc import Iterable
 from typing import Any, TextIO
 
+import hashlib
+
 from legolas_ml.data.ids import normalise_session_id
+from legolas_ml.review.audit import RANDOM_SAMPLE
 
 FORMATS = ("jsonl", "csv")
 #: The import's fields first, then the reviewer's context.
@@ -27,7 +35,7 @@ COLUMNS = (
     "conversation", "llm_label", "llm_confidence", "ensemble_top3", "review_reason", "review_priority",
 )
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-_FIELDS = ("text", "llm_prediction", "llm_confidence", "ml_probabilities", "review_reason", "review_priority")
+_FIELDS = ("text", "llm_prediction", "llm_confidence", "ml_probabilities", "review_probabilities", "review_reason", "review_priority")
 
 
 def _top3(probabilities: Any) -> list[dict[str, Any]]:
@@ -49,14 +57,15 @@ def queue_record(doc: dict[str, Any]) -> dict[str, Any]:
         "conversation": doc.get("text") if isinstance(doc.get("text"), str) else None,
         "llm_label": doc.get("llm_prediction"),
         "llm_confidence": doc.get("llm_confidence"),
-        "ensemble_top3": _top3(doc.get("ml_probabilities")),
+        "ensemble_top3": _top3(doc.get("review_probabilities") if isinstance(doc.get("review_probabilities"), dict) else doc.get("ml_probabilities")),
         "review_reason": list(reasons) if isinstance(reasons, list) else ["flagged_before_audit"],
         "review_priority": doc.get("review_priority"),
     }
 
 
 def review_queue(store, limit: int | None = None) -> list[dict[str, Any]]:
-    """The tenant's documents flagged for review that no human decided yet, highest priority first.
+    """The tenant's documents flagged for review that no human decided yet, highest priority first,
+    with the random samples spread through them (``interleave``) before ``limit`` cuts the list.
 
     Raises:
         ValueError: if ``limit`` is given and < 1.
@@ -75,8 +84,23 @@ def review_queue(store, limit: int | None = None) -> list[dict[str, Any]]:
         known = isinstance(priority, (int, float)) and not isinstance(priority, bool)
         return (0 if known else 1, -priority if known else 0.0, record["session_id"])
 
-    records.sort(key=order)
+    flagged = sorted((r for r in records if r["review_reason"] != [RANDOM_SAMPLE]), key=order)
+    # Content-free order among the random samples: a hash of the id, not its priority or its age.
+    sampled = sorted((r for r in records if r["review_reason"] == [RANDOM_SAMPLE]),
+                     key=lambda r: hashlib.sha256(r["session_id"].encode()).hexdigest())
+    records = interleave(flagged, sampled)
     return records[:limit] if limit else records
+
+
+def interleave(flagged: list, sampled: list) -> list:
+    """``flagged`` in order with ``sampled`` spread evenly: position ``i`` (from 1) holds a sample when
+    ``floor(i * S / N)`` steps up (``S`` samples, ``N`` records), so every prefix of length ``k``
+    holds ``floor(k * S / N)`` of them: with 10 of 100, records 10, 20, ..., 100."""
+    total, n_sampled = len(flagged) + len(sampled), len(sampled)
+    out, f, r = [], iter(flagged), iter(sampled)
+    for i in range(1, total + 1):
+        out.append(next(r) if (i * n_sampled) // total > ((i - 1) * n_sampled) // total else next(f))
+    return out
 
 
 def queue_size(store) -> int:

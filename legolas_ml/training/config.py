@@ -73,6 +73,9 @@ class TrainingConfig:
     model_name: str = DEFAULT_MODEL  # bundled default, a Hugging Face id, or a local path
     model_init: str = "pretrained"  # "scratch" builds the architecture from config only (tests, ablations)
     model_overrides: dict[str, Any] = field(default_factory=dict)  # config fields replaced before building, e.g. num_hidden_layers
+    # Warm start: fold k starts from init_checkpoints[k % len] (the champion's fold checkpoints, see
+    # legolas_ml/training/warm_start.py) instead of model_init's weights. Empty: no warm start.
+    init_checkpoints: list[str] = field(default_factory=list)
     text_format: str = "text"  # name of the input format, part of checkpoint file names
     precision: str = "auto"  # "auto" picks bf16 where the device supports it
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
@@ -139,6 +142,8 @@ class TrainingConfig:
             bad("precision", f"one of {PRECISIONS}", self.precision)
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             bad("device", "'auto', 'cpu', 'cuda' or 'cuda:N'", self.device)
+        if not isinstance(self.init_checkpoints, (list, tuple)) or not all(isinstance(p, str) and p for p in self.init_checkpoints):
+            bad("init_checkpoints", "a list of checkpoint paths (empty: no warm start)", self.init_checkpoints)
         if not self.text_format or not self.text_format.replace("-", "").replace("_", "").isalnum():
             bad("text_format", "a non-empty name of letters, digits, '-' or '_'", self.text_format)
         if problems:

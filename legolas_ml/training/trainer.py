@@ -33,6 +33,7 @@ from legolas_ml.training.shipped_epoch import RewindAwareCheckpoint
 from legolas_ml.training.config import TrainingConfig, legolas_version
 from legolas_ml.training.early_stopping import RewindEarlyStopping
 from legolas_ml.training.losses import build_loss
+from legolas_ml.training.warm_start import checkpoint_for_fold, warm_start
 from legolas_ml.evaluation.metrics import classification_metrics
 from legolas_ml.training.modeling import (
     autocast, build_model, device_description, freeze_lower_layers, resolve_device, resolve_precision,
@@ -80,6 +81,7 @@ class FoldResult:
     timings_s: dict[str, float] = field(default_factory=dict)
     held_copies_peak: int = 0  # most CPU copies of the weights held for the rewind window at once
     reused: bool = False  # True when a finished fold was reused instead of retrained
+    warm_start: dict[str, Any] | None = None  # the champion checkpoint this fold started from (warm_start.py); None: cold
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -194,8 +196,12 @@ def train_fold(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
+    warm = None
     if model is None:
         model = build_model(config, labels)
+        start_from = checkpoint_for_fold(config.init_checkpoints, fold)
+        if start_from is not None:
+            warm = {"from": start_from, **warm_start(model, start_from, labels)}
     model.to(device)
     frozen = freeze_lower_layers(model, config.freeze_layers)
     class_counts = np.bincount(train.targets, minlength=len(labels))
@@ -213,6 +219,7 @@ def train_fold(
         "model_config": model.config.to_dict(),
         "training_config": config.to_dict(),
         "precision": precision,
+        "warm_start": warm,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "legolas": legolas_version()},
     }
     train_targets = torch.from_numpy(train.targets)
@@ -313,6 +320,7 @@ def train_fold(
         precision=precision,
         peak_memory_mb=peak_memory_mb(device),
         timings_s=timings,
+        warm_start=warm,
         held_copies_peak=checkpoint.held_peak,
     )
     # Free the model, optimizer and held epochs before returning: K folds run back to back.
