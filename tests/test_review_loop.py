@@ -467,6 +467,17 @@ def test_audit_writes_no_more_flags_than_the_budget(home):
     row = {sid: i for i, sid in enumerate(result.session_ids)}
     cut = [s for s in result.session_ids if result.reasons[row[s]] and s not in by_rules]
     assert len(by_rules) == 9 and min(docs[s]["review_priority"] for s in by_rules) >= max(result.priority[row[s]] for s in cut)
+    # The labels the rules doubt but the budget left out are not trusted for training either.
+    doubted = {s for s, d in docs.items() if d.get("review_doubted") is True}
+    assert doubted == set(cut) - queued and doubted
+    with open_tenant_store(None, home, "legolas", TENANT) as store:
+        trusted = {d["session_id"] for d in store.trusted_llm_classifications()}
+    assert not trusted & (doubted | queued)
+    # A larger budget takes them into the queue: the doubt mark goes, the flag takes over.
+    _audit(home, settings=AuditSettings(queue_size=200, random_share=0.0))
+    docs = _docs(home)
+    assert not any(d.get("review_doubted") for d in docs.values())
+    assert all(docs[s]["needs_review"] is True for s in doubted)
 
 
 def test_random_slice_is_drawn_kept_after_the_review_and_spread_through_the_export(home):

@@ -63,7 +63,9 @@ def validate_database(name: str) -> str:
 
 def trusted_llm_query(tenant: str) -> dict[str, Any]:
     """The trusted-LLM rule: method matches "llm" and neither "human" nor "ml" (case-insensitive),
-    a prediction exists and is not null, and the document is not waiting for review."""
+    a prediction exists and is not null, the document is not waiting for review, and the label
+    audit does not doubt it (``review_doubted``: flagged by its rules, left out of the queue by the
+    budget)."""
     return {
         "tenant": tenant,
         "$and": [
@@ -72,6 +74,7 @@ def trusted_llm_query(tenant: str) -> dict[str, Any]:
             {"classification_method": {"$not": re.compile("ml", re.IGNORECASE)}},
             {"llm_prediction": {"$exists": True, "$ne": None}},
             {"needs_review": {"$ne": True}},
+            {"review_doubted": {"$ne": True}},
         ],
     }
 

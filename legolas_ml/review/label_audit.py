@@ -52,8 +52,11 @@ from legolas_ml.review.out_of_fold import out_of_fold_probabilities
 AUDITOR = "label_audit"
 FLAG_FIELDS = (
     "needs_review", "review_reason", "review_priority", "review_label_quality", "review_flagged_by",
-    "review_model_version", "review_flagged_at", "review_signals", "review_probabilities",
+    "review_model_version", "review_flagged_at", "review_signals", "review_probabilities", "review_doubted",
 )
+#: On a document the rules flag but the queue budget leaves out: its LLM label is not trusted for
+#: training either (``store.trusted_llm_query``), though no reviewer is asked about it yet.
+DOUBT_FIELD = "review_doubted"
 #: Kept after the review (the module docstring): not a flag field.
 SAMPLE_FIELD = "review_sample"
 _READ_FIELDS = (
@@ -147,6 +150,7 @@ def flag_changes(
     signals: list[str] = (),
     probabilities: dict[str, float] | None = None,
     sample: bool = False,
+    doubted: bool = False,
 ) -> dict | None:
     """The update that makes ``doc``'s flags say ``reasons`` (empty: not flagged), or ``None`` if they already do.
 
@@ -154,6 +158,7 @@ def flag_changes(
         signals: every reason that holds; those not in ``reasons`` are recorded as ``review_signals``.
         probabilities: ``{class: probability}`` the rules saw, recorded as ``review_probabilities``.
         sample: the document is in the queue as a random sample (``review_sample: "random"``).
+        doubted: the rules flag it but the queue budget leaves it out (``review_doubted``).
     """
     by = doc.get("review_flagged_by")
     if by is None and doc.get("needs_review") is True:
@@ -173,14 +178,23 @@ def flag_changes(
         }
         if sample:
             wanted[SAMPLE_FIELD] = "random"
-        if all(doc.get(k) == v for k, v in wanted.items()) and not unsample:
+        unset = unsample | ({DOUBT_FIELD: ""} if DOUBT_FIELD in doc else {})
+        if all(doc.get(k) == v for k, v in wanted.items()) and not unset:
             return None
-        return {"$set": {**wanted, "review_flagged_at": now}, **({"$unset": unsample} if unsample else {})}
-    stale = tuple(k for k in FLAG_FIELDS if k not in ("needs_review", "review_flagged_by"))
+        return {"$set": {**wanted, "review_flagged_at": now}, **({"$unset": unset} if unset else {})}
+    stale = tuple(k for k in FLAG_FIELDS if k not in ("needs_review", "review_flagged_by", DOUBT_FIELD))
+    doubt = {DOUBT_FIELD: True} if doubted and doc.get(DOUBT_FIELD) is not True else {}
+    undoubt = {DOUBT_FIELD: ""} if not doubted and DOUBT_FIELD in doc else {}
     if by == AUDITOR:
-        return {"$set": {"needs_review": False}, "$unset": {k: "" for k in (*stale, "review_flagged_by")} | unsample}
-    if any(k in doc for k in stale) or unsample:
-        return {"$unset": {k: "" for k in stale} | unsample}
+        return {"$set": {"needs_review": False, **doubt}, "$unset": {k: "" for k in (*stale, "review_flagged_by")} | unsample | undoubt}
+    if any(k in doc for k in stale) or unsample or doubt or undoubt:
+        changes: dict[str, Any] = {}
+        if doubt:
+            changes["$set"] = doubt
+        unset = {k: "" for k in stale if k in doc} | unsample | undoubt
+        if unset:
+            changes["$unset"] = unset
+        return changes
     return None
 
 
@@ -383,6 +397,7 @@ def _write_batch(store, docs, chunk, result: AuditResult, classes: list[str], ve
         changes = flag_changes(
             doc, reasons, result.priority[i], result.label_quality[i], version, now,
             signals=result.signals[i], probabilities=probabilities, sample=bool(queue.random[i]),
+            doubted=bool(result.reasons[i]) and not reasons,
         )
         if changes is None:
             continue
