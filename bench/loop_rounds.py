@@ -79,12 +79,16 @@ def measure(home: Path, truth: dict[str, str], fresh: list[dict], fresh_truth: d
         queue = review_queue(store)
     ensemble = FoldEnsemble(champion["checkpoints"], device="cpu", precision=EVAL_PRECISION)
     fresh_pred = ensemble.predict([d["text"] for d in fresh])
+    # The version this round trained, whatever was decided: does the retraining learn, apart from the rule?
+    trained = last.get("version")
+    candidate = fresh_pred if trained in (None, champion["version"]) else FoldEnsemble(
+        registry.manifest(trained)["checkpoints"], device="cpu", precision=EVAL_PRECISION).predict([d["text"] for d in fresh])
     unrev_pred = ensemble.predict([d["text"] for d in docs])
     fresh_true = [fresh_truth[d["session_id"]] for d in fresh]
     unrev_true = [truth[d["session_id"]] for d in docs]
     return {
         "decision": last.get("action"), "reason": (last.get("reason") or "")[:160], "champion": champion["version"],
-        "fresh": scores(fresh_true, fresh_pred), "fresh_llm": scores(fresh_true, [d["llm_prediction"] for d in fresh]),
+        "fresh": scores(fresh_true, fresh_pred), "candidate": scores(fresh_true, candidate), "fresh_llm": scores(fresh_true, [d["llm_prediction"] for d in fresh]),
         "unreviewed": scores(unrev_true, unrev_pred) if docs else (float("nan"), float("nan")),
         "unreviewed_llm": scores(unrev_true, [d.get("llm_prediction") or "" for d in docs]) if docs else (float("nan"), float("nan")),
         "n_unreviewed": len(docs), "queue": len(queue),
@@ -93,6 +97,22 @@ def measure(home: Path, truth: dict[str, str], fresh: list[dict], fresh_truth: d
         "random_part": (last.get("decision") or {}).get("random_part"),
         "wrong_unreviewed": sum(d.get("llm_prediction") != truth[d["session_id"]] for d in docs),
     }
+
+
+def score_versions(homes: list[Path], fresh: list[dict], fresh_truth: dict[str, str]) -> None:
+    """Each home's decisions in order, with the decided version's accuracy on the fresh sample."""
+    from legolas_ml.evaluation.ensemble import EVAL_PRECISION, FoldEnsemble
+    from legolas_ml.lifecycle.artifacts import TenantArtifacts
+    from legolas_ml.lifecycle.registry import ModelRegistry
+
+    truth = [fresh_truth[d["session_id"]] for d in fresh]
+    for home in homes:
+        registry = ModelRegistry(TenantArtifacts(home / "output", TENANT))
+        for record in registry.history():
+            predicted = FoldEnsemble(registry.manifest(record["version"])["checkpoints"], device="cpu", precision=EVAL_PRECISION).predict(
+                [d["text"] for d in fresh])
+            acc, ba = scores(truth, predicted)
+            print(f"| {home.name} | {record['action']} | {record['version'][:8]} | {acc:.3f} / {ba:.3f} | {record.get('holdout_n')} |", flush=True)
 
 
 def pick(home: Path, arm: str, n: int, truth: dict[str, str], round_no: int) -> list[dict]:
@@ -123,6 +143,8 @@ def main() -> None:
     parser.add_argument("--fresh", type=int, default=1000)
     parser.add_argument("--out", default=None, help="also write the table to this markdown file")
     parser.add_argument("--variants", default="default:", help="';'-separated name:VAR=value,VAR=value")
+    parser.add_argument("--score-versions", nargs="*", default=None, metavar="HOME",
+                        help="instead: every decided version of these finished homes, scored on the fresh sample")
     args = parser.parse_args()
     from legolas_ml.data.demo_data import generate_demo_data
 
@@ -133,12 +155,15 @@ def main() -> None:
     # The generator's hostile extras (empty text, a missing label) are not conversations to score.
     fresh = [d for d in fresh if d["session_id"] in fresh_truth and isinstance(d.get("text"), str) and d["text"].strip()
              and d.get("llm_prediction")]
+    if args.score_versions is not None:
+        score_versions([Path(h) for h in args.score_versions], fresh, fresh_truth)
+        return
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
     lines = [f"CPU: {cpu}, {os.cpu_count()} cores; precision {os.environ.get('LEGOLAS_PRECISION', 'auto')}; "
              f"{args.rounds} rounds of {args.n} reviews per arm; fresh sample {args.fresh} conversations (seed {SEED + 1000})", "",
-             "| variant | arm | round | decision | champion | fresh acc / BA | fresh LLM acc / BA | unreviewed acc / BA | unreviewed LLM acc / BA | "
+             "| variant | arm | round | decision | champion | fresh acc / BA | this round's candidate: fresh acc / BA | fresh LLM acc / BA | unreviewed acc / BA | unreviewed LLM acc / BA | "
              "unreviewed | wrong LLM labels among them | queue | queue precision@N | training s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     variants = []
     for item in filter(None, args.variants.split(";")):
@@ -167,6 +192,7 @@ def main() -> None:
             if failure:  # the registry's last record is an earlier round's
                 m["decision"], m["reason"] = "run failed", failure
             row = (f"| {variant} | {arm} | {round_no} | {m['decision']} | {m['champion'][:8]} | {m['fresh'][0]:.3f} / {m['fresh'][1]:.3f} | "
+                   f"{m['candidate'][0]:.3f} / {m['candidate'][1]:.3f} | "
                    f"{m['fresh_llm'][0]:.3f} / {m['fresh_llm'][1]:.3f} | {m['unreviewed'][0]:.3f} / {m['unreviewed'][1]:.3f} | "
                    f"{m['unreviewed_llm'][0]:.3f} / {m['unreviewed_llm'][1]:.3f} | {m['n_unreviewed']} | {m['wrong_unreviewed']} | "
                    f"{m['queue']} | {m['queue_precision']:.2f} | {seconds:.0f} |")

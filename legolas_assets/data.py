@@ -90,6 +90,7 @@ def build_labeled_dataset(tenant: TenantPlan) -> AssetsDefinition:
             "from_human_reviews": per_source["human"],
             "from_llm": per_source["llm"],
             "llm_rows_kept_by_class": MetadataValue.json(result.llm_kept),
+            "left_out_by_retrain_data": result.counts.get("left_out_by_retrain_data", 0),
             "holdout_sessions": len(split.holdout),
             "holdout_random_samples": len(value["holdout_random_ids"]),
             "holdout_per_class": MetadataValue.json(split.per_class),

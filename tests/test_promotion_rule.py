@@ -58,3 +58,14 @@ def test_the_point_comparison_it_replaced_fails_the_same_promises():
     # Negative control: today's point comparison promotes equal candidates about half the time at every size.
     equal = promotion_rate(Scenario(0.0, 0.10), SIZE_FOR_80[0.10], 400, POLICY, seed=5, rule=point_comparison)
     assert equal < 0.80
+
+
+def test_a_wait_names_the_class_that_holds_the_bound_open():
+    # Issue #28's loop: one 'cancellation' session in a 47-session holdout kept every bound near +-0.38.
+    from legolas_ml.lifecycle.promotion import WAIT, compare_on_holdout, decide_promotion
+
+    truth = ["a"] * 20 + ["b"] * 20 + ["c"]
+    comparison = compare_on_holdout(truth, truth, truth)
+    decision = decide_promotion(0.9, 3, comparison, True, PromotionPolicy())
+    assert decision.outcome == WAIT
+    assert "the widest class is 'c' (1 holdout sessions, recall difference within [-1.00, +1.00])" in decision.reason

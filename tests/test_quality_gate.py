@@ -85,6 +85,20 @@ def test_a_class_without_enough_reviews_keeps_its_llm_rows_and_says_so(store):
     # billing has its 2 reviewed rows: its LLM row goes; shipping has none: it keeps both LLM rows.
     assert sorted(result.dataset["session_id"]) == ["s2", "s3", "s4", "s5"]
     assert result.llm_kept == {"shipping": 2} and "['shipping']" in result.mode_reason and "shipping 0" in result.mode_reason
+    c = result.counts  # every input accounted for: the LLM row of billing was left out by the policy
+    assert c["inputs"] == c["accepted"] + c["quarantined"] + c["superseded"] + c["left_out_by_retrain_data"] == 5
+    assert c["left_out_by_retrain_data"] == 1
+
+
+def test_a_class_too_small_even_with_its_llm_rows_is_left_out_not_failed(store):
+    store.insert_classifications([llm("s1", "billing"), llm("s2", "refund", needs_review=True)])
+    for k in range(3):
+        store.insert_review(review(f"b{k}", "billing"))
+    store.insert_review(review("r1", "refund"))
+    result = gate_from_store(store, has_model=True, retrain=RetrainData("reviews"), min_rows_per_class=2)
+    # refund: 1 reviewed row, its only LLM row is flagged (not trusted): too few for K folds even so.
+    assert sorted(result.dataset["label"].unique()) == ["billing"] and "refund" not in result.llm_kept
+    assert "left out of this training, too few rows for K folds (need 2): refund 1" in result.mode_reason
 
 
 def test_switch_keeps_first_training_data_until_every_class_has_enough_reviews(store):

@@ -11,12 +11,13 @@ The differential training rule:
   is the rule as the design notes wrote it (human reviews only from the first retraining), and
   ``"unflagged"`` never switches (confident learning: the trusted LLM labels are those the label
   audit did not flag). Under every policy a class with fewer reviewed rows than K folds need keeps
-  its trusted LLM rows, so a rare class never fails the run; the gate says which classes did.
+  its trusted LLM rows, and a class that still has too few rows is left out of that training, so a
+  rare class never fails the run; the gate's reason says which classes did what.
   The evidence for the default is in ``docs/loop_rounds.md``.
 
-Every input document ends in exactly one bucket: *accepted*, *quarantined* (with a reason) or
+Every input document ends in exactly one bucket: *accepted*, *quarantined* (with a reason),
 *superseded* (a human review beats an LLM label; among reviews of one session the latest valid
-``reviewed_at`` wins). Bad records never crash the gate and are never silently dropped.
+``reviewed_at`` wins) or, in a retraining, *left out* by ``RetrainData`` (``left_out_by_retrain_data``). Bad records never crash the gate and are never silently dropped.
 
 Label normalisation policy: Unicode NFKC, surrounding whitespace stripped, lower-cased, inner runs
 of whitespace replaced by one ``_``. So ``" Billing  Issue"`` and ``"billing issue"`` are the same
@@ -137,7 +138,17 @@ def retraining_rows(
 
     def keeping(keep: set[str], reason: str) -> tuple[pd.DataFrame, str, dict[str, int]]:
         rows = dataset[human | dataset["label"].isin(keep)].reset_index(drop=True)
-        return rows, reason, {c: llm_per_class[c] for c in sorted(keep) if llm_per_class[c]}
+        # A class that even its LLM rows cannot lift to what K folds need (the audit doubts most of
+        # them, say) is left out of this training rather than failing it: the candidate cannot
+        # predict it, and the holdout comparison sees that (its recall there is 0).
+        trained = rows if held_out is None else rows[~rows["session_id"].astype(str).map(held_out)]
+        counts = Counter(trained["label"])
+        thin = {c: counts[c] for c in classes if counts[c] < min_rows_per_class}
+        if thin:
+            rows = rows[~rows["label"].isin(thin)].reset_index(drop=True)
+            reason += (f"; left out of this training, too few rows for K folds (need {min_rows_per_class}): {shown(thin)}: "
+                       "the candidate cannot predict them and the promotion rule compares it with that")
+        return rows, reason, {c: llm_per_class[c] for c in sorted(keep - set(thin)) if llm_per_class[c]}
 
     def shown(short: dict[str, int]) -> str:
         return ", ".join(f"{c} {n}" for c, n in short.items())
@@ -448,6 +459,7 @@ def gate_from_store(
         result.mode_reason = f"{reason}: {why}"
         result.per_source = {"human": int((rows["source"] == "human").sum()), "llm": int((rows["source"] == "llm").sum())}
         result.per_class = dict(sorted(Counter(rows["label"]).items()))
+        result.counts["left_out_by_retrain_data"] = result.counts["accepted"] - len(rows)
         result.counts["accepted"] = len(rows)
         result.content_hash = content_hash(rows)
     # Every review read is consumed once a decision is recorded, whatever its reviewed_at (even one

@@ -275,6 +275,12 @@ def decide_promotion(
         f"at today's difference about {needed} holdout sessions would decide" if needed
         else "at today's difference more sessions would show it worse"
     )
+    # Balanced accuracy weighs every class alike: a class with a handful of holdout sessions can hold
+    # the bound wide on its own whatever the others show. Name it, so the operator knows what to review.
+    widest = min(c.recall_ci, key=lambda k: (c.recall_ci[k][0] - c.recall_ci[k][1], k))
+    low, high = c.recall_ci[widest]
+    outlook += (f"; the widest class is {widest!r} ({c.per_class_support[widest]} holdout sessions, recall difference "
+                f"within [{low:+.2f}, {high:+.2f}])")
     return PromotionDecision(
         WAIT,
         f"not yet decided: lower bound {c.ci_low:+.4f} is not above -{policy.margin:g} and the upper bound {c.ci_high:+.4f} "
