@@ -5,6 +5,7 @@ import json
 from dagster import AssetExecutionContext, AssetsDefinition, AssetObservation, Failure, MetadataValue, Output, TableColumn, TableRecord, TableSchema, asset
 
 from legolas_ml.lifecycle.artifacts import read_dataset, training_key
+from legolas_ml.lifecycle.registry import ChampionUnavailableError
 from legolas_ml.lifecycle.retraining import warm_start_checkpoints
 from legolas_ml.runners.base import FoldWorkerLostError
 from legolas_ml.training.cross_validation import encode_dataset
@@ -44,14 +45,22 @@ def build_fold_models(tenant: TenantPlan) -> AssetsDefinition:
     ):
         """One model per fold (focal loss, rewind early stopping), keeping only its best epoch."""
         config = training.config(gpu, tenant)
+        plan = SplitPlan.from_dict(json.loads(open(stratified_splits["path"]).read()))
         champion = labeled_dataset.get("champion_version")
         # The champion the gate read, not whatever serves now: the warm start is part of the training key.
-        manifest = training.registry(tenant.name).manifest(champion) if champion else None
-        starts, start_reason = warm_start_checkpoints(manifest, config.model_name, config.model_overrides, training.warm_start)
+        unreadable = None
+        try:
+            manifest = training.registry(tenant.name).manifest(champion) if champion else None
+        except (ValueError, ChampionUnavailableError) as exc:  # pruned or damaged since: start cold, say why
+            manifest, unreadable = None, f"champion {champion} is unreadable ({exc}): starts from the pretrained model"
+        starts, start_reason = warm_start_checkpoints(
+            manifest, config.model_name, config.model_overrides, training.warm_start,
+            data_version=labeled_dataset["data_version"], split_fingerprint=plan.fingerprint(),
+        )
+        start_reason = unreadable or start_reason
         config = config.replace(init_checkpoints=starts)
         context.log.info(start_reason)
         device = gpu.resolved()
-        plan = SplitPlan.from_dict(json.loads(open(stratified_splits["path"]).read()))
         keys = list(context.partition_keys)
         if plan.n_folds != tenant.n_partitions:
             raise Failure(

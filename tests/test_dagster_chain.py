@@ -109,7 +109,9 @@ def test_the_loop_scores_and_audits_after_the_promotion(chain):
     assert audit["temperature_at_bound"].value in ("none", "lower", "upper") and audit["ece_after"].value >= 0
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
     assert checks["predictions_cover_unreviewed"].passed
-    assert checks["flagged_share_under_threshold"].metadata["observed_share"].value == audit["flagged_share"].value
+    # The check judges what the rules flag before the budget caps it (a capped queue would always pass).
+    observed = checks["flagged_share_under_threshold"].metadata["observed_share"].value
+    assert observed == round(audit["flagged_by_rules"].value / audit["audited"].value, 4)
     with open_tenant_store(None, home, "legolas", "demo") as store:
         scored = store.classifications.count_documents({"tenant": "demo", "ml_model_version": champion})
     assert scored == predictions["scored"].value

@@ -99,6 +99,10 @@ def test_a_class_too_small_even_with_its_llm_rows_is_left_out_not_failed(store):
     # refund: 1 reviewed row, its only LLM row is flagged (not trusted): too few for K folds even so.
     assert sorted(result.dataset["label"].unique()) == ["billing"] and "refund" not in result.llm_kept
     assert "left out of this training, too few rows for K folds (need 2): refund 1" in result.mode_reason
+    # Its held-out reviews stay: the holdout still judges the class the candidate cannot predict.
+    store.insert_review(review("r2", "refund"))
+    result = gate_from_store(store, has_model=True, retrain=RetrainData("reviews"), min_rows_per_class=2, held_out=lambda sid: sid == "r2")
+    assert sorted(result.dataset.loc[result.dataset["label"] == "refund", "session_id"]) == ["r2"]
 
 
 def test_switch_keeps_first_training_data_until_every_class_has_enough_reviews(store):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from legolas_ml.lifecycle.retraining import warm_start_checkpoints
-from legolas_ml.training.checkpoint import load_checkpoint, read_sidecar
+from legolas_ml.training.checkpoint import load_checkpoint, read_sidecar, sidecar_path
 from legolas_ml.training.cross_validation import encode_dataset, plan_splits, train_plan_fold
 from legolas_ml.training.modeling import build_model
 from legolas_ml.training.warm_start import checkpoint_for_fold, warm_start
@@ -84,3 +84,14 @@ def test_which_champion_a_retraining_starts_from(champion_fold, tmp_path):
     paths, reason = warm_start_checkpoints({"version": "v0", "checkpoints": [str(tmp_path / "gone.safetensors")]}, config.model_name, {})
     assert paths == [] and "missing fold checkpoints" in reason
     assert read_sidecar(path)["warm_start"] is None  # the champion itself started cold
+    # The champion's own data and split: that training is the champion's (same key, its folds reused).
+    same = {**champion, "data_version": "v1", "split_fingerprint": "f1"}
+    paths, reason = warm_start_checkpoints(same, config.model_name, config.model_overrides, data_version="v1", split_fingerprint="f1")
+    assert paths == [] and "its training, not a warm start" in reason
+    assert warm_start_checkpoints(same, config.model_name, config.model_overrides, data_version="v2", split_fingerprint="f1")[0]
+    # A sidecar that cannot be read: cold, with the reason, never a crash.
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(path.read_bytes())
+    sidecar_path(broken).write_text("{not json")
+    paths, reason = warm_start_checkpoints({"version": "v3", "checkpoints": [str(broken)]}, config.model_name, {})
+    assert paths == [] and "unreadable" in reason

@@ -9,8 +9,8 @@ The differential training rule:
   data (human reviews + trusted LLM labels, a human review wins) until every class has
   ``min_reviews_per_class`` reviewed training rows, then trains on human reviews only. ``"reviews"``
   is the rule as the design notes wrote it (human reviews only from the first retraining), and
-  ``"unflagged"`` never switches (confident learning: the trusted LLM labels are those the label
-  audit did not flag). Under every policy a class with fewer reviewed rows than K folds need keeps
+  ``"unflagged"`` never switches: ``"switch"`` without the switch (confident learning: under every
+  policy the trusted LLM labels are those the label audit neither flags nor doubts). Under every policy a class with fewer reviewed rows than K folds need keeps
   its trusted LLM rows, and a class that still has too few rows is left out of that training, so a
   rare class never fails the run; the gate's reason says which classes did what.
   The evidence for the default is in ``docs/loop_rounds.md``.
@@ -141,11 +141,12 @@ def retraining_rows(
         # A class that even its LLM rows cannot lift to what K folds need (the audit doubts most of
         # them, say) is left out of this training rather than failing it: the candidate cannot
         # predict it, and the holdout comparison sees that (its recall there is 0).
-        trained = rows if held_out is None else rows[~rows["session_id"].astype(str).map(held_out)]
-        counts = Counter(trained["label"])
+        held = rows["session_id"].astype(str).map(held_out).astype(bool) if held_out is not None and len(rows) else pd.Series(False, index=rows.index)
+        counts = Counter(rows.loc[~held, "label"])
         thin = {c: counts[c] for c in classes if counts[c] < min_rows_per_class}
         if thin:
-            rows = rows[~rows["label"].isin(thin)].reset_index(drop=True)
+            # Only its training rows go: its held-out reviews stay, so the holdout still judges the class.
+            rows = rows[~(rows["label"].isin(thin) & ~held)].reset_index(drop=True)
             reason += (f"; left out of this training, too few rows for K folds (need {min_rows_per_class}): {shown(thin)}: "
                        "the candidate cannot predict them and the promotion rule compares it with that")
         return rows, reason, {c: llm_per_class[c] for c in sorted(keep - set(thin)) if llm_per_class[c]}
@@ -160,7 +161,7 @@ def retraining_rows(
     if data.policy == "switch":
         if short:
             return keeping(set(classes), f"human reviews + trusted LLM labels until every class has {need} reviewed training rows ({shown(short)})")
-        return keeping(set(), f"every class has >= {need} reviewed training rows: human reviews only")
+        return keeping(set(), f"every class has >= {need} reviewed training rows: human reviews only" if classes else "no labelled rows")
     if short:
         return keeping(set(short), f"human reviews only, except the trusted LLM rows of {sorted(short)} (fewer than {need} reviewed training rows: {shown(short)})")
     return keeping(set(), "human reviews only (retrain_data 'reviews')")

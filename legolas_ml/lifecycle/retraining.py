@@ -430,7 +430,10 @@ def serialize_tenant_states(states: dict[str, str]) -> str:
     return json.dumps({"tenants": {tenant: json.loads(states[tenant]) for tenant in sorted(states)}})
 
 
-def warm_start_checkpoints(champion: dict | None, model_name: str, model_overrides: dict, enabled: bool = True) -> tuple[list[str], str]:
+def warm_start_checkpoints(
+    champion: dict | None, model_name: str, model_overrides: dict, enabled: bool = True, *, data_version: str | None = None,
+    split_fingerprint: str | None = None,
+) -> tuple[list[str], str]:
     """The champion's fold checkpoints a retraining starts from (``TrainingConfig.init_checkpoints``), and why.
 
     A retraining starts from the champion when warm start is enabled, a champion exists, every one of
@@ -442,6 +445,9 @@ def warm_start_checkpoints(champion: dict | None, model_name: str, model_overrid
         model_name: the model this training uses.
         model_overrides: this training's model config overrides.
         enabled: the ``warm_start`` setting.
+        data_version, split_fingerprint: this training's; when both are the champion's, the training
+            *is* the champion's (same key, its folds reused: the decision keeps the champion), so it
+            does not start from it.
 
     Example:
         >>> warm_start_checkpoints(None, "m", {})
@@ -455,12 +461,17 @@ def warm_start_checkpoints(champion: dict | None, model_name: str, model_overrid
         return [], "no champion: a first training starts from the pretrained model"
     version = champion.get("version", "?")
     if not enabled:
-        return [], f"warm start is off (warm_start=false): starts from the pretrained model, not champion {version}"
+        return [], f"warm start is off (LEGOLAS_WARM_START=0): starts from the pretrained model, not champion {version}"
+    if data_version is not None and (data_version, split_fingerprint) == (champion.get("data_version"), champion.get("split_fingerprint")):
+        return [], f"the data and split are champion {version}'s: its training, not a warm start from it"
     paths = [str(p) for p in champion.get("checkpoints") or []]
     missing = [p for p in paths if not Path(p).exists()]
     if not paths or missing:
         return [], f"champion {version} has missing fold checkpoints {missing[:3]}: starts from the pretrained model"
-    trained = (read_sidecar(paths[0]).get("training_config") or {})
+    try:
+        trained = read_sidecar(paths[0]).get("training_config") or {}
+    except (OSError, ValueError, RuntimeError) as exc:  # CheckpointError is a RuntimeError
+        return [], f"champion {version}'s fold sidecar is unreadable ({exc}): starts from the pretrained model"
     if trained.get("model_name") != model_name or (trained.get("model_overrides") or {}) != (model_overrides or {}):
         return [], (
             f"champion {version} was trained with model {trained.get('model_name')!r} overrides {trained.get('model_overrides')!r}, "

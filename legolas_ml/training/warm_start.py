@@ -89,7 +89,7 @@ def warm_start(model: torch.nn.Module, checkpoint: str | Path, labels: Sequence[
         raise ValueError(
             f"warm start from {checkpoint}: its weights do not fit this model ({len(misfits)} tensors, e.g. "
             f"{misfits[:5]}); the champion was trained with another model or model_overrides. Train without "
-            "warm start (training.warm_start=false) or with the champion's model."
+            "warm start (LEGOLAS_WARM_START=0) or with the champion's model."
         )
     model.load_state_dict(target)
     return {"copied": copied, "head_rows": head_rows, "new_classes": [c for c in labels if c not in old_index]}
