@@ -203,3 +203,19 @@ def test_the_reviews_cursor_is_the_last_review_received_among_those_read(store):
     assert sorted(result.dataset["session_id"]) == ["s1", "s2", "s3"]
     last = store.reviews_after(None)[-1]
     assert last["session_id"] == "s3" and ReviewCursor.parse(result.reviews_cursor) == ReviewCursor.of(last) == ReviewCursor(seq=3)
+
+
+def test_only_unflagged_drops_the_labels_the_audit_doubts(store):
+    # Issue #28's loop: dropping the audit's doubts starved the rare class (22 rows -> 4) in the random arm.
+    store.insert_classifications([
+        llm("s1", "billing"),
+        llm("s2", "cancellation", needs_review=True, review_flagged_by="label_audit"),
+        llm("s3", "cancellation", review_doubted=True),
+        llm("s4", "cancellation", needs_review=True),  # flagged before the audit (the LLM pipeline): never trusted
+    ])
+    store.insert_review(review("r1", "billing"))
+    kept = set(gate_from_store(store, has_model=True).dataset["session_id"])
+    assert kept == {"r1", "s1", "s2", "s3"}
+    confident = set(gate_from_store(store, has_model=True, retrain=RetrainData("unflagged")).dataset["session_id"])
+    assert confident == {"r1", "s1"}
+    assert set(gate_from_store(store, has_model=False).dataset["session_id"]) == {"r1", "s1"}  # a first training: the plain rule

@@ -9,8 +9,9 @@ The differential training rule:
   data (human reviews + trusted LLM labels, a human review wins) until every class has
   ``min_reviews_per_class`` reviewed training rows, then trains on human reviews only. ``"reviews"``
   is the rule as the design notes wrote it (human reviews only from the first retraining), and
-  ``"unflagged"`` never switches: ``"switch"`` without the switch (confident learning: under every
-  policy the trusted LLM labels are those the label audit neither flags nor doubts). Under every policy a class with fewer reviewed rows than K folds need keeps
+  ``"unflagged"`` never switches and is confident learning: it drops the LLM labels the label audit
+  flags or doubts (``"switch"`` and ``"reviews"`` keep the first training's trusted labels, whatever
+  the audit says of them: it doubts many right labels of a rare class, and dropping them starved it). Under every policy a class with fewer reviewed rows than K folds need keeps
   its trusted LLM rows, and a class that still has too few rows is left out of that training, so a
   rare class never fails the run; the gate's reason says which classes did what.
   The evidence for the default is in ``docs/loop_rounds.md``.
@@ -155,7 +156,7 @@ def retraining_rows(
         return ", ".join(f"{c} {n}" for c, n in short.items())
 
     if data.policy == "unflagged":
-        return keeping(set(classes), "human reviews + trusted LLM labels the audit did not flag (retrain_data 'unflagged')")
+        return keeping(set(classes), "human reviews + the LLM labels the audit neither flags nor doubts (retrain_data 'unflagged': confident learning)")
     need = max(data.min_reviews_per_class, min_rows_per_class) if data.policy == "switch" else min_rows_per_class
     short = {c: reviewed[c] for c in classes if reviewed[c] < need}
     if data.policy == "switch":
@@ -447,15 +448,18 @@ def gate_from_store(
             towards a class's reviewed training rows).
     """
     mode, reason = decide_mode(requested_mode, has_model)
+    retrain = retrain or RetrainData()
     reviews = list(store.human_reviews())
-    # A retraining reads the trusted LLM labels too: RetrainData decides which of them it keeps.
-    llm_docs = list(store.trusted_llm_classifications())
+    # A retraining reads the trusted LLM labels too: RetrainData decides which of them it keeps. Only
+    # 'unflagged' (confident learning) drops the labels the audit flags or doubts: on a rare class the
+    # audit doubts many right labels too (the champion is weakest there), and dropping them starved it.
+    llm_docs = list(store.trusted_llm_classifications(despite_audit=mode == "retrain" and retrain.policy != "unflagged"))
     textless = [r.get("session_id") for r in reviews if not isinstance(r.get("text"), str) or not r["text"].strip()]
     texts = store.texts_for(textless) if textless else {}
     result = run_gate(reviews, llm_docs, texts, "first", reason, settings)
     result.mode = mode
     if mode == "retrain":
-        rows, why, kept = retraining_rows(result.dataset, retrain or RetrainData(), min_rows_per_class=min_rows_per_class, held_out=held_out)
+        rows, why, kept = retraining_rows(result.dataset, retrain, min_rows_per_class=min_rows_per_class, held_out=held_out)
         result.dataset, result.llm_kept = rows, kept
         result.mode_reason = f"{reason}: {why}"
         result.per_source = {"human": int((rows["source"] == "human").sum()), "llm": int((rows["source"] == "llm").sum())}

@@ -61,11 +61,11 @@ def validate_database(name: str) -> str:
     return name
 
 
-def trusted_llm_query(tenant: str) -> dict[str, Any]:
+def trusted_llm_query(tenant: str, *, despite_audit: bool = False) -> dict[str, Any]:
     """The trusted-LLM rule: method matches "llm" and neither "human" nor "ml" (case-insensitive),
     a prediction exists and is not null, the document is not waiting for review, and the label
     audit does not doubt it (``review_doubted``: flagged by its rules, left out of the queue by the
-    budget)."""
+    budget). With ``despite_audit``, a flag or doubt of the label audit itself does not count."""
     return {
         "tenant": tenant,
         "$and": [
@@ -73,8 +73,13 @@ def trusted_llm_query(tenant: str) -> dict[str, Any]:
             {"classification_method": {"$not": re.compile("human", re.IGNORECASE)}},
             {"classification_method": {"$not": re.compile("ml", re.IGNORECASE)}},
             {"llm_prediction": {"$exists": True, "$ne": None}},
-            {"needs_review": {"$ne": True}},
-            {"review_doubted": {"$ne": True}},
+            *(
+                # The first training's rule, which a retraining under retrain_data 'switch' keeps: the
+                # label audit's own flags and doubts do not un-trust a label (a flag raised before it,
+                # by the LLM pipeline or a person, still does). Confident learning is 'unflagged'.
+                [{"$or": [{"needs_review": {"$ne": True}}, {"review_flagged_by": "label_audit"}]}]
+                if despite_audit else [{"needs_review": {"$ne": True}}, {"review_doubted": {"$ne": True}}]
+            ),
         ],
     }
 
@@ -289,8 +294,10 @@ class TenantStore:
             self.writer_lock.release()
 
     # --- reads ---
-    def trusted_llm_classifications(self) -> Iterator[dict[str, Any]]:
-        return self.classifications.find(trusted_llm_query(self.tenant))
+    def trusted_llm_classifications(self, *, despite_audit: bool = False) -> Iterator[dict[str, Any]]:
+        """The tenant's trusted LLM labels (``trusted_llm_query``); ``despite_audit`` keeps those the
+        label audit flagged or doubts (not those flagged before it)."""
+        return self.classifications.find(trusted_llm_query(self.tenant, despite_audit=despite_audit))
 
     def human_reviews(self) -> Iterator[dict[str, Any]]:
         return self.reviews.find({"tenant": self.tenant})
