@@ -146,9 +146,10 @@ class TrainingResource(ConfigurableResource):
     seed: int = 42
     dataset_mode: str = Field(default="auto", description="'auto', 'first' or 'retrain' (operator override)")
     retrain_data: str = Field(
-        default="switch",
-        description="what a retraining trains on: 'switch' (LLM + human labels until every class has retrain_min_reviews_per_class "
-        "reviewed rows, then human only), 'reviews' (human only: the design notes' rule) or 'unflagged' (LLM labels the audit did not flag + human)",
+        default="reviews",
+        description="what a retraining trains on: 'reviews' (human only, the design notes' rule; a class with too few reviewed rows "
+        "keeps its LLM rows), 'switch' (LLM + human labels until every class has retrain_min_reviews_per_class reviewed rows, "
+        "then human only) or 'unflagged' (confident learning: the LLM labels the audit neither flags nor doubts + human)",
     )
     retrain_min_reviews_per_class: int = Field(default=50, description="'switch': reviewed training rows every class needs before LLM labels are dropped")
     warm_start: bool = Field(default=True, description="a retraining's folds start from the champion's fold weights")

@@ -196,10 +196,10 @@ def lr() -> float | None:
 
 
 def retrain_data() -> str:
-    """``LEGOLAS_RETRAIN_DATA``: what a retraining trains on, ``switch`` (default), ``reviews`` or ``unflagged``."""
+    """``LEGOLAS_RETRAIN_DATA``: what a retraining trains on, ``reviews`` (default), ``switch`` or ``unflagged``."""
     from legolas_ml.data.quality_gate import RETRAIN_DATA
 
-    return _choice("LEGOLAS_RETRAIN_DATA", "switch", RETRAIN_DATA)
+    return _choice("LEGOLAS_RETRAIN_DATA", "reviews", RETRAIN_DATA)
 
 
 def retrain_min_reviews_per_class() -> int:

@@ -119,15 +119,15 @@ def test_the_loop_scores_and_audits_after_the_promotion(chain):
 
 def test_second_training_is_a_retraining(chain):
     home, instance, _ = chain
-    # The switching rule (default): too few reviews per class to carry a training alone, so the first
+    # retrain_data 'switch': too few reviews per class to carry a training alone, so the first
     # training's data stays (human reviews win over the LLM labels) and the reason says what is missing.
-    result = run_chain(home, instance, selection=["labeled_dataset"], raise_on_error=False)
+    result = run_chain(home, instance, selection=["labeled_dataset"], raise_on_error=False, retrain_data="switch")
     data = _metadata(result, "labeled_dataset")
     assert data["mode"].value == "retrain" and data["from_llm"].value > 0
     assert "until every class has 50 reviewed training rows" in data["mode_reason"].value
-    # The design notes' rule (human reviews only): every LLM row goes, except those of a class with
-    # too few reviewed rows for K folds, which keeps them: the run never fails for a rare class.
-    result = run_chain(home, instance, selection=["labeled_dataset"], retrain_data="reviews")
+    # The default, the design notes' rule (human reviews only): every LLM row goes, except those of a
+    # class with too few reviewed rows for K folds, which keeps them: the run never fails for a rare class.
+    result = run_chain(home, instance, selection=["labeled_dataset"])
     data = _metadata(result, "labeled_dataset")
     kept, reason = data["llm_rows_kept_by_class"].value, data["mode_reason"].value
     assert data["mode"].value == "retrain" and data["from_llm"].value == sum(kept.values())
@@ -268,7 +268,8 @@ def test_sensor_retrains_on_imported_reviews(chain, tmp_path, monkeypatch):
     registry = ModelRegistry(TenantArtifacts(home / "output", "demo"))
     decided = registry.history()[-1]
     manifest = registry.manifest(decided["version"])
-    assert manifest["mode"] == "retrain" and manifest["source_counts"]["llm"] > 0  # the switching rule: not enough reviews yet
+    # The design notes' rule: human reviews only, but for a class too rare to train on them alone.
+    assert manifest["mode"] == "retrain" and manifest["source_counts"]["llm"] < manifest["source_counts"]["human"]
     assert manifest["source_counts"]["human"] >= 70  # the 100 imported reviews, minus those held out
     # A retraining starts from the champion's folds (warm start): the sidecar says which.
     from legolas_ml.training.checkpoint import read_sidecar

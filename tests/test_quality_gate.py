@@ -214,8 +214,11 @@ def test_only_unflagged_drops_the_labels_the_audit_doubts(store):
         llm("s4", "cancellation", needs_review=True),  # flagged before the audit (the LLM pipeline): never trusted
     ])
     store.insert_review(review("r1", "billing"))
-    kept = set(gate_from_store(store, has_model=True).dataset["session_id"])
+    kept = set(gate_from_store(store, has_model=True, retrain=RetrainData("switch")).dataset["session_id"])
     assert kept == {"r1", "s1", "s2", "s3"}
+    # The default ('reviews') tops a short class up from the same trusted labels: the doubted ones included.
+    topped = gate_from_store(store, has_model=True, min_rows_per_class=2).dataset
+    assert set(topped["session_id"]) == {"r1", "s1", "s2", "s3"}
     confident = set(gate_from_store(store, has_model=True, retrain=RetrainData("unflagged")).dataset["session_id"])
     assert confident == {"r1", "s1"}
     assert set(gate_from_store(store, has_model=False).dataset["session_id"]) == {"r1", "s1"}  # a first training: the plain rule

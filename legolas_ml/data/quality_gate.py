@@ -4,17 +4,17 @@ The differential training rule:
 
 * **first training** of a tenant (no finished ensemble exists): human reviews plus the trusted LLM
   classifications (see ``store.trusted_llm_query``);
-* **retraining** (an ensemble exists): human reviews only, once the reviews can carry a training
-  alone. ``RetrainData`` says when: by default (``"switch"``) a retraining keeps the first training's
+* **retraining** (an ensemble exists): ``RetrainData`` says what. By default (``"reviews"``) the
+  rule as the design notes wrote it: human reviews only. ``"switch"`` keeps the first training's
   data (human reviews + trusted LLM labels, a human review wins) until every class has
-  ``min_reviews_per_class`` reviewed training rows, then trains on human reviews only. ``"reviews"``
-  is the rule as the design notes wrote it (human reviews only from the first retraining), and
+  ``min_reviews_per_class`` reviewed training rows, then trains on human reviews only;
   ``"unflagged"`` never switches and is confident learning: it drops the LLM labels the label audit
   flags or doubts (``"switch"`` and ``"reviews"`` keep the first training's trusted labels, whatever
-  the audit says of them: it doubts many right labels of a rare class, and dropping them starved it). Under every policy a class with fewer reviewed rows than K folds need keeps
-  its trusted LLM rows, and a class that still has too few rows is left out of that training, so a
-  rare class never fails the run; the gate's reason says which classes did what.
-  The evidence for the default is in ``docs/loop_rounds.md``.
+  the audit says of them: it doubts many right labels of a rare class, and dropping them starved it).
+  Under every policy a class with fewer reviewed rows than K folds need keeps its trusted LLM rows,
+  and a class that still has too few rows is left out of that training, so a rare class never fails
+  the run; the gate's reason says which classes did what. The evidence for the default (a retraining
+  warm-started from the champion learns from the reviews alone) is in ``docs/loop_rounds.md``.
 
 Every input document ends in exactly one bucket: *accepted*, *quarantined* (with a reason),
 *superseded* (a human review beats an LLM label; among reviews of one session the latest valid
@@ -87,12 +87,12 @@ class RetrainData:
     """What a retraining trains on (see the module docstring).
 
     Args:
-        policy: ``"switch"`` (default), ``"reviews"`` (the design notes' rule) or ``"unflagged"``.
+        policy: ``"reviews"`` (default: the design notes' rule), ``"switch"`` or ``"unflagged"``.
         min_reviews_per_class: with ``"switch"``, the reviewed training rows every class needs
             before a retraining drops the LLM labels.
     """
 
-    policy: str = "switch"
+    policy: str = "reviews"
     min_reviews_per_class: int = 50
 
     def __post_init__(self) -> None:
