@@ -25,10 +25,12 @@ def test_manifest_and_metadata_show_the_human_score_apart_from_the_llm_agreement
     # the LLM's labels and says "a" to every human-labelled session: the mixed score looks good.
     rows = [(f"h{i}", "ab"[i % 2], "human") for i in range(4)] + [(f"l{i}", "aaabbb"[i], "llm") for i in range(6)]
     predicted = {"h0": "a", "h1": "a", "h2": "a", "h3": "a", **{sid: label for sid, label, src in rows if src == "llm"}}
+    # Four training sessions for the fold (the TF-IDF baseline trains on them; the ensemble is faked).
+    pool = [("t0", "a", "llm"), ("t1", "b", "llm"), ("t2", "a", "llm"), ("t3", "b", "llm")]
     dataset = write_dataset(tmp_path / "labeled.jsonl", [
-        {"session_id": sid, "text": f"text {sid}", "label": label, "source": src} for sid, label, src in rows
+        {"session_id": sid, "text": f"text {sid}", "label": label, "source": src} for sid, label, src in rows + pool
     ])
-    plan = SplitPlan(test_ids=[r[0] for r in rows], folds=[Fold(index=0, train_ids=["x"], val_ids=["y"])], seed=0, kfold=False)
+    plan = SplitPlan(test_ids=[r[0] for r in rows], folds=[Fold(index=0, train_ids=["t0", "t1"], val_ids=["t2", "t3"])], seed=0, kfold=False)
     split_path = tmp_path / "split.json"
     split_path.write_text(json.dumps(plan.to_dict()))
 

@@ -54,8 +54,9 @@ def test_optimizer_is_fused_and_skips_frozen_parameters():
     assert not any(id(p) in optimised for p in model.base_model.embeddings.parameters())
 
 
-def test_only_the_demo_preset_freezes():
-    assert PRESETS["default"]["freeze_layers"] == 0 and PRESETS["demo"]["freeze_layers"] > 0
+def test_no_preset_freezes():
+    # Issue #28: the demo's frozen folds were weaker than the LLM labels they learned from (docs/recipe.md).
+    assert all(values["freeze_layers"] == 0 for values in PRESETS.values())
 
 
 def test_ensemble_runs_the_shared_frozen_trunk_once_with_the_same_probabilities(tmp_path):

@@ -48,7 +48,7 @@ def test_weights_and_head_rows_are_copied_by_class_name(champion_fold):
 def test_another_architecture_is_refused(champion_fold):
     _, config, path = champion_fold
     other = config.replace(model_overrides={**TINY_OVERRIDES, "hidden_size": 16, "intermediate_size": 32})
-    with pytest.raises(ValueError, match=r"warm start from .*do not fit this model.*training.warm_start=false"):
+    with pytest.raises(ValueError, match=r"warm start from .*do not fit this model.*LEGOLAS_WARM_START=0"):
         warm_start(build_model(other, ["account", "billing", "shipping"]), path, ["account", "billing", "shipping"])
 
 
