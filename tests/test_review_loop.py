@@ -473,6 +473,13 @@ def test_audit_writes_no_more_flags_than_the_budget(home):
     with open_tenant_store(None, home, "legolas", TENANT) as store:
         trusted = {d["session_id"] for d in store.trusted_llm_classifications()}
     assert not trusted & (doubted | queued)
+    # A review answers a doubt as it answers a flag: the next audit removes the mark.
+    answered = sorted(doubted)[0]
+    with open_tenant_store(None, home, "legolas", TENANT) as store:
+        store.insert_review({"session_id": answered, "label": "billing", "reviewed_at": "2027-01-01T00:00:00Z", "reviewer": "qa"})
+    _audit(home, settings=AuditSettings(queue_size=12, random_share=0.25))
+    assert "review_doubted" not in _docs(home)[answered]
+    doubted.discard(answered)
     # A larger budget takes them into the queue: the doubt mark goes, the flag takes over.
     _audit(home, settings=AuditSettings(queue_size=200, random_share=0.0))
     docs = _docs(home)

@@ -235,7 +235,7 @@ def run_label_audit(
     warn = warn or log
     report = AuditReport(version, queue_size=settings.queue_size)
     reviewed = store.reviewed_session_ids()
-    docs, given, rows, resolved = [], [], [], []
+    docs, given, rows, resolved, undoubted = [], [], [], [], []
     external_elsewhere = 0  # external flags on documents this audit cannot score: they still take places
     for doc in store.classification_fields(_READ_FIELDS):
         report.documents += 1
@@ -244,6 +244,8 @@ def run_label_audit(
             report.reviewed += 1
             if doc.get("review_flagged_by") == AUDITOR:
                 resolved.append(doc["session_id"])  # the review answered the flag: it leaves the loop's fields
+            elif doc.get(DOUBT_FIELD) is True:
+                undoubted.append(doc["session_id"])  # the review answered the doubt too
             continue
         external = doc.get("needs_review") is True and doc.get("review_flagged_by") != AUDITOR
         if not isinstance(doc.get("text"), str) or not doc["text"].strip():
@@ -266,6 +268,9 @@ def run_label_audit(
     report.audited = len(docs)
     if write and resolved:
         report.cleared_after_review = _clear_resolved(store, resolved)
+    if write and undoubted:
+        with holding_writer_lock(store):
+            report.cleared_after_review += sum(store.update_unreviewed(sid, {"$unset": {DOUBT_FIELD: ""}}) for sid in undoubted)
     log(f"auditing {len(docs)} LLM labels with model {version} ({report.reviewed} reviewed, {report.unscored} not scored yet)")
     if not docs:
         report.seconds = time.perf_counter() - started
