@@ -131,7 +131,7 @@ def build_evaluation(tenant: TenantPlan) -> list[AssetsDefinition]:
         started = time.perf_counter()
         # Every reported number is computed in fp32 (training may use bf16): the mistakes explained by
         # Integrated Gradients, which run in fp32, are then the ones evaluated here.
-        metrics, probs, ensemble = evaluate_ensemble(paths, test["text"].tolist(), test["label"].tolist(), gpu.device, EVAL_PRECISION)
+        metrics, probs, ensemble = evaluate_ensemble(paths, test["text"].tolist(), test["label"].tolist(), gpu.device_setting(), EVAL_PRECISION)
         seconds = time.perf_counter() - started
         # An LLM-labelled test session measures agreement with the LLM, not correctness: reported apart.
         predicted = [ensemble.labels[i] for i in probs.argmax(axis=1)]
@@ -164,6 +164,8 @@ def build_evaluation(tenant: TenantPlan) -> list[AssetsDefinition]:
             "test_metrics_human": human,
             "llm_agreement": agreement,
             "eval_precision": EVAL_PRECISION,
+            # The resolved configuration (preset, config, the layer of each value): `legolas status` shows it.
+            "training_config": folds[0].get("training_config"),
             "cv_balanced_accuracy": cv_metrics["balanced_accuracy"],
             "baseline": baseline.to_dict(),  # its artifact ("path", "sha256") scores the holdout later
             "run_id": context.run_id,

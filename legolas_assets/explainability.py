@@ -35,12 +35,12 @@ def build_explainability_report(tenant: TenantPlan) -> AssetsDefinition:
     ) -> Output[dict]:
         """Integrated Gradients explanations of held-out test texts, per class top words, as HTML/JSON/PNG."""
         per_class = settings.explain_per_class()
-        ensemble = FoldEnsemble(ensemble_model["checkpoints"], device=gpu.device, precision=EVAL_PRECISION)
+        ensemble = FoldEnsemble(ensemble_model["checkpoints"], device=gpu.device_setting(), precision=EVAL_PRECISION)
         plan = SplitPlan.from_dict(json.loads(open(stratified_splits["path"]).read()))
         test = read_dataset(labeled_dataset["path"]).set_index("session_id").loc[plan.test_ids]
         texts, y_true = test["text"].tolist(), test["label"].tolist()
         y_pred = ensemble.predict(texts)
-        chosen = select_texts(plan.test_ids, y_true, y_pred, per_class=per_class, seed=training.seed)
+        chosen = select_texts(plan.test_ids, y_true, y_pred, per_class=per_class, seed=training.config(gpu, tenant).seed)
         explainer = EnsembleExplainer(ensemble, IGSettings())
         explanations = []
         for n, i in enumerate(chosen):

@@ -138,7 +138,7 @@ def build_promoted_ensemble(tenant: TenantPlan) -> AssetsDefinition:
         )
         try:
             decision = decide_and_record(
-                registry, ensemble_model, holdout, lifecycle.policy(), ensemble_predictor(gpu.device, EVAL_PRECISION),
+                registry, ensemble_model, holdout, lifecycle.policy(), ensemble_predictor(gpu.device_setting(), EVAL_PRECISION),
                 actor=run_actor(context), run_id=context.run_id,
             )
         except ChampionUnavailableError as exc:
@@ -201,7 +201,7 @@ def look_at_challenger_op(
         with mongo.open(config.tenant) as store:
             holdout = holdout_from_store(store, config.tenant, lifecycle.holdout_share, dataset_mode=training.dataset_mode,
                                          max_text_chars=training.max_text_chars)
-        decision = look_at_challenger(registry, holdout, lifecycle.policy(), ensemble_predictor(gpu.device, EVAL_PRECISION),
+        decision = look_at_challenger(registry, holdout, lifecycle.policy(), ensemble_predictor(gpu.device_setting(), EVAL_PRECISION),
                                       actor=run_actor(context), run_id=context.run_id)
     except (ValueError, ChampionUnavailableError, StoreUnavailableError) as exc:
         raise Failure(description=f"look_at_challenger: {exc}") from None

@@ -88,7 +88,7 @@ def build_ensemble_predictions(owner: TenantPlan) -> AssetsDefinition:
             yield from _no_model_in_service(context, tenant, COVERAGE, "nothing to score")
             return
         version = champion["version"]
-        ensemble = FoldEnsemble(champion["checkpoints"], device=gpu.device, precision=EVAL_PRECISION)
+        ensemble = FoldEnsemble(champion["checkpoints"], device=gpu.device_setting(), precision=EVAL_PRECISION)
         try:
             with mongo.open(tenant) as store:
                 report = score_documents(
@@ -187,8 +187,8 @@ def build_label_audit(owner: TenantPlan) -> AssetsDefinition:
         try:
             with mongo.open(tenant) as store:
                 report, _ = run_label_audit(
-                    store, champion, plan=plan, training=training_rows, settings=settings, device=gpu.device,
-                    log=context.log.info, seed=training.seed, warn=context.log.warning,
+                    store, champion, plan=plan, training=training_rows, settings=settings, device=gpu.device_setting(),
+                    log=context.log.info, seed=training.config(gpu, owner).seed, warn=context.log.warning,
                 )
                 queue = review_queue(store)
         except _STORE_ERRORS as exc:

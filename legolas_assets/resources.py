@@ -7,7 +7,7 @@ variable, so a fresh clone trains on demo data in the embedded store with no con
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 from dagster import ConfigurableResource, InitResourceContext, ResourceDefinition, ScalarUnion, Selector, StringSource
 from dagster import Field as DagsterField
@@ -19,7 +19,8 @@ from legolas_ml.lifecycle.holdout import DEFAULT_HOLDOUT_SHARE, validate_share
 from legolas_ml.lifecycle.promotion import PromotionPolicy
 from legolas_ml.lifecycle.registry import ModelRegistry
 from legolas_ml.review.audit import FLAG_REASONS, REASONS, AuditSettings
-from legolas_ml.training.config import DEFAULT_MODEL, TrainingConfig
+from legolas_ml.training.config import TrainingConfig
+from legolas_ml.training.resolution import ResolvedTraining, resolve_training
 from legolas_ml.training.modeling import device_description, resolve_device, resolve_precision
 from legolas_ml.data.store import open_tenant_store, redact_uri
 
@@ -29,10 +30,6 @@ from .configuration import ConfigurationError, reported_in_one_line
 if TYPE_CHECKING:
     from .tenancy import TenantPlan
 
-# The presets, K and every other LEGOLAS_* variable are parsed by legolas_ml.settings; preset()
-# and preset_name() stay importable from here for the asset modules.
-preset = settings.preset
-preset_name = settings.preset_name
 
 
 class MongoResource(ConfigurableResource):
@@ -117,66 +114,106 @@ def mongo_resource() -> ResourceDefinition:
 
 
 class GPUResource(ConfigurableResource):
-    """The accelerator folds train on: ``auto`` picks CUDA when present and falls back to the CPU."""
+    """The accelerator folds train on: ``auto`` picks CUDA when present and falls back to the CPU.
 
-    device: str = Field(default="auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
-    precision: str = Field(default="auto", description="'auto' (bf16 where native), 'fp32', 'bf16' or 'fp16'")
+    Unset fields (``None``) take ``LEGOLAS_DEVICE``/``LEGOLAS_PRECISION`` when the run starts
+    (``legolas_ml.training.resolution``), so a run config naming one leaves the other as set.
+    """
+
+    device: Optional[str] = Field(default=None, description="'auto', 'cpu', 'cuda' or 'cuda:N'; unset = LEGOLAS_DEVICE (default 'auto')")
+    precision: Optional[str] = Field(default=None, description="'auto' (bf16 where native), 'fp32', 'bf16' or 'fp16'; unset = LEGOLAS_PRECISION (default 'auto')")
+
+    def overrides(self) -> dict[str, Any]:
+        """The ``TrainingConfig`` fields this resource's config sets."""
+        return {name: value for name, value in (("device", self.device), ("precision", self.precision)) if value is not None}
+
+    def device_setting(self) -> str:
+        """The device as set (``auto``, ``cpu``, ``cuda:N``): the run config's, else ``LEGOLAS_DEVICE``."""
+        return self.device if self.device is not None else settings.device()
 
     def resolved(self) -> dict[str, Any]:
         """Device and precision actually used, with the device's name and memory."""
-        device = resolve_device(self.device)
-        return {**device_description(device), "precision": resolve_precision(self.precision, device)}
+        device = resolve_device(self.device_setting())
+        precision = self.precision if self.precision is not None else settings.precision()
+        return {**device_description(device), "precision": resolve_precision(precision, device)}
+
+
+#: TrainingResource fields that are TrainingConfig fields (resolved by legolas_ml.training.resolution).
+_CONFIG_FIELDS = (
+    "model_name", "model_init", "epochs", "max_length", "batch_size", "lr", "loss", "focal_gamma", "patience", "min_delta", "seed",
+)
 
 
 class TrainingResource(ConfigurableResource):
-    """Training settings and where artifacts go. K-fold layout (K, simple mode) comes from the preset."""
+    """Training settings and where artifacts go.
+
+    Every field left unset (``None``) is decided when the run starts by one resolver
+    (``legolas_ml.training.resolution``: defaults < preset < ``LEGOLAS_*`` < run config < tenant),
+    so a run config changes only the fields it names.
+    """
 
     output_dir: str = Field(default="", description="artifacts root; empty = $LEGOLAS_HOME/output")
-    model_name: str = Field(default=DEFAULT_MODEL, description="bundled default, a Hugging Face id or a local path")
-    model_init: str = Field(default="pretrained", description="'pretrained' or 'scratch' (architecture from config)")
-    model_overrides_json: str = Field(default="{}", description="JSON object of model config overrides")
-    epochs: int = Field(default=0, description="0 = the preset's")
-    max_length: int = Field(default=0, description="0 = the preset's")
-    batch_size: int = 16
-    lr: float = 5e-5
-    loss: str = Field(default="focal", description="'focal' or 'ce'")
-    focal_gamma: float = 2.0
-    patience: int = 5
-    min_delta: float = 0.001
-    seed: int = 42
+    model_name: Optional[str] = Field(default=None, description="bundled default, a Hugging Face id or a local path; unset = LEGOLAS_MODEL")
+    model_init: Optional[str] = Field(default=None, description="'pretrained' or 'scratch' (architecture from config); unset = LEGOLAS_MODEL_INIT")
+    model_overrides_json: Optional[str] = Field(default=None, description="JSON object of model config overrides; unset = LEGOLAS_MODEL_OVERRIDES")
+    epochs: Optional[int] = Field(default=None, description="unset = LEGOLAS_EPOCHS, else the preset's")
+    max_length: Optional[int] = Field(default=None, description="unset = LEGOLAS_MAX_LENGTH, else the preset's")
+    batch_size: Optional[int] = Field(default=None, description="unset = LEGOLAS_BATCH_SIZE (default 16)")
+    lr: Optional[float] = Field(default=None, description="peak learning rate; unset = LEGOLAS_LR, else the preset's")
+    loss: Optional[str] = Field(default=None, description="'focal' or 'ce'; unset = the preset's")
+    focal_gamma: Optional[float] = Field(default=None, description="unset = the preset's")
+    patience: Optional[int] = Field(default=None, description="early stopping: epochs without improvement; unset = 5")
+    min_delta: Optional[float] = Field(default=None, description="early stopping: the improvement that counts; unset = 0.001")
+    seed: Optional[int] = Field(default=None, description="drives torch, the splitters and batch order; unset = 42")
     dataset_mode: str = Field(default="auto", description="'auto', 'first' or 'retrain' (operator override)")
-    retrain_data: str = Field(
-        default="reviews",
+    retrain_data: Optional[str] = Field(
+        default=None,
         description="what a retraining trains on: 'reviews' (human only, the design notes' rule; a class with too few reviewed rows "
         "keeps its LLM rows), 'switch' (LLM + human labels until every class has retrain_min_reviews_per_class reviewed rows, "
-        "then human only) or 'unflagged' (confident learning: the LLM labels the audit neither flags nor doubts + human)",
+        "then human only) or 'unflagged' (confident learning: the LLM labels the audit neither flags nor doubts + human); "
+        "unset = LEGOLAS_RETRAIN_DATA (default 'reviews')",
     )
-    retrain_min_reviews_per_class: int = Field(default=50, description="'switch': reviewed training rows every class needs before LLM labels are dropped")
-    warm_start: bool = Field(default=True, description="a retraining's folds start from the champion's fold weights")
+    retrain_min_reviews_per_class: Optional[int] = Field(
+        default=None, description="'switch': reviewed training rows every class needs before LLM labels are dropped; unset = LEGOLAS_RETRAIN_MIN_REVIEWS_PER_CLASS (50)"
+    )
+    warm_start: Optional[bool] = Field(default=None, description="a retraining's folds start from the champion's fold weights; unset = LEGOLAS_WARM_START (on)")
     max_text_chars: int = Field(default=20_000, description="longer texts are quarantined")
     max_quarantine_share: float = Field(default=0.2, description="check: quarantined share of inputs must stay below")
     reuse_finished_folds: bool = Field(
         default=True, description="reuse a fold that finished with the same data, split and config (checksum verified)"
     )
-    runner: str = Field(default="sequential", description="where folds train: 'sequential', 'ray' or 'auto' (ray with >1 GPU)")
-    ray_address: str = Field(default="", description="an existing Ray cluster ('auto', 'ray://head:10001'); empty = embedded")
-    gpus_per_fold: float = Field(default=-1.0, description="Ray: GPU share per fold (0.25 packs 4 folds per GPU); -1 = auto")
-    cpus_per_fold: float = Field(default=1.0, description="Ray: CPUs per fold")
-    fold_retries: int = Field(default=2, description="Ray: retries of a fold whose worker or node died")
+    runner: Optional[str] = Field(default=None, description="where folds train: 'sequential', 'ray' or 'auto' (ray with >1 GPU); unset = LEGOLAS_RUNNER")
+    ray_address: Optional[str] = Field(default=None, description="an existing Ray cluster ('auto', 'ray://head:10001'); empty = embedded; unset = LEGOLAS_RAY_ADDRESS")
+    gpus_per_fold: Optional[float] = Field(default=None, description="Ray: GPU share per fold (0.25 packs 4 folds per GPU); -1 = auto; unset = LEGOLAS_GPUS_PER_FOLD")
+    cpus_per_fold: Optional[float] = Field(default=None, description="Ray: CPUs per fold; unset = LEGOLAS_CPUS_PER_FOLD (1)")
+    fold_retries: Optional[int] = Field(default=None, description="Ray: retries of a fold whose worker or node died; unset = LEGOLAS_FOLD_RETRIES (2)")
+
+    def _or_setting(self, name: str, read) -> Any:
+        """The field when the run config sets it, else the ``LEGOLAS_*`` setting read now."""
+        value = getattr(self, name)
+        return read() if value is None else value
 
     def retrain(self):
         """What a retraining trains on (``legolas_ml.data.quality_gate.RetrainData``), validated."""
         from legolas_ml.data.quality_gate import RetrainData
 
-        return RetrainData(self.retrain_data, self.retrain_min_reviews_per_class)
+        return RetrainData(
+            self._or_setting("retrain_data", settings.retrain_data),
+            self._or_setting("retrain_min_reviews_per_class", settings.retrain_min_reviews_per_class),
+        )
+
+    def warm_start_enabled(self) -> bool:
+        return bool(self._or_setting("warm_start", settings.warm_start))
 
     def fold_runner(self):
         """The fold runner of this run (``legolas_ml.runners``), validated."""
         from legolas_ml.runners.base import make_runner
 
+        gpus = self._or_setting("gpus_per_fold", settings.gpus_per_fold)
         return make_runner(
-            self.runner, address=self.ray_address or None, gpus_per_fold=None if self.gpus_per_fold < 0 else self.gpus_per_fold,
-            cpus_per_fold=self.cpus_per_fold, max_retries=self.fold_retries,
+            self._or_setting("runner", settings.runner), address=self._or_setting("ray_address", settings.ray_address) or None,
+            gpus_per_fold=None if gpus < 0 else gpus, cpus_per_fold=self._or_setting("cpus_per_fold", settings.cpus_per_fold),
+            max_retries=self._or_setting("fold_retries", settings.fold_retries),
         )
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
@@ -194,36 +231,26 @@ class TrainingResource(ConfigurableResource):
         """The tenant's versions, read-only use (the holdout share is the lifecycle resource's business)."""
         return ModelRegistry(self.artifacts(tenant))
 
-    def config(self, gpu: GPUResource, tenant: "TenantPlan") -> TrainingConfig:
+    def overrides(self) -> dict[str, Any]:
+        """The ``TrainingConfig`` fields this resource's config sets (the ``run_config`` layer)."""
+        values = {name: getattr(self, name) for name in _CONFIG_FIELDS if getattr(self, name) is not None}
+        if self.model_overrides_json is not None:
+            try:
+                overrides = json.loads(self.model_overrides_json)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"model_overrides_json must be a JSON object, got {self.model_overrides_json!r}: {exc}") from None
+            if not isinstance(overrides, dict):
+                raise ValueError(f"model_overrides_json must be a JSON object, got {self.model_overrides_json!r}")
+            values["model_overrides"] = overrides
+        return values
+
+    def resolved(self, gpu: "GPUResource | None" = None, tenant: "TenantPlan | None" = None) -> ResolvedTraining:
+        """``tenant``'s training configuration and where each value came from (one resolver, run time)."""
+        return resolve_training({**self.overrides(), **(gpu.overrides() if gpu is not None else {})}, tenant.settings if tenant else None)
+
+    def config(self, gpu: "GPUResource | None" = None, tenant: "TenantPlan | None" = None) -> TrainingConfig:
         """The ``TrainingConfig`` of ``tenant``'s training: its own K, model, epochs and length where it sets them."""
-        base, own = tenant.layout, tenant.settings
-        try:
-            overrides = json.loads(self.model_overrides_json)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"model_overrides_json must be a JSON object, got {self.model_overrides_json!r}: {exc}") from None
-        if not isinstance(overrides, dict):
-            raise ValueError(f"model_overrides_json must be a JSON object, got {self.model_overrides_json!r}")
-        config = TrainingConfig(
-            n_folds=base["n_folds"],
-            kfold=base["kfold"],
-            epochs=own.epochs or self.epochs or preset()["epochs"],
-            max_length=own.max_length or self.max_length or preset()["max_length"],
-            batch_size=self.batch_size,
-            lr=self.lr,
-            loss=self.loss,
-            focal_gamma=self.focal_gamma,
-            patience=self.patience,
-            min_delta=self.min_delta,
-            seed=self.seed,
-            model_name=own.model_name or self.model_name,
-            model_init=self.model_init,
-            model_overrides=overrides,
-            freeze_layers=preset().get("freeze_layers", 0),  # the demo preset's lever; real use trains every layer
-            device=gpu.device,
-            precision=gpu.precision,
-        )
-        config.validate()
-        return config
+        return self.resolved(gpu, tenant).config
 
 
 class LifecycleResource(ConfigurableResource):
@@ -255,23 +282,28 @@ class LifecycleResource(ConfigurableResource):
 
 
 class ReviewLoopResource(ConfigurableResource):
-    """The loop: how the ensemble in service scores documents and which labels the audit sends to people."""
+    """The loop: how the ensemble in service scores documents and which labels the audit sends to people.
+
+    The rules' defaults are ``AuditSettings``'s own; a field set here replaces one for every tenant,
+    and a tenant's own setting replaces both (``audit_settings``).
+    """
 
     scoring_batch_size: int = Field(default=512, description="documents read, scored and written together")
-    reasons: list[str] = Field(default=list(REASONS), description=f"audit reasons computed and recorded, among {list(REASONS)}")
-    flag_reasons: list[str] = Field(
-        default=list(FLAG_REASONS),
-        description=f"audit reasons that flag a document, among {list(REASONS)}; the others are recorded on flagged documents, never flag",
+    reasons: Optional[list[str]] = Field(default=None, description=f"audit reasons computed and recorded, among {list(REASONS)}; unset = all")
+    flag_reasons: Optional[list[str]] = Field(
+        default=None,
+        description=f"audit reasons that flag a document, among {list(REASONS)}; the others are recorded on flagged documents, never flag; "
+        f"unset = {list(FLAG_REASONS)}",
     )
-    queue_size: int = Field(default=AuditSettings.queue_size, description="at most this many documents wait in a tenant's review queue, highest priority first")
-    random_share: float = Field(default=AuditSettings.random_share, description="share of the queue drawn at random from the unflagged documents, in [0, 0.5]")
-    min_confidence: float = Field(default=0.7, description="low_confidence: the ensemble's top probability is below this")
-    max_entropy: float = Field(default=0.5, description="high_entropy: normalised entropy H(p)/log(C) above this")
-    novelty_quantile: float = Field(default=0.99, description="novelty: farther from the training data than this quantile of its own nearest distances")
-    max_flagged_share: float = Field(default=0.3, description="check: the share of audited documents flagged stays under this")
+    queue_size: Optional[int] = Field(default=None, description=f"at most this many documents wait in a tenant's review queue, highest priority first; unset = {AuditSettings.queue_size}")
+    random_share: Optional[float] = Field(default=None, description=f"share of the queue drawn at random from the unflagged documents, in [0, 0.5]; unset = {AuditSettings.random_share}")
+    min_confidence: Optional[float] = Field(default=None, description=f"low_confidence: the ensemble's top probability is below this; unset = {AuditSettings.min_confidence}")
+    max_entropy: Optional[float] = Field(default=None, description=f"high_entropy: normalised entropy H(p)/log(C) above this; unset = {AuditSettings.max_entropy}")
+    novelty_quantile: Optional[float] = Field(default=None, description=f"novelty: farther from the training data than this quantile of its own nearest distances; unset = {AuditSettings.novelty_quantile}")
+    max_flagged_share: Optional[float] = Field(default=None, description=f"check: the share of audited documents flagged stays under this; unset = {AuditSettings.max_flagged_share}")
 
     def audit_settings(self, tenant: "TenantPlan | None" = None) -> AuditSettings:
-        """The audit's rules, with the tenant's own where it sets them.
+        """The audit's rules: ``AuditSettings``'s defaults < this resource's fields < the tenant's own.
 
         Raises:
             ValueError: naming the field, its allowed values and the value received.
@@ -279,48 +311,31 @@ class ReviewLoopResource(ConfigurableResource):
         if self.scoring_batch_size < 1:
             raise ValueError(f"review.scoring_batch_size must be >= 1, got {self.scoring_batch_size}")
         own = tenant.settings if tenant is not None else None
-
-        def pick(name: str, value):
-            theirs = getattr(own, name, None) if own is not None else None
-            return value if theirs is None else theirs
-
-        return AuditSettings(
-            reasons=tuple(pick("review_reasons", tuple(self.reasons))), min_confidence=pick("min_confidence", self.min_confidence),
-            flag_reasons=tuple(pick("review_flag_reasons", tuple(self.flag_reasons))),
-            max_entropy=pick("max_entropy", self.max_entropy), novelty_quantile=self.novelty_quantile,
-            max_flagged_share=pick("max_flagged_share", self.max_flagged_share),
-            queue_size=pick("queue_size", self.queue_size), random_share=pick("random_share", self.random_share),
-        )
+        # AuditSettings field -> the tenant setting of the same rule (TenantSettings names two differently).
+        tenant_names = {"reasons": "review_reasons", "flag_reasons": "review_flag_reasons"}
+        values: dict[str, Any] = {}
+        for name in ("reasons", "flag_reasons", "min_confidence", "max_entropy", "novelty_quantile", "max_flagged_share", "queue_size", "random_share"):
+            mine = getattr(self, name)
+            theirs = getattr(own, tenant_names.get(name, name), None) if own is not None else None
+            value = theirs if theirs is not None else mine
+            if value is not None:
+                values[name] = tuple(value) if name in tenant_names else value
+        return AuditSettings(**values)
 
 
 def default_resources() -> dict[str, Any]:
     """Resources wired to the LEGOLAS_* variables, so `dagster dev` and the CLI need no run config.
 
+    The resources hold no copy of the environment: their unset fields are resolved when a run starts
+    (``legolas_ml.training.resolution``). The variables are still checked here, once, so a bad one
+    fails the code location's load with one line instead of every run.
+
     Raises:
         ConfigurationError: one line naming the variable, its allowed values and what it holds.
     """
     with reported_in_one_line():
-        base = preset()
-        return {
-            "mongo": mongo_resource(),
-            "gpu": GPUResource(device=settings.device(), precision=settings.precision()),
-            "training": TrainingResource(
-                model_name=settings.model_name(),
-                model_init=settings.model_init(),
-                model_overrides_json=json.dumps(settings.model_overrides()),
-                epochs=settings.epochs() or base["epochs"],
-                max_length=settings.max_length() or base["max_length"],
-                batch_size=settings.batch_size(),
-                lr=settings.lr() or base["lr"],
-                loss=base["loss"],
-                focal_gamma=base["focal_gamma"],
-                runner=settings.runner(),
-                ray_address=settings.ray_address(),
-                gpus_per_fold=settings.gpus_per_fold(),
-                cpus_per_fold=settings.cpus_per_fold(),
-                fold_retries=settings.fold_retries(),
-                retrain_data=settings.retrain_data(),
-                retrain_min_reviews_per_class=settings.retrain_min_reviews_per_class(),
-                warm_start=settings.warm_start(),
-            ),
-        }
+        resolve_training()
+        for read in (settings.runner, settings.ray_address, settings.gpus_per_fold, settings.cpus_per_fold, settings.fold_retries,
+                     settings.retrain_data, settings.retrain_min_reviews_per_class, settings.warm_start):
+            read()
+        return {"mongo": mongo_resource(), "gpu": GPUResource(), "training": TrainingResource()}

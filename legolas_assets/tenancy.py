@@ -30,6 +30,7 @@ from legolas_ml.atomic_io import write_json_atomic
 from legolas_ml.data.store import StoreUnavailableError
 from legolas_ml.data.tenants import TenantSettings, key_name, open_catalogue
 from legolas_ml.lifecycle.artifacts import validate_tenant
+from legolas_ml.training.resolution import resolve_layout
 
 from .configuration import reported_in_one_line
 
@@ -71,10 +72,7 @@ class TenantPlan:
     def layout(self) -> dict:
         """``{"n_folds": K, "kfold": bool}``: the tenant's K, else the preset's (dev: one split)."""
         with reported_in_one_line():
-            base = settings.preset()
-        if self.settings.n_folds is not None:
-            return {"n_folds": self.settings.n_folds, "kfold": True}
-        return {"n_folds": base["n_folds"], "kfold": base["kfold"]}
+            return resolve_layout(self.settings)
 
     @property
     def n_partitions(self) -> int:

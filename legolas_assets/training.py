@@ -44,7 +44,8 @@ def build_fold_models(tenant: TenantPlan) -> AssetsDefinition:
         gpu: GPUResource,
     ):
         """One model per fold (focal loss, rewind early stopping), keeping only its best epoch."""
-        config = training.config(gpu, tenant)
+        resolved = training.resolved(gpu, tenant)
+        config = resolved.config
         plan = SplitPlan.from_dict(json.loads(open(stratified_splits["path"]).read()))
         champion = labeled_dataset.get("champion_version")
         # The champion the gate read, not whatever serves now: the warm start is part of the training key.
@@ -54,7 +55,7 @@ def build_fold_models(tenant: TenantPlan) -> AssetsDefinition:
         except (ValueError, ChampionUnavailableError) as exc:  # pruned or damaged since: start cold, say why
             manifest, unreadable = None, f"champion {champion} is unreadable ({exc}): starts from the pretrained model"
         starts, start_reason = warm_start_checkpoints(
-            manifest, config.model_name, config.model_overrides, training.warm_start,
+            manifest, config.model_name, config.model_overrides, training.warm_start_enabled(),
             data_version=labeled_dataset["data_version"], split_fingerprint=plan.fingerprint(),
         )
         start_reason = unreadable or start_reason
@@ -122,6 +123,8 @@ def build_fold_models(tenant: TenantPlan) -> AssetsDefinition:
                     "data_version": labeled_dataset["data_version"],
                     "split_fingerprint": plan.fingerprint(),
                     "training_key": key_of_training,
+                    # What this fold was trained with and where each value came from (the version records it).
+                    "training_config": {**resolved.to_dict(), "config": config.to_dict()},
                     "curve_path": str(curve),
                     "log_path": str(log_path),
                 }

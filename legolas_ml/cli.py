@@ -155,7 +155,7 @@ def cmd_status(args) -> int:
         # Human labels only: on LLM-labelled test sessions the score is agreement with the LLM (None: old manifest).
         test_ba = (manifest.get("test_metrics_human") or {}).get("balanced_accuracy")
         holdout_ba = holdout_balanced_accuracies(registry.history()).get(manifest.get("version"))
-        k = tenant.settings.n_folds or settings.preset()["n_folds"]
+        k = _trained_k(manifest, tenant.settings)
         newest = counts["newest_review"].isoformat(timespec="seconds") if counts["newest_review"] else "-"
         print(
             f"{tenant.name:<16} {k:>3} {counts['classifications']:>10} {counts['reviews']:>8} {waiting:>8} {unlearned:>9} {queued:>6}  "
@@ -172,6 +172,7 @@ def cmd_status(args) -> int:
             f"({manifest['mode']} training, {manifest['created_at']}), classes {', '.join(manifest.get('labels') or []) or '-'}"
         )
         print(f"  test:      {_test_scores(manifest)}")
+        print(f"  trained:   {_trained_with(manifest)}")
         last = registry.history()[-1] if registry.history() else None
         if last:
             print(f"  last decision: {last['action']} {last['version']} at {last['at']}: {last['reason']}")
@@ -194,6 +195,32 @@ def cmd_status(args) -> int:
             print(f"  report:    {report}")
         print(f"  decisions: {registry.decisions_path} (`legolas versions --tenant {tenant}`)")
     return 0
+
+
+def _trained_with(manifest: dict) -> str:
+    """One line: the preset and the values that decide a training, and which of them did not come from the preset."""
+    recorded = manifest.get("training_config")
+    if not recorded:
+        return "- (a version from before the configuration was recorded)"
+    config, sources = recorded["config"], recorded.get("sources", {})
+    shown = ("n_folds", "epochs", "max_length", "lr", "loss", "batch_size", "freeze_layers", "model_name", "precision")
+    values = ", ".join(f"{name} {config[name]}" for name in shown if name in config)
+    changed = sorted(
+        f"{name} ({layer})" for name, layer in sources.items() if layer in ("environment", "run_config", "tenant") and name in config
+    )
+    return f"preset {recorded.get('preset')}: {values}" + (f"; set by {', '.join(changed)}" if changed else "")
+
+
+def _trained_k(manifest: dict, own) -> int:
+    """K of the model in service as it was trained; with none yet, the K the tenant's next training resolves to."""
+    trained = ((manifest.get("training_config") or {}).get("config") or {}).get("n_folds")
+    if trained is None and manifest.get("checkpoints"):
+        trained = len(manifest["checkpoints"])  # versions from before the config was recorded: one checkpoint per fold
+    if trained is not None:
+        return trained
+    from legolas_ml.training.resolution import resolve_layout
+
+    return resolve_layout(own)["n_folds"]
 
 
 def _number(value) -> str:

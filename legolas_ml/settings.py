@@ -293,6 +293,11 @@ def fold_retries() -> int:
 # --- parsing -------------------------------------------------------------------------------------
 
 
+def is_set(name: str) -> bool:
+    """True when the variable holds a value (blank counts as unset, as in ``_raw``)."""
+    return _raw(name) is not None
+
+
 def _raw(name: str) -> str | None:
     """The variable's value, stripped; ``None`` when unset or blank (``VAR= command`` unsets it)."""
     value = os.environ.get(name, "").strip()

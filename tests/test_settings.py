@@ -72,8 +72,53 @@ def test_zero_epochs_is_refused_not_replaced_by_the_preset(monkeypatch):
     with pytest.raises(ConfigurationError, match="LEGOLAS_MAX_LENGTH"):
         default_resources()
     monkeypatch.delenv("LEGOLAS_MAX_LENGTH")
-    training = default_resources()["training"]
-    assert training.epochs == 3 and training.max_length == settings.preset()["max_length"]
+    config = default_resources()["training"].config()
+    assert config.epochs == 3 and config.max_length == settings.preset()["max_length"]
+
+
+def test_a_run_config_changes_only_the_fields_it_names(monkeypatch):
+    """Issue #27 (c): a run config naming `patience` used to reset every setting taken from LEGOLAS_*."""
+    from dagster import asset, materialize
+
+    from legolas_assets.resources import TrainingResource, default_resources
+
+    for name, value in (("LEGOLAS_PRESET", "demo"), ("LEGOLAS_EPOCHS", "3"), ("LEGOLAS_MODEL_INIT", "scratch"),
+                        ("LEGOLAS_RUNNER", "ray"), ("LEGOLAS_LR", "0.001"), ("LEGOLAS_PRECISION", "fp32")):
+        monkeypatch.setenv(name, value)
+    seen = {}
+
+    @asset
+    def resolved_training(training: TrainingResource) -> None:
+        seen["resolved"] = training.resolved()
+        seen["runner"] = training.fold_runner().name
+
+    resources = {k: v for k, v in default_resources().items() if k == "training"}
+    run_config = {"resources": {"training": {"config": {"patience": 100}}}}
+    assert materialize([resolved_training], resources=resources, run_config=run_config).success
+    config, sources = seen["resolved"].config, seen["resolved"].sources
+    assert (config.patience, sources["patience"]) == (100, "run_config")
+    assert (config.epochs, config.model_init, config.lr, config.precision) == (3, "scratch", 0.001, "fp32")
+    assert {sources[n] for n in ("epochs", "model_init", "lr", "precision")} == {"environment"}
+    assert (config.n_folds, sources["n_folds"]) == (settings.PRESETS["demo"]["n_folds"], "preset")
+    assert seen["runner"] == "ray"
+
+
+def test_the_layers_apply_in_order(monkeypatch):
+    from legolas_ml.data.tenants import TenantSettings
+    from legolas_ml.training.resolution import resolve_training
+
+    monkeypatch.setenv("LEGOLAS_PRESET", "demo")
+    monkeypatch.setenv("LEGOLAS_EPOCHS", "4")
+    monkeypatch.delenv("LEGOLAS_MAX_LENGTH", raising=False)
+    resolved = resolve_training({"epochs": 5, "max_length": 64, "seed": None}, TenantSettings(epochs=6, n_folds=4))
+    config, sources = resolved.config, resolved.sources
+    assert (config.epochs, sources["epochs"]) == (6, "tenant")  # tenant > run config > environment > preset
+    assert (config.max_length, sources["max_length"]) == (64, "run_config")
+    assert (config.lr, sources["lr"]) == (settings.PRESETS["demo"]["lr"], "preset")
+    assert (config.seed, sources["seed"]) == (42, "default")
+    assert (config.n_folds, config.kfold, sources["n_folds"]) == (4, True, "tenant")
+    with pytest.raises(ValueError, match=r"unknown training field\(s\) \['patiense'\] in the run config; known fields: \["):
+        resolve_training({"patiense": 3})
 
 
 def test_missing_local_model_path_is_one_line(tmp_path):
