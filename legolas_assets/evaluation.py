@@ -1,7 +1,6 @@
 """Stage 4: cross-validated metrics, and the softmax-averaging ensemble evaluated on the test set beside a
 TF-IDF + logistic regression baseline trained on the same folds."""
 
-import json
 import time
 
 from dagster import AssetExecutionContext, AssetsDefinition, Failure, MetadataValue, Output, TableColumn, TableRecord, TableSchema, asset
@@ -125,7 +124,7 @@ def build_evaluation(tenant: TenantPlan) -> list[AssetsDefinition]:
             raise Failure(description=f"the folds come from different trainings {sorted(map(str, keys))}; re-materialize fold_models")
         version = keys.pop()
         paths = [folds[k]["checkpoint_path"] for k in range(stratified_splits["n_folds"])]
-        plan = SplitPlan.from_dict(json.loads(open(stratified_splits["path"]).read()))
+        plan = SplitPlan.load(stratified_splits["path"])
         df = read_dataset(labeled_dataset["path"]).set_index("session_id")
         test = df.loc[plan.test_ids]
         started = time.perf_counter()

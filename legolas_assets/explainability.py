@@ -1,6 +1,5 @@
 """Stage 5: why the ensemble decides what it decides (Integrated Gradients)."""
 
-import json
 from pathlib import Path
 
 from dagster import AssetExecutionContext, AssetsDefinition, MetadataValue, Output, TableColumn, TableRecord, TableSchema, asset
@@ -36,7 +35,7 @@ def build_explainability_report(tenant: TenantPlan) -> AssetsDefinition:
         """Integrated Gradients explanations of held-out test texts, per class top words, as HTML/JSON/PNG."""
         per_class = settings.explain_per_class()
         ensemble = FoldEnsemble(ensemble_model["checkpoints"], device=gpu.device_setting(), precision=EVAL_PRECISION)
-        plan = SplitPlan.from_dict(json.loads(open(stratified_splits["path"]).read()))
+        plan = SplitPlan.load(stratified_splits["path"])
         test = read_dataset(labeled_dataset["path"]).set_index("session_id").loc[plan.test_ids]
         texts, y_true = test["text"].tolist(), test["label"].tolist()
         y_pred = ensemble.predict(texts)

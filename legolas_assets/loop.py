@@ -1,7 +1,6 @@
 """Stage 7-8: the ensemble in service scores every unreviewed conversation and audits the LLM labels,
 filling the human review queue whose answers the sensor trains on."""
 
-import json
 from pathlib import Path
 
 from dagster import (
@@ -142,7 +141,7 @@ def _audit_inputs(training: TrainingResource, tenant: str, champion: dict, log):
     plan = training_rows = None
     split_path = artifacts.splits_path(champion.get("data_version", ""), champion.get("split_fingerprint", ""))
     if split_path.is_file():
-        plan = SplitPlan.from_dict(json.loads(split_path.read_text()))
+        plan = SplitPlan.load(split_path)
     else:
         log(f"split {split_path} is gone: the ensemble's own probabilities are used for training sessions too")
     dataset_path = artifacts.dataset_path(champion.get("data_version", ""))

@@ -1,6 +1,5 @@
 """Stage 3: one fold model per partition, trained in the `gpu` pool."""
 
-import json
 
 from dagster import AssetExecutionContext, AssetsDefinition, AssetObservation, Failure, MetadataValue, Output, TableColumn, TableRecord, TableSchema, asset
 
@@ -46,7 +45,7 @@ def build_fold_models(tenant: TenantPlan) -> AssetsDefinition:
         """One model per fold (focal loss, rewind early stopping), keeping only its best epoch."""
         resolved = training.resolved(gpu, tenant)
         config = resolved.config
-        plan = SplitPlan.from_dict(json.loads(open(stratified_splits["path"]).read()))
+        plan = SplitPlan.load(stratified_splits["path"])
         champion = labeled_dataset.get("champion_version")
         # The champion the gate read, not whatever serves now: the warm start is part of the training key.
         unreadable = None

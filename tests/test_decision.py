@@ -163,7 +163,8 @@ def test_the_challenger_is_looked_at_as_the_holdout_grows_without_retraining(reg
 def test_asset_checks_record_nothing():
     """Issue #26: `ensemble_above_chance` wrote a rejection into the registry; a check only reports now
     (the promotion rule applies the same chance threshold and records). No check can reach the registry."""
-    from legolas_assets.checks import CHANCE_MARGIN, build_checks
+    from legolas_assets.checks import build_checks
+    from legolas_ml.evaluation.metrics import CHANCE_MARGIN
     from legolas_assets.tenancy import TenantPlan
 
     for check in build_checks(TenantPlan("demo")):

@@ -57,6 +57,12 @@ class SplitPlan:
             raise ValueError("split plan fingerprint does not match its content: the file was altered")
         return plan
 
+    @classmethod
+    def load(cls, path) -> "SplitPlan":
+        """The plan written at ``path`` (``stratified_splits``' file), its fingerprint verified."""
+        with open(path, encoding="utf-8") as handle:
+            return cls.from_dict(json.load(handle))
+
 
 def make_splits(
     session_ids: Sequence[str],

@@ -13,6 +13,20 @@ from sklearn.metrics import (
 )
 
 
+#: A model must beat chance, 1/C, by this much: the promotion rule's first test and the chance checks'.
+CHANCE_MARGIN = 0.05
+
+
+def chance_threshold(n_classes: int, margin: float = CHANCE_MARGIN) -> float:
+    """``1/C + margin``: the balanced accuracy a model of ``n_classes`` classes must exceed.
+
+    Example:
+        >>> round(chance_threshold(4), 2)
+        0.3
+    """
+    return 1 / max(n_classes, 1) + margin
+
+
 def classification_metrics(y_true: Sequence, y_pred: Sequence, classes: Sequence[str] | None = None) -> dict:
     """Accuracy, balanced accuracy, macro and weighted P/R/F1, a per-class report and the confusion matrix.
 

@@ -41,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from legolas_ml.evaluation.metrics import CHANCE_MARGIN, chance_threshold
+
 PROMOTE, REJECT, WAIT = "promote", "reject", "wait"
 _EPS = 1e-9  # comparisons of rounded-looking floats (0.8 - 0.7 > 0.1 in binary) must not flip
 
@@ -68,7 +70,7 @@ class PromotionPolicy:
     max_recall_drop: float = 0.10
     min_class_support: int = 5
     min_holdout: int = 30
-    chance_margin: float = 0.05
+    chance_margin: float = CHANCE_MARGIN
     confidence: float = 0.975
     challenger_confidence: float = 0.99
     challenger_growth: float = 0.25
@@ -237,7 +239,7 @@ def decide_promotion(
         has_champion: whether a model is in service.
         policy: the thresholds.
     """
-    chance = 1 / max(n_classes, 1) + policy.chance_margin
+    chance = chance_threshold(n_classes, policy.chance_margin)
     if not candidate_test_balanced_accuracy > chance:
         return PromotionDecision(
             REJECT, f"test balanced accuracy {candidate_test_balanced_accuracy:.4f} is not above chance + margin {chance:.4f}", comparison
