@@ -517,6 +517,52 @@ class TenantStore:
         self.start_writing()
         return len(self.classifications.insert_many([self._owned(d) for d in docs]).inserted_ids)
 
+    def upsert_classifications(self, docs: list[dict[str, Any]], fields: tuple[str, ...], *, write: bool = True) -> list[str]:
+        """Store imported classification documents keyed by session id; returns ``"new"``, ``"updated"``
+        or ``"unchanged"`` for each.
+
+        Only ``fields`` belong to the import: a stored document whose ``fields`` already equal the
+        given ones is left alone (a second import of the same file writes nothing), a changed one
+        gets the new values (and loses the ``fields`` the new document lacks); the fields LEGOLAS
+        wrote itself (predictions, review flags) stay, and an edited text is scored again because its
+        ``ml_text_sha256`` no longer matches. ``created_at`` is set once, at the first import.
+
+        Args:
+            docs: documents with distinct normalised ``session_id`` (the importer rejects repeats).
+            fields: the imported fields, compared and replaced.
+            write: ``False`` reports what an import would do and writes nothing (``--dry-run``).
+        """
+        if not docs:
+            return []
+        owned = [self._owned(d) for d in docs]
+        # One lookup per batch: litemongo scans the collection for every find.
+        ids = [d["session_id"] for d in owned]
+        stored = {
+            d["session_id"]: d
+            for d in self.classifications.find({"tenant": self.tenant, "session_id": {"$in": ids}}, {name: 1 for name in ("session_id", *fields)})
+        }
+        outcomes, new = [], []
+        for doc in owned:
+            before = stored.get(doc["session_id"])
+            if before is None:
+                outcomes.append("new")
+                new.append(doc)
+                continue
+            changed = {k: doc[k] for k in fields if k in doc and before.get(k) != doc[k]}
+            dropped = {k: "" for k in fields if k in before and k not in doc}
+            if not changed and not dropped:
+                outcomes.append("unchanged")
+                continue
+            outcomes.append("updated")
+            if write:
+                self.start_writing()
+                update = {**({"$set": changed} if changed else {}), **({"$unset": dropped} if dropped else {})}
+                self.classifications.update_one({"tenant": self.tenant, "session_id": doc["session_id"]}, update)
+        if write and new:
+            self.start_writing()
+            self.classifications.insert_many(new)
+        return outcomes
+
     def insert_review(self, doc: dict[str, Any]) -> bool:
         """Insert one review, numbered with the tenant's next ``seq`` (any ``seq`` it has is replaced);
         ``False`` if the same (session, reviewed_at) is already stored."""
