@@ -145,3 +145,76 @@ def test_the_tenant_setting_field_map_is_used_and_map_overrides_it(home, capsys)
     # --map wins: this file has no label column, so the imported label and confidence are dropped.
     assert "0 new conversations, 3 updated" in out and "field map from --map" in out
     assert "llm_prediction" not in stored(home)["t1"]
+
+
+# --- an existing MongoDB: the tenant's own collection, and LEGOLAS's writes kept apart ---
+
+def test_annotation_mode_follows_the_setting_then_who_created_the_collection(home):
+    from legolas_ml.data.annotations import annotation_mode, validate_collection
+    from legolas_ml.data.store import connect, tenant_layout
+
+    assert annotation_mode(None, created_by_legolas=True)[0] == "inline"
+    assert annotation_mode(None, created_by_legolas=False)[0] == "separate"
+    assert annotation_mode("inline", created_by_legolas=False) == ("inline", "tenant setting annotations='inline'")
+    with pytest.raises(ValueError, match=r"annotations must be one of \['inline', 'separate'\], got 'apart'"):
+        TenantSettings.from_dict({"annotations": "apart"})
+    with pytest.raises(ValueError, match="tenant setting collection must be"):
+        validate_collection("human_reviews")
+    # A store read as MongoDB (embedded=False): a collection without LEGOLAS's marker is the user's.
+    client = connect(None, home)
+    db = client["legolas"]
+    db["tickets"].insert_one({"tenant": "mine", "session_id": "u1", "text": "theirs"})
+    db["tenants"].insert_one({"name": "mine", "settings": {"collection": "tickets"}})
+    assert tenant_layout(db, "mine", embedded=False) == ("tickets", "separate")
+    assert tenant_layout(db, "mine", embedded=True) == ("tickets", "inline")
+    client.close()
+    # LEGOLAS importing into an empty collection records that it created it.
+    with open_tenant_store(None, home, "legolas", "other") as store:
+        import_conversations(write(home / "t.jsonl", ROWS, "jsonl"), store, parse_field_map(MAP))
+    client = connect(None, home)
+    assert client["legolas"]["legolas_collections"].find_one({"_id": "classifications"})["created_by"] == "legolas"
+    assert tenant_layout(client["legolas"], "other", embedded=False) == ("classifications", "inline")
+    client.close()
+
+
+def test_separate_annotations_leave_the_users_documents_untouched_and_the_gate_reads_them(home, capsys):
+    import numpy as np
+
+    from legolas_ml.data.store import connect
+    from legolas_ml.review.label_audit import AUDITOR, flag_changes
+    from legolas_ml.review.queue import review_queue
+    from legolas_ml.scoring.predictions import score_documents
+
+    assert main(["tenants", "add", "mine", "--field-map", MAP, "--settings", '{"collection": "tickets", "annotations": "separate"}']) == 0
+    assert main(["import-conversations", str(write(home / "t.csv", ROWS, "csv")), "--tenant", "mine"]) == 0
+
+    def raw(collection):
+        client = connect(None, home)
+        try:
+            return sorted((d for d in client["legolas"][collection].find({}, {"_id": 0})), key=lambda d: d["session_id"])
+        finally:
+            client.close()
+
+    users = raw("tickets")
+    assert [d["session_id"] for d in users] == ["t1", "t2", "t3"] and raw("classifications") == []
+    labels = ["billing", "shipping", "technical"]
+    with open_tenant_store(None, home, "legolas", "mine") as store:
+        assert store.separate
+        report = score_documents(store, lambda texts: np.tile([0.6, 0.3, 0.1], (len(texts), 1)), labels, "v1", log=lambda _: None)
+        assert report.scored == 3
+        assert score_documents(store, lambda texts: 1 / 0, labels, "v1", log=lambda _: None).up_to_date == 3  # read back joined
+        now = pd.Timestamp("2026-03-01").to_pydatetime()
+        docs = {d["session_id"]: d for d in store.classification_fields(("needs_review", "review_flagged_by", "review_doubted", "review_sample"))}
+        assert store.update_unreviewed("t2", flag_changes(docs["t2"], ["label_issue"], 0.9, 0.2, "v1", now))
+        assert store.update_unreviewed("t3", flag_changes(docs["t3"], [], 0.1, 0.9, "v1", now, doubted=True))
+        assert [r["session_id"] for r in review_queue(store)] == ["t2"]
+        gate = gate_from_store(store, has_model=False)
+        assert gate.per_class == {"billing": 1}  # t2 flagged and t3 doubted by the audit: not trusted
+        assert store.clear_audit_flag("t2", AUDITOR, {"$set": {"needs_review": False}, "$unset": {"review_flagged_by": ""}})
+        assert not store.clear_audit_flag("t2", AUDITOR, {"$set": {"needs_review": False}})  # no audit flag any more
+        with pytest.raises(ValueError, match="LEGOLAS never deletes them"):
+            store.delete_tenant_documents()
+    assert raw("tickets") == users  # the user's documents: never written
+    notes = {d["session_id"]: d for d in raw("legolas_annotations")}
+    assert notes["t1"]["ml_prediction"] == "billing" and notes["t1"]["ml_model_version"] == "v1"
+    assert notes["t2"]["needs_review"] is False and notes["t3"]["review_doubted"] is True
