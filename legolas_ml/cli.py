@@ -18,6 +18,7 @@ from legolas_ml.lifecycle.artifacts import TenantArtifacts
 from legolas_ml.lifecycle.commands import holdout_balanced_accuracies, tenant_argument
 from legolas_ml.lifecycle.registry import ChampionUnavailableError, ModelRegistry
 from legolas_ml.data.demo_data import DOMAINS, generate_demo_data
+from legolas_ml.data.conversation_import import FORMATS as CONVERSATION_FORMATS
 from legolas_ml.data.review_import import IMPORT_FORMATS, import_reviews
 from legolas_ml.review.audit import RANDOM_SAMPLE
 from legolas_ml.review.queue import FORMATS, queue_size, review_queue, write_queue
@@ -70,6 +71,28 @@ def cmd_import_reviews(args) -> int:
     print(
         f"{args.file}: {report.lines} lines, {report.imported} reviews imported, "
         f"{report.duplicates} already present, {report.unlabelled} left unlabelled, {report.rejected_count} rejected"
+    )
+    return 0 if report.ok else 1
+
+
+def cmd_import_conversations(args) -> int:
+    """Import the tenant's own conversations; the field map comes from --map, else the tenant setting."""
+    from legolas_ml.data.conversation_import import import_conversations, resolve_field_map
+    from legolas_ml.data.tenants import open_catalogue
+
+    with open_catalogue(settings.mongo_uri(), settings.data_dir(), settings.database_name()) as catalogue:
+        tenant = catalogue.get(args.tenant)
+    field_map, source = resolve_field_map(args.map, tenant.settings.field_map if tenant else None)
+    with _store(args, writer=not args.dry_run) as store:
+        report = import_conversations(args.file, store, field_map, fmt=args.format, dry_run=args.dry_run)
+    for line_no, reason in report.rejected:
+        print(f"{args.file}:{line_no}: rejected: {reason}", file=sys.stderr)
+    if report.rejected_count > len(report.rejected):
+        print(f"... and {report.rejected_count - len(report.rejected)} more rejected lines", file=sys.stderr)
+    would = " (dry run: nothing written)" if args.dry_run else ""
+    print(
+        f"{args.file}: {report.lines} lines, {report.imported} new conversations, {report.updated} updated, "
+        f"{report.duplicates} already present, {report.rejected_count} rejected; field map from {source}{would}"
     )
     return 0 if report.ok else 1
 
@@ -319,6 +342,15 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("file")
     imp.add_argument("--format", choices=IMPORT_FORMATS, default="auto", help="default: csv for *.csv files, else jsonl")
     imp.set_defaults(func=cmd_import_reviews)
+    conv = sub.add_parser("import-conversations", help="import your own conversations (JSONL, CSV, Parquet), idempotently")
+    conv.add_argument("file")
+    conv.add_argument("--format", choices=CONVERSATION_FORMATS, default="auto",
+                      help="default: from the extension (.csv, .parquet), else jsonl")
+    conv.add_argument("--map", default=None, metavar="TARGET=FIELD,...",
+                      help="the file's field for each of session_id, text, turns, llm_label, llm_confidence, method "
+                           "(default: the tenant setting field_map, else those names)")
+    conv.add_argument("--dry-run", action="store_true", help="validate and count, write nothing")
+    conv.set_defaults(func=cmd_import_conversations)
     queue = sub.add_parser("review-queue", help="export the documents waiting for a human review, highest priority first")
     queue.add_argument("--limit", type=_positive_int, default=None, help="at most this many documents (default: all)")
     queue.add_argument("--format", choices=FORMATS, default="jsonl")
@@ -331,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     repair.set_defaults(func=cmd_repair_store)
     lifecycle_commands.add_commands(sub, settings.tenant())
     tenant_commands.add_commands(sub)
-    for p in (demo, imp, queue):
+    for p in (demo, imp, conv, queue):
         p.add_argument("--tenant", type=tenant_argument, default=settings.tenant(), help="default: $LEGOLAS_TENANT or 'demo'")
     return parser
 

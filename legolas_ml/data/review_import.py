@@ -78,6 +78,14 @@ def _read_lines(handle: BinaryIO, limit: int):
 
 def parse_review_line(raw: bytes, default_reviewed_at: datetime | None = None) -> tuple[dict[str, Any] | None, str | None]:
     """(review document, None), (None, why the line is rejected) or (None, ``UNLABELLED``)."""
+    obj, problem = decode_json_object(raw)
+    if problem is not None:
+        return None, problem
+    return parse_review_record(obj, default_reviewed_at)
+
+
+def decode_json_object(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
+    """(the JSON object of one line, None) or (None, why the line is rejected); shared by every JSONL import."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -92,7 +100,7 @@ def parse_review_line(raw: bytes, default_reviewed_at: datetime | None = None) -
         return None, f"not valid JSON ({str(exc)[:80]})"
     if not isinstance(obj, dict):
         return None, f"expected a JSON object, got {type(obj).__name__}"
-    return parse_review_record(obj, default_reviewed_at)
+    return obj, None
 
 
 def parse_review_record(obj: dict[str, Any], default_reviewed_at: datetime | None = None) -> tuple[dict[str, Any] | None, str | None]:
@@ -131,16 +139,22 @@ def parse_review_record(obj: dict[str, Any], default_reviewed_at: datetime | Non
             doc[key] = obj[key]
     confidence = obj.get("confidence")
     if confidence is not None:
-        try:  # float() first: an integer too large for a float overflows here, not in isfinite
-            value = float(confidence) if isinstance(confidence, (int, float)) and not isinstance(confidence, bool) else None
-        except OverflowError:
-            value = None
-        if value is None or not math.isfinite(value):
+        value = finite_number(confidence)
+        if value is None:
             return None, f"confidence must be a finite number when present, got {_short(confidence, 40)}"
         doc["confidence"] = value
     if stamped:
         doc[STAMPED] = True
     return doc, None
+
+
+def finite_number(value: Any) -> float | None:
+    """``value`` as a finite float, or ``None`` for a bool, a non-number, NaN, an infinity or an int past float's range."""
+    try:  # float() first: an integer too large for a float overflows here, not in isfinite
+        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    except OverflowError:
+        return None
+    return number if number is not None and math.isfinite(number) else None
 
 
 def _is_utf8(text: str) -> bool:
@@ -159,11 +173,11 @@ def _short(value: Any, limit: int = 60) -> str:
         return f"<{type(value).__name__}>"
 
 
-def _csv_records(path: Path, max_line_bytes: int):
+def _csv_records(path: Path, max_line_bytes: int, numbers: tuple[str, ...] = ("confidence",)):
     """Yield (row number, record or None if unreadable, problem) from a CSV file with a header.
 
-    Empty cells are absent fields (``None``), and a ``confidence`` cell is read as a number, so
-    a CSV row is validated exactly like the JSON object it stands for.
+    Empty cells are absent fields (``None``), and the cells of the ``numbers`` columns are read as
+    numbers, so a CSV row is validated exactly like the JSON object it stands for.
     """
     csv.field_size_limit(max_line_bytes)
     # utf-8-sig: a spreadsheet's byte-order mark must not become part of the first column's name.
@@ -181,11 +195,12 @@ def _csv_records(path: Path, max_line_bytes: int):
                 continue
             row_no = reader.line_num
             record: dict[str, Any] = {k: (None if v in ("", None) else v) for k, v in row.items() if isinstance(k, str)}
-            if isinstance(record.get("confidence"), str):
-                try:
-                    record["confidence"] = float(record["confidence"])
-                except ValueError:
-                    pass  # rejected below as "confidence must be a finite number"
+            for column in numbers:
+                if isinstance(record.get(column), str):
+                    try:
+                        record[column] = float(record[column])
+                    except ValueError:
+                        pass  # rejected by the record's parser as "must be a finite number"
             yield row_no, record, None
 
 

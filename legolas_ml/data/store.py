@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from legolas_ml.data import annotations as annotation_store
+from legolas_ml.data.annotations import ANNOTATIONS, COLLECTION_MARKERS
 from legolas_ml.data.ids import normalise_session_id
 from legolas_ml.data.store_integrity import StoreIntegrityError, find_duplicates, integrity_error
 from legolas_ml.data.store_lock import DEFAULT_WAIT_S, StoreBusyError, StoreWriterLock
@@ -30,6 +32,8 @@ REVIEWS = "human_reviews"
 #: One counter per tenant: ``{"_id": tenant, "seq": <last number given>, "legacy_seq": <see number_reviews>}``.
 SEQUENCES = "review_sequences"
 SEQ = "seq"
+#: The deployment's tenants and their settings (``tenants.TenantCatalogue``); read here for a tenant's collection layout.
+TENANT_CATALOGUE = "tenants"
 DEFAULT_DATABASE = "legolas"
 # (collection, fields, options) of every index; the unique ones are what a repair restores.
 INDEXES = (
@@ -38,6 +42,8 @@ INDEXES = (
     (REVIEWS, (("tenant", 1), ("reviewed_at", 1), ("_id", 1)), {"name": "tenant_reviewed_at"}),
     (REVIEWS, (("tenant", 1), (SEQ, 1)), {"name": "tenant_seq"}),
 )
+#: One annotation per (tenant, session): created only for a tenant whose annotations are separate.
+ANNOTATION_INDEX = (ANNOTATIONS, (("tenant", 1), ("session_id", 1)), {"unique": True, "name": "tenant_session"})
 UNIQUE_INDEXES = {
     collection: (options["name"], tuple(name for name, _ in fields))
     for collection, fields, options in INDEXES
@@ -193,14 +199,20 @@ class TenantStore:
         tenant: the tenant every query is scoped to.
         writer_lock: the embedded store's writer lock, taken by the first write and held until
             ``finish_writing``; ``None`` on MongoDB, whose server enforces the unique indexes.
+        collection: the tenant's classification collection (tenant setting ``collection``).
+        annotations: ``"inline"`` or ``"separate"`` (``annotations.annotation_mode``): where
+            LEGOLAS's own per-document writes go.
     """
 
-    def __init__(self, database, tenant: str, writer_lock: StoreWriterLock | None = None) -> None:
+    def __init__(self, database, tenant: str, writer_lock: StoreWriterLock | None = None, *,
+                 collection: str = CLASSIFICATIONS, annotations: str = "inline") -> None:
         from legolas_ml.lifecycle.artifacts import validate_tenant  # the name also names files (repair backups)
 
         self.db = database
         self.tenant = validate_tenant(tenant)
-        self.classifications = database[CLASSIFICATIONS]
+        self.classifications = database[collection]
+        self.annotation_mode, _ = annotation_store.annotation_mode(annotations, created_by_legolas=True)
+        self.annotations = database[ANNOTATIONS]
         self.reviews = database[REVIEWS]
         self.writer_lock = writer_lock
         self.writing = False  # whether this store holds the writer lock
@@ -214,7 +226,7 @@ class TenantStore:
                 unique index it is asked to create again, so the embedded store only creates new ones
                 and checks the tenant's documents with ``check_unique`` instead.
         """
-        for collection, fields, options in INDEXES:
+        for collection, fields, options in (*INDEXES, *([ANNOTATION_INDEX] if self.separate else [])):
             if only_missing and options["name"] in self.db[collection].index_information():
                 continue
             self.db[collection].create_index(list(fields), **options)
@@ -294,10 +306,45 @@ class TenantStore:
             self.writer_lock.release()
 
     # --- reads ---
+    @property
+    def separate(self) -> bool:
+        """Whether LEGOLAS's own fields live in ``legolas_annotations`` (joined on every read)."""
+        return self.annotation_mode == "separate"
+
+    def _find(self, query: dict[str, Any], fields: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
+        """``find(query)`` on the classification documents as LEGOLAS sees them (annotations joined in separate mode)."""
+        if not self.separate:
+            return self.classifications.find(query, None if fields is None else {n: 1 for n in ("session_id", *fields)})
+        base = {k: query[k] for k in ("tenant", "session_id") if k in query}
+        return annotation_store.joined(self.classifications.find(base), self._annotations_of, query, fields)
+
+    def _annotations_of(self, session_ids: list[Any]) -> Iterator[dict[str, Any]]:
+        return self.annotations.find({"tenant": self.tenant, "session_id": {"$in": session_ids}})
+
+    def _annotate(self, query: dict[str, Any], changes: dict[str, Any], *, requires: dict[str, Any] | None = None) -> bool:
+        """Apply ``changes`` to LEGOLAS's fields of the one classification ``query`` matches: in the
+        document itself (inline), or in its annotation (separate), the user's document untouched.
+
+        Args:
+            query: the classification document's filter (tenant, session id, conditions on its own fields).
+            requires: conditions on LEGOLAS's own fields (``review_flagged_by``), met by the merged document.
+        """
+        self.start_writing()
+        if not self.separate:
+            return self.classifications.update_one({**query, **(requires or {})}, changes).matched_count == 1
+        matches = list(self._find({**query, **(requires or {})}, ("session_id",)))
+        if len(matches) != 1:
+            return False
+        # Known limit on MongoDB: the check and the write are two operations; under the embedded store's
+        # writer lock nothing comes between them.
+        key = {"tenant": self.tenant, "session_id": matches[0]["session_id"]}
+        self.annotations.update_one(key, changes, upsert=True)
+        return True
+
     def trusted_llm_classifications(self, *, despite_audit: bool = False) -> Iterator[dict[str, Any]]:
         """The tenant's trusted LLM labels (``trusted_llm_query``); ``despite_audit`` keeps those the
         label audit flagged or doubts (not those flagged before it)."""
-        return self.classifications.find(trusted_llm_query(self.tenant, despite_audit=despite_audit))
+        return self._find(trusted_llm_query(self.tenant, despite_audit=despite_audit))
 
     def human_reviews(self) -> Iterator[dict[str, Any]]:
         return self.reviews.find({"tenant": self.tenant})
@@ -460,7 +507,7 @@ class TenantStore:
         query: dict[str, Any] = {"tenant": self.tenant}
         if session_ids is not None:
             query["session_id"] = {"$in": list(session_ids)}
-        return self.classifications.find(query, {name: 1 for name in ("session_id", *fields)})
+        return self._find(query, fields)
 
     def random_sample_ids(self) -> frozenset[str]:
         """Normalised session ids the review queue sent to a reviewer as random samples (``review_sample: "random"``,
@@ -469,7 +516,7 @@ class TenantStore:
         Intersected with the reviewed sessions, this is the part of the reviews drawn at random: an
         estimate of the service's accuracy, apart from the hard cases. A sample the audit took out of
         the queue before any review (a smaller budget) is not in it."""
-        docs = self.classifications.find({"tenant": self.tenant, "review_sample": "random"}, {"session_id": 1})
+        docs = self._find({"tenant": self.tenant, "review_sample": "random"}, ())
         return frozenset(str(sid) for sid in (normalise_session_id(d.get("session_id")) for d in docs) if sid)
 
     def update_unreviewed(self, session_id: Any, changes: dict[str, Any], *, text: str | None = None) -> bool:
@@ -479,11 +526,10 @@ class TenantStore:
         A document is either fully updated or untouched: a store failing mid-batch leaves no
         half-written document. Returns whether the document matched.
         """
-        self.start_writing()
         query: dict[str, Any] = {"tenant": self.tenant, "session_id": session_id, "classification_method": {"$not": HUMAN_METHOD}}
         if text is not None:
             query["text"] = text
-        return self.classifications.update_one(query, changes).matched_count == 1
+        return self._annotate(query, changes)
 
     def has_review(self, session_id: str, label: str) -> bool:
         """Whether the session already has a review with exactly this label."""
@@ -493,13 +539,11 @@ class TenantStore:
     def clear_audit_flag(self, session_id: Any, auditor: str, changes: dict[str, Any]) -> bool:
         """Apply ``changes`` to one classification only if ``auditor`` raised its review flag
         (a reviewed document loses the audit's flag, never anything a person or the LLM set)."""
-        self.start_writing()
-        query = {"tenant": self.tenant, "session_id": session_id, "review_flagged_by": auditor}
-        return self.classifications.update_one(query, changes).matched_count == 1
+        return self._annotate({"tenant": self.tenant, "session_id": session_id}, changes, requires={"review_flagged_by": auditor})
 
     def flagged_for_review(self, fields: Iterable[str]) -> Iterator[dict[str, Any]]:
         """The tenant's classification documents with ``needs_review: true``."""
-        return self.classifications.find({"tenant": self.tenant, "needs_review": True}, {name: 1 for name in ("session_id", *fields)})
+        return self._find({"tenant": self.tenant, "needs_review": True}, fields)
 
     # --- writes ---
     def _owned(self, doc: dict[str, Any]) -> dict[str, Any]:
@@ -515,7 +559,66 @@ class TenantStore:
         if not docs:
             return 0
         self.start_writing()
+        self._mark_if_creating()
         return len(self.classifications.insert_many([self._owned(d) for d in docs]).inserted_ids)
+
+    def _mark_if_creating(self) -> None:
+        """Record that LEGOLAS creates the classification collection, when it writes its first documents."""
+        if self.classifications.find_one({}, {"_id": 1}) is None:
+            from datetime import timezone
+
+            self.db[COLLECTION_MARKERS].update_one(
+                {"_id": self.classifications.name},
+                {"$setOnInsert": {"created_by": "legolas", "created_at": datetime.now(timezone.utc).replace(tzinfo=None)}},
+                upsert=True,
+            )
+
+    def upsert_classifications(self, docs: list[dict[str, Any]], fields: tuple[str, ...], *, write: bool = True) -> list[str]:
+        """Store imported classification documents keyed by session id; returns ``"new"``, ``"updated"``
+        or ``"unchanged"`` for each.
+
+        Only ``fields`` belong to the import: a stored document whose ``fields`` already equal the
+        given ones is left alone (a second import of the same file writes nothing), a changed one
+        gets the new values (and loses the ``fields`` the new document lacks); the fields LEGOLAS
+        wrote itself (predictions, review flags) stay, and an edited text is scored again because its
+        ``ml_text_sha256`` no longer matches. ``created_at`` is set once, at the first import.
+
+        Args:
+            docs: documents with distinct normalised ``session_id`` (the importer rejects repeats).
+            fields: the imported fields, compared and replaced.
+            write: ``False`` reports what an import would do and writes nothing (``--dry-run``).
+        """
+        if not docs:
+            return []
+        owned = [self._owned(d) for d in docs]
+        # One lookup per batch: litemongo scans the collection for every find.
+        ids = [d["session_id"] for d in owned]
+        stored = {
+            d["session_id"]: d
+            for d in self.classifications.find({"tenant": self.tenant, "session_id": {"$in": ids}}, {name: 1 for name in ("session_id", *fields)})
+        }
+        outcomes, new = [], []
+        for doc in owned:
+            before = stored.get(doc["session_id"])
+            if before is None:
+                outcomes.append("new")
+                new.append(doc)
+                continue
+            changed = {k: doc[k] for k in fields if k in doc and before.get(k) != doc[k]}
+            dropped = {k: "" for k in fields if k in before and k not in doc}
+            if not changed and not dropped:
+                outcomes.append("unchanged")
+                continue
+            outcomes.append("updated")
+            if write:
+                self.start_writing()
+                update = {**({"$set": changed} if changed else {}), **({"$unset": dropped} if dropped else {})}
+                self.classifications.update_one({"tenant": self.tenant, "session_id": doc["session_id"]}, update)
+        if write and new:
+            self.start_writing()
+            self._mark_if_creating()
+            self.classifications.insert_many(new)
+        return outcomes
 
     def insert_review(self, doc: dict[str, Any]) -> bool:
         """Insert one review, numbered with the tenant's next ``seq`` (any ``seq`` it has is replaced);
@@ -542,11 +645,18 @@ class TenantStore:
 
         The review counter stays: a number is never given twice, so a cursor in ``decisions.jsonl``
         never covers a review received after the deletion."""
+        if self.separate:
+            raise ValueError(
+                f"tenant {self.tenant!r} keeps its classifications in {self.classifications.name!r}, a collection LEGOLAS did "
+                f"not create (annotations 'separate'): LEGOLAS never deletes them"
+            )
         self.start_writing()
-        return {
+        deleted = {
             CLASSIFICATIONS: self.classifications.delete_many({"tenant": self.tenant}).deleted_count,
             REVIEWS: self.reviews.delete_many({"tenant": self.tenant}).deleted_count,
         }
+        self.annotations.delete_many({"tenant": self.tenant})  # left from an earlier separate mode: stale
+        return deleted
 
 
 def _numbering_key(doc: dict[str, Any]) -> tuple:
@@ -572,6 +682,22 @@ def _number_reviews_as_reader(store: TenantStore, store_dir: Path) -> None:
 def list_tenants(database) -> list[str]:
     tenants = set(database[CLASSIFICATIONS].distinct("tenant")) | set(database[REVIEWS].distinct("tenant"))
     return sorted(t for t in tenants if isinstance(t, str))
+
+
+def tenant_layout(database, tenant: str, *, embedded: bool) -> tuple[str, str]:
+    """The tenant's classification collection and annotation mode, from its settings in the catalogue.
+
+    The embedded store is always LEGOLAS's own; on MongoDB a collection is LEGOLAS's when it carries
+    LEGOLAS's marker (``annotations`` module docstring).
+
+    Raises:
+        ValueError: if the stored ``collection`` or ``annotations`` setting is invalid (naming it).
+    """
+    entry = database[TENANT_CATALOGUE].find_one({"name": tenant, "removed": {"$ne": True}}, {"settings": 1}) or {}
+    stored = entry.get("settings") if isinstance(entry.get("settings"), dict) else {}
+    collection = annotation_store.validate_collection(stored.get("collection") or CLASSIFICATIONS)
+    created = embedded or database[COLLECTION_MARKERS].find_one({"_id": collection}, {"_id": 1}) is not None
+    return collection, annotation_store.annotation_mode(stored.get("annotations"), created)[0]
 
 
 @contextlib.contextmanager
@@ -630,7 +756,8 @@ def open_tenant_store(
     store = None
     try:
         lock = None if uri else StoreWriterLock(embedded_store_dir(data_dir), lock_wait_s)
-        store = TenantStore(client[database], tenant, lock)
+        collection, annotations = tenant_layout(client[database], tenant, embedded=lock is not None)
+        store = TenantStore(client[database], tenant, lock, collection=collection, annotations=annotations)
         if lock is None:
             store.ensure_indexes()
             store.number_reviews()

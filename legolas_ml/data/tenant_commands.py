@@ -32,6 +32,10 @@ def changes_from_args(args) -> dict:
     for name in ("n_folds", "model_name", "epochs", "max_length", "retrain_threshold"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
+    if getattr(args, "field_map", None):
+        from legolas_ml.data.conversation_import import parse_field_map
+
+        values["field_map"] = parse_field_map(args.field_map)
     return values
 
 
@@ -81,6 +85,8 @@ def add_commands(sub) -> None:
     add.add_argument("--epochs", type=int, default=None)
     add.add_argument("--max-length", dest="max_length", type=int, default=None)
     add.add_argument("--retrain-threshold", dest="retrain_threshold", type=int, default=None)
+    add.add_argument("--field-map", dest="field_map", default=None, metavar="TARGET=FIELD,...",
+                     help="`legolas import-conversations`'s field map for this tenant, e.g. session_id=ticket_id,text=body")
     add.add_argument(
         "--settings", default=None,
         help="JSON object of tenant settings, e.g. '{\"min_confidence\": 0.6, \"review_reasons\": [\"label_issue\"]}'",

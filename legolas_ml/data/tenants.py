@@ -55,6 +55,9 @@ class TenantSettings:
     review_flag_reasons: tuple[str, ...] | None = None  # of them, those that flag a document (the others are only recorded)
     queue_size: int | None = None  # at most this many documents wait in the review queue
     random_share: float | None = None  # share of the queue drawn at random from the unflagged documents, in [0, 0.5]
+    field_map: dict[str, str] | None = None  # `legolas import-conversations`: target -> the tenant's field name (--map wins)
+    collection: str | None = None  # the tenant's classification collection (an existing MongoDB's); default "classifications"
+    annotations: str | None = None  # "inline" or "separate": where LEGOLAS writes its own fields (default: by who created the collection)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -92,6 +95,20 @@ class TenantSettings:
                 raise ValueError(
                     f"tenant setting review_reasons must be a non-empty list among {list(REASONS)}, got {list(self.review_reasons)!r}"
                 )
+        if self.field_map is not None:
+            from legolas_ml.data.conversation_import import parse_field_map
+
+            if not isinstance(self.field_map, dict) or not self.field_map:
+                raise ValueError(f"tenant setting field_map must be a non-empty object of target: field name, got {self.field_map!r}")
+            parse_field_map(self.field_map)  # names the allowed targets and the one received
+        if self.collection is not None:
+            from legolas_ml.data.annotations import validate_collection
+
+            validate_collection(self.collection)
+        if self.annotations is not None:
+            from legolas_ml.data.annotations import annotation_mode
+
+            annotation_mode(self.annotations, created_by_legolas=True)  # names the allowed values
         if self.review_flag_reasons is not None:
             from legolas_ml.review.audit import REASONS
 
