@@ -28,7 +28,7 @@ from dagster import AssetIn, AssetKey, StaticPartitionsDefinition
 from legolas_ml import settings
 from legolas_ml.atomic_io import write_json_atomic
 from legolas_ml.data.store import StoreUnavailableError
-from legolas_ml.data.tenants import TenantSettings, key_name, open_catalogue
+from legolas_ml.data.tenants import TenantSettings, fold_layout, key_name, open_catalogue, training_job_name
 from legolas_ml.lifecycle.artifacts import validate_tenant
 
 from .configuration import reported_in_one_line
@@ -58,7 +58,7 @@ class TenantPlan:
 
     @property
     def job_name(self) -> str:
-        return f"{self.prefix}__training_job"
+        return training_job_name(self.name)
 
     def key(self, asset: str) -> AssetKey:
         return AssetKey([self.prefix, asset])
@@ -69,16 +69,14 @@ class TenantPlan:
 
     @cached_property
     def layout(self) -> dict:
-        """``{"n_folds": K, "kfold": bool}``: the tenant's K, else the preset's (dev: one split)."""
+        """``{"n_folds": K, "kfold": bool, "n_partitions": P}``: the tenant's K, else the preset's (dev: one split)."""
         with reported_in_one_line():
             base = settings.preset()
-        if self.settings.n_folds is not None:
-            return {"n_folds": self.settings.n_folds, "kfold": True}
-        return {"n_folds": base["n_folds"], "kfold": base["kfold"]}
+        return fold_layout(self.settings, base)
 
     @property
     def n_partitions(self) -> int:
-        return self.layout["n_folds"] if self.layout["kfold"] else 1
+        return self.layout["n_partitions"]
 
     @cached_property
     def fold_partitions(self) -> StaticPartitionsDefinition:
