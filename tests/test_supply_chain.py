@@ -168,3 +168,10 @@ def test_the_revision_reaches_from_pretrained(monkeypatch):
     modeling.load_tokenizer("test-org/supply-chain-unpinned")
     assert calls == [("test-org/supply-chain", {"revision": "0123abc"}), ("test-org/supply-chain-unpinned", {})]
     modeling.load_tokenizer.cache_clear()  # no fake tokenizer left for later tests
+
+
+def test_legolas_ml_never_imports_dagster():
+    """The ML library stays framework-free (`legolas train` runs Dagster as a subprocess instead)."""
+    found = [f"{path.relative_to(ROOT)}" for path in sorted((ROOT / "legolas_ml").rglob("*.py"))
+             for module, _ in _imports(path) if module.startswith("dagster")]
+    assert not found, f"legolas_ml imports dagster in {found}"
