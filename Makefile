@@ -22,12 +22,13 @@ setup: $(VENV)/.installed
 
 # The main job: two demo tenants in the embedded store, then every asset of each as one run of its
 # <tenant>__training_job (demo: the preset's K=3, folds 0...2; insurance: its own setting, K=3, folds 0...2).
+# `legolas train` runs `dagster job execute` with that partition range (`--dry-run` prints the command).
 demo: setup
 	LEGOLAS_PRESET=demo $(BIN)/legolas demo-data --conversations 600 --reviews 120
 	LEGOLAS_PRESET=demo $(BIN)/legolas demo-data --tenant insurance --domain insurance --conversations 300 --reviews 60
 	LEGOLAS_PRESET=demo $(BIN)/legolas tenants add insurance --n-folds 3
-	LEGOLAS_PRESET=demo $(BIN)/dagster job execute -m legolas_assets.definitions -j demo__training_job --tags '{"dagster/asset_partition_range_start": "0", "dagster/asset_partition_range_end": "2"}'
-	LEGOLAS_PRESET=demo $(BIN)/dagster job execute -m legolas_assets.definitions -j insurance__training_job --tags '{"dagster/asset_partition_range_start": "0", "dagster/asset_partition_range_end": "2"}'
+	LEGOLAS_PRESET=demo $(BIN)/legolas train --tenant demo
+	LEGOLAS_PRESET=demo $(BIN)/legolas train --tenant insurance
 	LEGOLAS_PRESET=demo $(BIN)/legolas status
 
 # 2 workers, one module per worker at a time (module fixtures train once); conftest.py gives each one torch thread.

@@ -28,9 +28,8 @@ from dagster import AssetIn, AssetKey, StaticPartitionsDefinition
 from legolas_ml import settings
 from legolas_ml.atomic_io import write_json_atomic
 from legolas_ml.data.store import StoreUnavailableError
-from legolas_ml.data.tenants import TenantSettings, key_name, open_catalogue
+from legolas_ml.data.tenants import TenantSettings, fold_layout, key_name, open_catalogue, training_job_name
 from legolas_ml.lifecycle.artifacts import validate_tenant
-from legolas_ml.training.resolution import resolve_layout
 
 from .configuration import reported_in_one_line
 
@@ -59,7 +58,7 @@ class TenantPlan:
 
     @property
     def job_name(self) -> str:
-        return f"{self.prefix}__training_job"
+        return training_job_name(self.name)
 
     def key(self, asset: str) -> AssetKey:
         return AssetKey([self.prefix, asset])
@@ -70,13 +69,14 @@ class TenantPlan:
 
     @cached_property
     def layout(self) -> dict:
-        """``{"n_folds": K, "kfold": bool}``: the tenant's K, else the preset's (dev: one split)."""
+        """``{"n_folds": K, "kfold": bool, "n_partitions": P}``: the tenant's K, else the preset's (dev: one split)."""
         with reported_in_one_line():
-            return resolve_layout(self.settings)
+            base = settings.preset()
+        return fold_layout(self.settings, base)
 
     @property
     def n_partitions(self) -> int:
-        return self.layout["n_folds"] if self.layout["kfold"] else 1
+        return self.layout["n_partitions"]
 
     @cached_property
     def fold_partitions(self) -> StaticPartitionsDefinition:

@@ -1,7 +1,8 @@
 """The ``legolas`` command: demo data, review import and per-tenant status.
 
-Training itself runs through Dagster (``dagster asset materialize``, see the README); this command
-manages the data the assets read.
+Training itself runs through Dagster: ``legolas train --tenant T`` starts the tenant's job (as
+``dagster job execute`` would, see ``legolas_ml.training.train_command``); the other commands manage
+the data the assets read and the models they write. Exit codes and ``--json``: ``legolas_ml.cli_conventions``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 from legolas_ml import settings
+from legolas_ml.cli_conventions import CommandError, UsageError, add_json_option, exit_code_for, print_json
 from legolas_ml.data import tenant_commands
 from legolas_ml.lifecycle import commands as lifecycle_commands
 from legolas_ml.lifecycle.artifacts import TenantArtifacts
@@ -25,6 +27,8 @@ from legolas_ml.review.queue import FORMATS, queue_size, review_queue, write_que
 from legolas_ml.data.store import StoreUnavailableError, list_tenants, open_tenant_store, scrub, validate_database
 from legolas_ml.data.store_integrity import StoreIntegrityError
 from legolas_ml.data.store_lock import StoreBusyError
+from legolas_ml.training import train_command
+from legolas_ml.training.config import legolas_version
 
 
 def _store(args, writer: bool = False, verify: bool = True):
@@ -99,6 +103,8 @@ def cmd_import_conversations(args) -> int:
 
 def cmd_review_queue(args) -> int:
     """Export the review queue, highest priority first, in the format `import-reviews` reads back."""
+    if args.json and args.output == "-":
+        raise UsageError("--json prints the queue's summary on standard output, so the queue needs --output FILE, got --output -")
     with _store(args) as store:
         records = review_queue(store, args.limit)
     if args.output == "-":
@@ -114,6 +120,8 @@ def cmd_review_queue(args) -> int:
         n = len(records)
     where = "" if args.output == "-" else f" to {args.output}"
     sampled = sum(1 for r in records if r["review_reason"] == [RANDOM_SAMPLE])
+    if args.json:
+        print_json({"tenant": args.tenant, "documents": n, "random_samples": sampled, "output": args.output, "format": args.format})
     print(
         f"tenant {args.tenant!r}: {n} documents in the review queue{where} ({sampled} of them random samples, "
         f"review_reason 'random_sample', spread through it: review them like the others); fill in 'label' and run "
@@ -137,92 +145,91 @@ def _age(created_at: str | None) -> str:
     return f"{hours * 60:.0f}m" if hours < 1 else f"{hours:.0f}h" if hours < 48 else f"{hours / 24:.0f}d"
 
 
-def cmd_status(args) -> int:
-    """Every tenant of the deployment: documents, reviews, waiting reviews, queue, model in service."""
+def status_report(args) -> dict:
+    """Every tenant's numbers and champion as ``legolas status`` shows them (``--json`` prints this).
+
+    Returns:
+        ``{"tenants": [...], "removed": [...], "refused": [...]}``: one entry per active tenant (see
+        ``_tenant_status``), the removed tenants' names and why the refused ones were refused.
+    """
     from legolas_ml.data.tenants import open_catalogue
 
     with open_catalogue(settings.mongo_uri(), settings.data_dir(), settings.database_name()) as catalogue:
         found = catalogue.discover()
-    if not found.tenants:
-        removed = f" ({len(found.removed)} removed: `legolas tenants list`)" if found.removed else " (run: legolas demo-data)"
-        print(f"no active tenant{removed}")
-        for problem in found.refused:
-            print(f"refused: {problem}")
-        return 0
-    print(
-        f"{'tenant':<16} {'K':>3} {'documents':>10} {'reviews':>8} {'waiting':>8} {'unlearned':>9} {'queue':>6}  {'newest review':<20} "
-        f"{'champion':<18} {'human test BA':>13} {'holdout BA':>10} {'age':>5}"
-    )
-    champions = {}
+    tenants = []
     for tenant in found.tenants:
         args.tenant = tenant.name
-        registry = ModelRegistry(TenantArtifacts(settings.output_dir(), tenant.name))
-        try:
-            champions[tenant.name] = registry.champion()
-            label = champions[tenant.name]["version"] if champions[tenant.name] else "none"
-        except ChampionUnavailableError as exc:
-            champions[tenant.name], label = None, f"DAMAGED: {exc}"
-        # As the sensor counts: new since the last recorded training (a waiting challenger's included),
-        # and not yet learned by the model in service (read by rejected candidates or the challenger too).
-        trained, learned = registry.trained_reviews(), registry.champion_reviews()
-        try:
-            with _store(args) as store:
-                counts = store.counts()
-                waiting = store.count_reviews_after(trained.as_tuple() if trained else None)
-                unlearned = store.count_reviews_after(learned.as_tuple()) if learned else counts["reviews"]
-                queued = queue_size(store)
-        except (StoreBusyError, StoreIntegrityError) as exc:  # one tenant's damaged documents: its row says so
-            print(f"{tenant.name:<16} store problem: {scrub(str(exc), settings.mongo_uri())}")
-            continue
-        manifest = champions[tenant.name] or {}
-        # Human labels only: on LLM-labelled test sessions the score is agreement with the LLM (None: old manifest).
-        test_ba = (manifest.get("test_metrics_human") or {}).get("balanced_accuracy")
-        holdout_ba = holdout_balanced_accuracies(registry.history()).get(manifest.get("version"))
-        k = _trained_k(manifest, tenant.settings)
-        newest = counts["newest_review"].isoformat(timespec="seconds") if counts["newest_review"] else "-"
-        print(
-            f"{tenant.name:<16} {k:>3} {counts['classifications']:>10} {counts['reviews']:>8} {waiting:>8} {unlearned:>9} {queued:>6}  "
-            f"{newest:<20} {label:<18} {_number(test_ba):>13} {_number(holdout_ba):>10} {_age(_promoted_at(registry, manifest)):>5}"
-        )
-    for problem in found.refused:
-        print(f"refused: {problem}")
-    for tenant, manifest in champions.items():
-        if manifest is None:
-            continue
-        registry = ModelRegistry(TenantArtifacts(settings.output_dir(), tenant))
-        print(
-            f"\n{tenant}: champion {manifest['version']}, ensemble of {len(manifest['checkpoints'])} folds "
-            f"({manifest['mode']} training, {manifest['created_at']}), classes {', '.join(manifest.get('labels') or []) or '-'}"
-        )
-        print(f"  test:      {_test_scores(manifest)}")
-        print(f"  trained:   {_trained_with(manifest)}")
-        last = registry.history()[-1] if registry.history() else None
-        if last:
-            print(f"  last decision: {last['action']} {last['version']} at {last['at']}: {last['reason']}")
-        challenger = registry.challenger()
-        if challenger is not None:
-            waiting = challenger["record"]
-            print(
-                f"  challenger: {challenger['version']} waits since {challenger['since']}: compared on {challenger.get('holdout_n')} "
-                f"holdout sessions, looked at again at {waiting.get('next_look_at') or '-'}"
-                + (f" (about {waiting['decision']['promotion']['sessions_to_decide']} expected to decide)"
-                   if ((waiting.get("decision") or {}).get("promotion") or {}).get("sessions_to_decide") else "")
-            )
-        stack = registry.champion_stack()
-        if len(stack) > 1:
-            print(f"  earlier champions (rollback walks back): {' <- '.join(reversed(stack[:-1]))}")
-        print(f"  manifest:  {registry.manifest_path(manifest['version'])}")
-        print(f"  folds:     {Path(manifest['checkpoints'][0]).parent}")
-        report = registry.latest_report(manifest["version"])
-        if report is not None:
-            print(f"  report:    {report}")
-        print(f"  decisions: {registry.decisions_path} (`legolas versions --tenant {tenant}`)")
-    return 0
+        tenants.append(_tenant_status(args, tenant))
+    return {"tenants": tenants, "removed": list(found.removed), "refused": list(found.refused)}
 
 
-def _trained_with(manifest: dict) -> str:
+def _tenant_status(args, tenant) -> dict:
+    """One tenant's row: documents, reviews, waiting reviews, queue, and its champion (``None`` if none)."""
+    registry = ModelRegistry(TenantArtifacts(settings.output_dir(), tenant.name))
+    entry: dict = {"tenant": tenant.name, "n_folds": None,
+                   "champion": None, "champion_problem": None, "store_problem": None}
+    try:
+        manifest = registry.champion()
+    except ChampionUnavailableError as exc:
+        manifest, entry["champion_problem"] = None, str(exc)
+    # As the sensor counts: new since the last recorded training (a waiting challenger's included),
+    # and not yet learned by the model in service (read by rejected candidates or the challenger too).
+    trained, learned = registry.trained_reviews(), registry.champion_reviews()
+    try:
+        with _store(args) as store:
+            counts = store.counts()
+            waiting = store.count_reviews_after(trained.as_tuple() if trained else None)
+            unlearned = store.count_reviews_after(learned.as_tuple()) if learned else counts["reviews"]
+            queued = queue_size(store)
+    except (StoreBusyError, StoreIntegrityError) as exc:  # one tenant's damaged documents: its row says so
+        entry["store_problem"] = scrub(str(exc), settings.mongo_uri())
+    else:
+        newest = counts["newest_review"].isoformat(timespec="seconds") if counts["newest_review"] else None
+        entry.update(documents=counts["classifications"], reviews=counts["reviews"], waiting=waiting, unlearned=unlearned,
+                     queue=queued, newest_review=newest)
+    manifest = manifest or {}
+    # K of the model in service as trained (not what the shell's LEGOLAS_PRESET says now); with none, the next training's.
+    entry["n_folds"] = _trained_k(manifest, tenant.settings)
+    # Human labels only: on LLM-labelled test sessions the score is agreement with the LLM (None: old manifest).
+    entry["human_test_balanced_accuracy"] = (manifest.get("test_metrics_human") or {}).get("balanced_accuracy")
+    entry["holdout_balanced_accuracy"] = holdout_balanced_accuracies(registry.history()).get(manifest.get("version"))
+    if manifest:
+        entry["champion"] = _champion_status(registry, manifest)
+    return entry
+
+
+def _champion_status(registry: ModelRegistry, manifest: dict) -> dict:
+    """The champion in service: its ensemble, test scores, last decision, challenger and files."""
+    last = registry.history()[-1] if registry.history() else None
+    challenger = registry.challenger()
+    waiting = None
+    if challenger is not None:
+        record = challenger["record"]
+        waiting = {
+            "version": challenger["version"], "since": challenger["since"], "holdout_n": challenger.get("holdout_n"),
+            "next_look_at": record.get("next_look_at"),
+            "sessions_to_decide": ((record.get("decision") or {}).get("promotion") or {}).get("sessions_to_decide"),
+        }
+    report = registry.latest_report(manifest["version"])
+    return {
+        "version": manifest["version"], "folds": len(manifest["checkpoints"]), "mode": manifest.get("mode"),
+        "created_at": manifest.get("created_at"), "in_service_since": _promoted_at(registry, manifest),
+        "labels": manifest.get("labels") or [],
+        **{key: manifest.get(key) for key in ("test_metrics", "test_metrics_human", "llm_agreement")},
+        "last_decision": {key: last.get(key) for key in ("action", "version", "at", "reason")} if last else None,
+        "challenger": waiting,
+        "earlier_champions": registry.champion_stack()[:-1],
+        "manifest": str(registry.manifest_path(manifest["version"])),
+        "folds_dir": str(Path(manifest["checkpoints"][0]).parent),
+        "report": str(report) if report is not None else None,
+        "decisions": str(registry.decisions_path),
+        "training_config": manifest.get("training_config"),
+    }
+
+
+def _trained_with(champion: dict) -> str:
     """One line: the preset and the values that decide a training, and which of them did not come from the preset."""
-    recorded = manifest.get("training_config")
+    recorded = champion.get("training_config")
     if not recorded:
         return "- (a version from before the configuration was recorded)"
     config, sources = recorded["config"], recorded.get("sources", {})
@@ -241,9 +248,71 @@ def _trained_k(manifest: dict, own) -> int:
         trained = len(manifest["checkpoints"])  # versions from before the config was recorded: one checkpoint per fold
     if trained is not None:
         return trained
-    from legolas_ml.training.resolution import resolve_layout
+    from legolas_ml.data.tenants import fold_layout
 
-    return resolve_layout(own)["n_folds"]
+    return fold_layout(own, settings.preset())["n_folds"]
+
+
+def cmd_status(args) -> int:
+    """Every tenant of the deployment: documents, reviews, waiting reviews, queue, model in service."""
+    report = status_report(args)
+    if args.json:
+        return print_json(report)
+    if not report["tenants"]:
+        removed = f" ({len(report['removed'])} removed: `legolas tenants list`)" if report["removed"] else " (run: legolas demo-data)"
+        print(f"no active tenant{removed}")
+        for problem in report["refused"]:
+            print(f"refused: {problem}")
+        return 0
+    print(
+        f"{'tenant':<16} {'K':>3} {'documents':>10} {'reviews':>8} {'waiting':>8} {'unlearned':>9} {'queue':>6}  {'newest review':<20} "
+        f"{'champion':<18} {'human test BA':>13} {'holdout BA':>10} {'age':>5}"
+    )
+    for row in report["tenants"]:
+        if row["store_problem"]:
+            print(f"{row['tenant']:<16} store problem: {row['store_problem']}")
+            continue
+        champion = row["champion"] or {}
+        label = f"DAMAGED: {row['champion_problem']}" if row["champion_problem"] else champion.get("version", "none")
+        print(
+            f"{row['tenant']:<16} {row['n_folds']:>3} {row['documents']:>10} {row['reviews']:>8} {row['waiting']:>8} "
+            f"{row['unlearned']:>9} {row['queue']:>6}  {row['newest_review'] or '-':<20} {label:<18} "
+            f"{_number(row['human_test_balanced_accuracy']):>13} {_number(row['holdout_balanced_accuracy']):>10} "
+            f"{_age(champion.get('in_service_since')):>5}"
+        )
+    for problem in report["refused"]:
+        print(f"refused: {problem}")
+    for row in report["tenants"]:
+        _print_champion(row["tenant"], row["champion"])
+    return 0
+
+
+def _print_champion(tenant: str, champion: dict | None) -> None:
+    if champion is None:
+        return
+    print(
+        f"\n{tenant}: champion {champion['version']}, ensemble of {champion['folds']} folds "
+        f"({champion['mode']} training, {champion['created_at']}), classes {', '.join(champion['labels']) or '-'}"
+    )
+    print(f"  test:      {_test_scores(champion)}")
+    print(f"  trained:   {_trained_with(champion)}")
+    last = champion["last_decision"]
+    if last:
+        print(f"  last decision: {last['action']} {last['version']} at {last['at']}: {last['reason']}")
+    waiting = champion["challenger"]
+    if waiting is not None:
+        print(
+            f"  challenger: {waiting['version']} waits since {waiting['since']}: compared on {waiting['holdout_n']} "
+            f"holdout sessions, looked at again at {waiting['next_look_at'] or '-'}"
+            + (f" (about {waiting['sessions_to_decide']} expected to decide)" if waiting["sessions_to_decide"] else "")
+        )
+    if champion["earlier_champions"]:
+        print(f"  earlier champions (rollback walks back): {' <- '.join(reversed(champion['earlier_champions']))}")
+    print(f"  manifest:  {champion['manifest']}")
+    print(f"  folds:     {champion['folds_dir']}")
+    if champion["report"] is not None:
+        print(f"  report:    {champion['report']}")
+    print(f"  decisions: {champion['decisions']} (`legolas versions --tenant {tenant}`)")
 
 
 def _number(value) -> str:
@@ -329,7 +398,9 @@ def _positive_int(value: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="legolas", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="legolas", description=__doc__.splitlines()[0], epilog=EXIT_CODES_HELP,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"legolas {legolas_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo-data", help="fill the store with a reproducible demo tenant")
     demo.add_argument("--conversations", type=int, default=1500)
@@ -338,8 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--reset", action="store_true", help="replace the tenant's existing documents")
     demo.add_argument("--domain", choices=sorted(DOMAINS), default="support", help="the tenant's classes: support (5) or insurance (3)")
     demo.set_defaults(func=cmd_demo_data)
-    imp = sub.add_parser("import-reviews", help="import human reviews from a JSONL file")
-    imp.add_argument("file")
+    imp = sub.add_parser("import-reviews", help="import human reviews from a JSONL or CSV file",
+                         description="Import human reviews from a JSONL or CSV file (the formats `legolas review-queue` writes).")
+    imp.add_argument("file", help="a .jsonl or .csv file of reviews (session_id, label, reviewed_at)")
     imp.add_argument("--format", choices=IMPORT_FORMATS, default="auto", help="default: csv for *.csv files, else jsonl")
     imp.set_defaults(func=cmd_import_reviews)
     conv = sub.add_parser("import-conversations", help="import your own conversations (JSONL, CSV, Parquet), idempotently")
@@ -356,32 +428,75 @@ def build_parser() -> argparse.ArgumentParser:
     queue.add_argument("--format", choices=FORMATS, default="jsonl")
     queue.add_argument("--output", default="-", help="a file to write (atomically); default: standard output")
     queue.set_defaults(func=cmd_review_queue)
+    add_json_option(queue)
     status = sub.add_parser("status", help="every tenant: documents, reviews, waiting reviews, queue, model in service")
     status.set_defaults(func=cmd_status)
+    add_json_option(status)
     repair = sub.add_parser("repair-store", help="remove duplicate copies that break the store's unique indexes")
     repair.add_argument("--tenant", type=tenant_argument, default=None, help="default: every tenant in the store")
     repair.set_defaults(func=cmd_repair_store)
-    lifecycle_commands.add_commands(sub, settings.tenant())
+    repair.set_defaults(known_tenant="any")
+    for p in lifecycle_commands.add_commands(sub, settings.tenant()):
+        p.set_defaults(known_tenant="active")
     tenant_commands.add_commands(sub)
-    for p in (demo, imp, conv, queue):
+    train = train_command.add_command(sub)
+    for p in (demo, imp, conv, queue, train):
         p.add_argument("--tenant", type=tenant_argument, default=settings.tenant(), help="default: $LEGOLAS_TENANT or 'demo'")
+    # demo-data and import-reviews write a tenant's first documents: a new name is how a tenant starts.
+    queue.set_defaults(known_tenant="active")
     return parser
 
 
+EXIT_CODES_HELP = """exit codes: 0 done; 1 the command could not be carried out now (store down or busy, missing file,
+no earlier champion, the Dagster run failed); 2 usage (bad option or value, unknown tenant, invalid LEGOLAS_* setting).
+Commands with --json print one JSON document on standard output (docs/cli.md)."""
+
+
+def _check_tenant(args) -> None:
+    """Refuse a ``--tenant`` that names no tenant of the deployment, listing the known ones.
+
+    ``known_tenant`` on the parsed command says which count: ``"active"`` tenants, or ``"any"`` the
+    store names (removed and held-back ones too). When the store cannot be read the check is skipped
+    with a warning: the lifecycle commands read only the tenant's artifacts, and a rollback is most
+    needed while something else is down.
+
+    Raises:
+        UsageError: listing the tenants.
+    """
+    from legolas_ml.data.tenants import open_catalogue
+
+    which = getattr(args, "known_tenant", None)
+    if which is None or args.tenant is None:
+        return
+    try:
+        with open_catalogue(settings.mongo_uri(), settings.data_dir(), settings.database_name()) as catalogue:
+            found = catalogue.discover()
+    except StoreUnavailableError as exc:
+        print(f"legolas: warning: tenant {args.tenant!r} not checked, the store cannot be read: "
+              f"{scrub(str(exc), settings.mongo_uri())}", file=sys.stderr)
+        return
+    refusal = tenant_commands.unknown_tenant(args.tenant, found, inactive_too=which == "any")
+    if refusal is not None:
+        raise refusal
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``legolas`` command; return its exit code (``legolas_ml.cli_conventions``: 0, 1 runtime, 2 usage).
+
+    argparse exits with 2 on a malformed command line before anything runs.
+    """
     args = build_parser().parse_args(argv)
     try:
+        _check_tenant(args)
         return args.func(args)
-    except (StoreUnavailableError, StoreBusyError, StoreIntegrityError) as exc:
-        print(f"legolas: {scrub(str(exc), settings.mongo_uri())}", file=sys.stderr)
-        return 2
     except BrokenPipeError:
         # `legolas status | head`: the reader left; nothing is wrong and nothing more can be printed.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (OSError, ValueError, ChampionUnavailableError) as exc:
+    except (StoreUnavailableError, StoreBusyError, StoreIntegrityError, OSError, ValueError, ChampionUnavailableError,
+            CommandError) as exc:
         print(f"legolas: {scrub(str(exc), settings.mongo_uri())}", file=sys.stderr)
-        return 2
+        return exit_code_for(exc)
 
 
 if __name__ == "__main__":

@@ -122,9 +122,45 @@ def is_local_model_path(model_name: str) -> bool:
     return model_name.startswith(("/", "./", "../", "~")) or model_name in (".", "..")
 
 
+_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+# A branch, a tag or a commit hash: what the Hub's `revision=` takes (branches may hold '/').
+_REVISION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+
+
+def split_model_revision(model_name: str, setting: str = "model_name") -> tuple[str, str | None]:
+    """``org/name@revision`` -> ``("org/name", "revision")``; no ``@`` -> ``(model_name, None)``.
+
+    A revision pins a Hugging Face model to a branch, tag or commit hash, so a retraining months
+    later reads the same weights; it travels inside ``model_name`` (settings, tenant settings and
+    every checkpoint's config alike). A local directory never has one: ``@`` is part of its path.
+
+    Args:
+        model_name: a Hugging Face id, ``org/name@revision``, a local directory or the bundled name.
+        setting: the setting the value came from, named in the error.
+
+    Raises:
+        SettingsError: if the id or the revision is malformed, naming ``setting``, the form and the value.
+
+    Example:
+        >>> split_model_revision("sentence-transformers/all-MiniLM-L6-v2@c9745ed1")
+        ('sentence-transformers/all-MiniLM-L6-v2', 'c9745ed1')
+    """
+    if "@" not in model_name or is_local_model_path(model_name):
+        return model_name, None
+    hub_id, _, revision = model_name.partition("@")
+    if not _HUB_ID_RE.match(hub_id) or not _REVISION_RE.match(revision) or ".." in revision:
+        raise SettingsError(
+            f"{setting} must be a Hugging Face id, optionally with a revision (org/name@revision, the revision a "
+            f"branch, tag or commit hash), or a local directory, got {model_name!r}"
+        )
+    return hub_id, revision
+
+
 def model_name() -> str:
-    """``LEGOLAS_MODEL``: a Hugging Face id or a local directory (default: the bundled MiniLM-L6)."""
+    """``LEGOLAS_MODEL``: a Hugging Face id (``org/name`` or ``org/name@revision``) or a local directory
+    (default: the bundled MiniLM-L6)."""
     name = _raw("LEGOLAS_MODEL") or DEFAULT_MODEL
+    split_model_revision(name, "LEGOLAS_MODEL")
     if is_local_model_path(name) and not Path(name).expanduser().is_dir():
         raise SettingsError(
             f"LEGOLAS_MODEL must be a Hugging Face id (org/name) or an existing local model directory, "

@@ -6,7 +6,8 @@ import argparse
 import json
 
 from legolas_ml import settings
-from legolas_ml.data.tenants import open_catalogue
+from legolas_ml.cli_conventions import UsageError, add_json_option, print_json
+from legolas_ml.data.tenants import Discovery, open_catalogue
 from legolas_ml.lifecycle.commands import tenant_argument
 
 RELOAD_HINT = (
@@ -17,6 +18,32 @@ RELOAD_HINT = (
 
 def _catalogue():
     return open_catalogue(settings.mongo_uri(), settings.data_dir(), settings.database_name())
+
+
+def unknown_tenant(name: str, found: Discovery, *, inactive_too: bool = False, option: str = "--tenant") -> UsageError | None:
+    """Why ``--tenant name`` names no tenant a command can act on, or ``None`` when it names one.
+
+    Args:
+        name: the tenant given on the command line.
+        found: the deployment's tenants (``TenantCatalogue.discover()``).
+        inactive_too: removed tenants and tenants held back for their settings count as known
+            (``repair-store`` repairs them too).
+        option: how the command line gave the name, for the message.
+
+    Returns:
+        A ``UsageError`` listing the known tenants (and saying how a removed one comes back), or
+        ``None``.
+    """
+    known = set(found.names()) | (set(found.removed) | set(found.held_back) if inactive_too else set())
+    if name in known:
+        return None
+    listed = ", ".join(map(repr, sorted(known))) or "none yet (`legolas demo-data`, `legolas import-reviews FILE --tenant T` or `legolas tenants add T`)"
+    why = ""
+    if name in found.removed:
+        why = f"; {name!r} was removed (`legolas tenants add {name}` brings it back)"
+    elif name in found.held_back:
+        why = f"; {name!r} is held back for its settings or key name (`legolas tenants list` says why)"
+    return UsageError(f"{option} must name a tenant of this deployment, got {name!r}; the tenants are: {listed}{why}")
 
 
 def changes_from_args(args) -> dict:
@@ -50,8 +77,9 @@ def cmd_tenants_remove(args) -> int:
     with _catalogue() as catalogue:
         removed = catalogue.remove(args.name)
     if not removed:
-        print(f"legolas: no tenant {args.name!r} in this deployment (`legolas tenants list`)")
-        return 2
+        with _catalogue() as catalogue:
+            refusal = unknown_tenant(args.name, catalogue.discover(), option="tenants remove NAME")
+        raise refusal or UsageError(f"no tenant {args.name!r} in this deployment (`legolas tenants list`)")
     print(
         f"tenant {args.name!r} removed from the deployment: its documents and artifacts stay, nothing is deleted; "
         f"`legolas tenants add {args.name}` brings it back; {RELOAD_HINT}"
@@ -62,6 +90,15 @@ def cmd_tenants_remove(args) -> int:
 def cmd_tenants_list(args) -> int:
     with _catalogue() as catalogue:
         found = catalogue.discover()
+    if args.json:
+        return print_json({
+            "tenants": [
+                {"name": t.name, "source": "catalogue" if t.in_catalogue else "documents", "settings": t.settings.to_dict()}
+                for t in found.tenants
+            ],
+            "removed": list(found.removed),
+            "refused": list(found.refused),
+        })
     if not found.tenants:
         print("no active tenant (`legolas demo-data`, `legolas import-reviews --tenant T` or `legolas tenants add T`)")
     for tenant in found.tenants:
@@ -99,3 +136,4 @@ def add_commands(sub) -> None:
     remove.set_defaults(func=cmd_tenants_remove)
     listing = actions.add_parser("list", help="the tenants, where each was found and its settings")
     listing.set_defaults(func=cmd_tenants_list)
+    add_json_option(listing)

@@ -70,10 +70,11 @@ class TenantSettings:
         _whole("retrain_threshold", self.retrain_threshold, 1)
         _whole("queue_size", self.queue_size, 1)
         if self.model_name is not None:
-            from legolas_ml.settings import is_local_model_path
+            from legolas_ml.settings import is_local_model_path, split_model_revision
 
             if not isinstance(self.model_name, str) or not self.model_name.strip():
                 raise ValueError(f"tenant setting model_name must be a Hugging Face id or a local directory, got {self.model_name!r}")
+            split_model_revision(self.model_name, "tenant setting model_name")
             if is_local_model_path(self.model_name) and not Path(self.model_name).expanduser().is_dir():
                 raise ValueError(
                     f"tenant setting model_name must be a Hugging Face id (org/name) or an existing local model "
@@ -155,6 +156,29 @@ def key_name(tenant: str) -> str:
     """The tenant's name where only letters, digits and '_' are allowed (asset keys, job names):
     '.' and '-' become '_'. Two tenants with the same key name cannot share a deployment."""
     return re.sub(r"[^A-Za-z0-9_]", "_", tenant)
+
+
+def training_job_name(tenant: str) -> str:
+    """``<key name>__training_job``: the tenant's Dagster job (every asset, its fold partitions in one run)."""
+    return f"{key_name(tenant)}__training_job"
+
+
+def fold_layout(tenant_settings: TenantSettings, preset: dict[str, Any]) -> dict[str, Any]:
+    """``{"n_folds": K, "kfold": bool, "n_partitions": P}``: the tenant's K, else the preset's.
+
+    A tenant that sets ``n_folds`` trains K-fold whatever the preset; otherwise the preset decides
+    (``dev``: one train/val split, so one partition). The code location's fold partitions and
+    ``legolas train``'s partition range both come from here.
+
+    Args:
+        tenant_settings: the tenant's own settings.
+        preset: the deployment's preset (``settings.preset()``: ``n_folds`` and ``kfold``).
+    """
+    if tenant_settings.n_folds is not None:
+        n_folds, kfold = tenant_settings.n_folds, True
+    else:
+        n_folds, kfold = preset["n_folds"], preset["kfold"]
+    return {"n_folds": n_folds, "kfold": kfold, "n_partitions": n_folds if kfold else 1}
 
 
 def _whole(name: str, value: Any, minimum: int) -> None:

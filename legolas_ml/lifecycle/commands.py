@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from legolas_ml import settings
+from legolas_ml.cli_conventions import CommandError, add_json_option, print_json
 from legolas_ml.lifecycle.artifacts import TenantArtifacts, validate_tenant
 from legolas_ml.lifecycle.registry import ChampionUnavailableError, ModelRegistry, default_actor
 
@@ -28,7 +29,11 @@ def cmd_promote(args) -> int:
 
 
 def cmd_rollback(args) -> int:
-    record = _registry(args).rollback(actor=default_actor("legolas rollback"), reason=args.reason)
+    try:
+        record = _registry(args).rollback(actor=default_actor("legolas rollback"), reason=args.reason)
+    except ValueError as exc:
+        # No champion, or the first one: the state of the registry, not a mistake in the command (exit 1).
+        raise CommandError(str(exc)) from None
     print(f"tenant {args.tenant}: rolled back to {record['version']} (from {record['rolled_back_from']})")
     return 0
 
@@ -75,34 +80,62 @@ def _state(version: str, champion: str | None, stack: list[str], challenger: dic
     return record["action"] if record else "candidate"
 
 
-def cmd_versions(args) -> int:
-    registry = _registry(args)
+def versions_report(registry: ModelRegistry) -> dict:
+    """Every version of a tenant with its state and scores, the champion stack and the challenger.
+
+    Returns:
+        ``{"tenant", "champion", "champion_problem", "versions": [...], "champion_stack", "challenger"}``;
+        what ``legolas versions`` prints, and ``--json`` as is.
+    """
     try:
-        champion = registry.champion_version()
+        champion, problem = registry.champion_version(), None
     except ChampionUnavailableError as exc:
-        champion = None
-        print(f"warning: {exc}")
+        champion, problem = None, str(exc)
     history = registry.history()
     decisions = {record["version"]: record for record in history}
     stack, challenger = registry.champion_stack(), registry.challenger()
     holdout = holdout_balanced_accuracies(history)
-    print(f"{'version':<18} {'state':<10} {'human test BA':>13} {'holdout BA':>10}  {'created':<20} decision")
+    rows = []
     for version in registry.versions():
         manifest = registry.manifest(version)
         record = decisions.get(version)
-        state = _state(version, champion, stack, challenger, record)
-        # Human labels only: on LLM-labelled test sessions the score is agreement with the LLM.
-        test_ba = (manifest.get("test_metrics_human") or {}).get("balanced_accuracy")
-        reason = f"{record['at']} by {record['actor']}: {record['reason']}" if record else "-"
-        print(
-            f"{version:<18} {state:<10} {_number(test_ba):>13} {_number(holdout.get(version)):>10}  "
-            f"{manifest.get('created_at', '-'):<20} {reason}"
-        )
-    print(f"champions, oldest first (rollback walks back): {' -> '.join(stack) if stack else 'none'}")
+        rows.append({
+            "version": version,
+            "state": _state(version, champion, stack, challenger, record),
+            # Human labels only: on LLM-labelled test sessions the score is agreement with the LLM.
+            "human_test_balanced_accuracy": (manifest.get("test_metrics_human") or {}).get("balanced_accuracy"),
+            "holdout_balanced_accuracy": holdout.get(version),
+            "created_at": manifest.get("created_at"),
+            "decision": {key: record.get(key) for key in ("action", "at", "actor", "reason")} if record else None,
+        })
+    waiting = None
     if challenger is not None:
         record = challenger["record"]
-        print(f"challenger: {challenger['version']} since {challenger['since']}, {challenger.get('holdout_n')} holdout sessions, "
-              f"next look at {record.get('next_look_at') or '-'}: {record.get('reason')}")
+        waiting = {"version": challenger["version"], "since": challenger["since"], "holdout_n": challenger.get("holdout_n"),
+                   "next_look_at": record.get("next_look_at"), "reason": record.get("reason")}
+    return {"tenant": registry.artifacts.tenant, "champion": champion, "champion_problem": problem, "versions": rows,
+            "champion_stack": stack, "challenger": waiting}
+
+
+def cmd_versions(args) -> int:
+    report = versions_report(_registry(args))
+    if args.json:
+        return print_json(report)
+    if report["champion_problem"]:
+        print(f"warning: {report['champion_problem']}")
+    print(f"{'version':<18} {'state':<10} {'human test BA':>13} {'holdout BA':>10}  {'created':<20} decision")
+    for row in report["versions"]:
+        decision = row["decision"]
+        reason = f"{decision['at']} by {decision['actor']}: {decision['reason']}" if decision else "-"
+        print(
+            f"{row['version']:<18} {row['state']:<10} {_number(row['human_test_balanced_accuracy']):>13} "
+            f"{_number(row['holdout_balanced_accuracy']):>10}  {row['created_at'] or '-':<20} {reason}"
+        )
+    stack, waiting = report["champion_stack"], report["challenger"]
+    print(f"champions, oldest first (rollback walks back): {' -> '.join(stack) if stack else 'none'}")
+    if waiting is not None:
+        print(f"challenger: {waiting['version']} since {waiting['since']}, {waiting['holdout_n']} holdout sessions, "
+              f"next look at {waiting['next_look_at'] or '-'}: {waiting['reason']}")
     return 0
 
 
@@ -117,6 +150,7 @@ def add_commands(sub, default_tenant: str) -> list[argparse.ArgumentParser]:
     rollback.set_defaults(func=cmd_rollback)
     versions = sub.add_parser("versions", help="every ensemble version of a tenant, the champion and the decisions")
     versions.set_defaults(func=cmd_versions)
+    add_json_option(versions)
     parsers = [promote, rollback, versions]
     for p in parsers:
         p.add_argument("--tenant", type=tenant_argument, default=default_tenant, help="default: $LEGOLAS_TENANT or 'demo'")

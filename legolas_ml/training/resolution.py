@@ -106,13 +106,3 @@ def resolve_training(run_config: Mapping[str, Any] | None = None, tenant: Tenant
     config = TrainingConfig(**values)
     config.validate()
     return ResolvedTraining(config, sources, settings.preset_name())
-
-
-def resolve_layout(tenant: TenantSettings | None = None) -> dict[str, Any]:
-    """The tenant's fold layout, ``{"n_folds": K, "kfold": bool}``: what its fold partitions follow.
-
-    The same layers as ``resolve_training`` less the run config: partitions are fixed when the code
-    location loads, before any run exists.
-    """
-    config = resolve_training(None, tenant).config
-    return {"n_folds": config.n_folds, "kfold": config.kfold}
