@@ -1,28 +1,24 @@
-"""Rewind early stopping: stop when validation loss stalls and rewind to the last improving epoch."""
+"""Rewind early stopping: stop when validation loss stalls and name the last improving epoch to ship."""
 
 from __future__ import annotations
 
 import math
-from collections import deque
-
-import torch
-from torch import nn
 
 
 class RewindEarlyStopping:
-    """Stop training after ``patience`` epochs without improvement and rewind the weights.
+    """Stop training after ``patience`` epochs without improvement and say which epoch to rewind to.
 
     An epoch improves when ``val_loss < best_loss - min_delta``; the counter of non-improving epochs
     resets on every improvement. When the counter reaches ``patience`` at trigger epoch ``T``,
-    ``step`` returns ``True`` and ``restore(model)`` loads the weights of epoch ``T - patience``: for a
-    patience stop that is exactly the last improving epoch. To do that without disk I/O it keeps a
-    ring buffer of the last ``patience + 1`` states, on CPU so the accelerator never holds copies.
+    ``step`` returns ``True`` and ``rewind_epoch`` is ``T - patience``: for a patience stop that is
+    exactly the last improving epoch. The weights themselves are not held here: the trainer keeps the
+    best epoch's checkpoint on disk (``training/shipped_epoch.py``), so no copy of the model is kept.
 
     Optional overfitting monitor: with ``ratio_threshold`` set, training also stops when
     ``val_loss / train_loss`` stays above the threshold for ``patience`` consecutive epochs
     (validation much worse than training means the model memorises its training set).
 
-    A NaN or infinite validation loss stops at once; ``restore`` then loads the last finite state.
+    A NaN or infinite validation loss stops at once; ``rewind_epoch`` is then the last finite epoch.
 
     Args:
         patience: non-improving epochs tolerated, >= 1.
@@ -33,7 +29,7 @@ class RewindEarlyStopping:
         >>> stopper = RewindEarlyStopping(patience=3, min_delta=0.01)
         >>> [stopper.step(e, v) for e, v in enumerate([0.5, 0.4, 0.45, 0.50, 0.55])]
         [False, False, False, False, True]
-        >>> stopper.trigger_epoch, stopper.restored_epoch
+        >>> stopper.trigger_epoch, stopper.rewind_epoch
         (4, 1)
     """
 
@@ -52,32 +48,29 @@ class RewindEarlyStopping:
         self.wait_count = 0
         self.overfit_count = 0
         self.trigger_epoch: int | None = None
-        self.restored_epoch: int | None = None
+        self.rewind_epoch: int | None = None
+        self.last_finite_epoch: int | None = None
         self.stop_reason: str | None = None
-        self._states: deque[tuple[int, dict[str, torch.Tensor]]] = deque(maxlen=patience + 1)
 
     @property
     def should_stop(self) -> bool:
         return self.trigger_epoch is not None
 
-    def step(self, epoch: int, val_loss: float, train_loss: float | None = None, model: nn.Module | None = None) -> bool:
+    def step(self, epoch: int, val_loss: float, train_loss: float | None = None) -> bool:
         """Record one finished epoch; return ``True`` when training must stop.
 
         Args:
             epoch: the index of the epoch just finished.
             val_loss: its validation loss.
             train_loss: its mean training loss (needed only by the overfitting monitor).
-            model: the model after this epoch; its weights enter the rewind buffer.
         """
         if self.should_stop:
             raise RuntimeError(f"early stopping already triggered at epoch {self.trigger_epoch}; start a new instance")
         if not math.isfinite(val_loss):
-            self.trigger_epoch = epoch
+            self.trigger_epoch, self.rewind_epoch = epoch, self.last_finite_epoch
             self.stop_reason = f"validation loss is {val_loss} at epoch {epoch}: stopped at once"
             return True
-        if model is not None:
-            # Clone to CPU: the buffer must never hold accelerator memory.
-            self._states.append((epoch, {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}))
+        self.last_finite_epoch = epoch
 
         if val_loss < self.best_loss - self.min_delta:
             self.best_loss, self.best_epoch, self.wait_count = val_loss, epoch, 0
@@ -99,37 +92,20 @@ class RewindEarlyStopping:
             self.stop_reason = (
                 f"val/train loss ratio above {self.ratio_threshold} for {self.patience} consecutive epochs"
             )
+        if self.should_stop:
+            self.rewind_epoch = self.trigger_epoch - self.patience
         return self.should_stop
 
-    def restore(self, model: nn.Module) -> int | None:
-        """Load the rewind weights into ``model``; return the restored epoch (``None`` if none is held).
-
-        After a patience or overfitting stop that is epoch ``trigger_epoch - patience``; after a
-        non-finite loss, the last epoch with a finite loss.
-        """
-        if not self.should_stop or not self._states:
-            return None
-        if self.stop_reason and "stopped at once" in self.stop_reason:
-            epoch, state = self._states[-1]
-        else:
-            target = self.trigger_epoch - self.patience
-            matches = [(e, s) for e, s in self._states if e == target]
-            if not matches:
-                raise RuntimeError(f"rewind target epoch {target} is not in the buffer (held: {[e for e, _ in self._states]})")
-            epoch, state = matches[0]
-        model.load_state_dict(state)
-        self.restored_epoch = epoch
-        return epoch
-
     def state_dict(self) -> dict:
-        """The counters that change between epochs (not the weight buffer)."""
+        """The counters that change between epochs."""
         return {
             "best_loss": self.best_loss,
             "best_epoch": self.best_epoch,
             "wait_count": self.wait_count,
             "overfit_count": self.overfit_count,
             "trigger_epoch": self.trigger_epoch,
-            "restored_epoch": self.restored_epoch,
+            "rewind_epoch": self.rewind_epoch,
+            "last_finite_epoch": self.last_finite_epoch,
             "stop_reason": self.stop_reason,
         }
 

@@ -308,7 +308,7 @@ def train_fold(
         best_epoch=checkpoint.shipped_epoch,
         best_metrics=checkpoint.best.best_metrics,
         trigger_epoch=stopper.trigger_epoch,
-        rewind_epoch=stopper.trigger_epoch - config.patience if stopper.should_stop else None,
+        rewind_epoch=stopper.rewind_epoch,
         stop_reason=stopper.stop_reason or f"ran all {config.epochs} epochs",
         epochs_run=len(history),
         history=history,
