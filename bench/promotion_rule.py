@@ -1,4 +1,4 @@
-"""The promotion rule's error rates by holdout size: the README's table, rerunnable.
+"""The promotion rule's error rates by holdout size: docs/lifecycle.md's table, rerunnable.
 
     .venv/bin/python bench/promotion_rule.py [--draws 2000]
 

@@ -1,9 +1,9 @@
 """The promotion rule's error rates, measured on synthetic paired predictions with known truth.
 
-The README's table ("Promotion: the rule and its error rates") comes from ``bench/promotion_rule.py``;
+docs/lifecycle.md's table ("Promotion: the rule and its error rates") comes from ``bench/promotion_rule.py``;
 this test holds the two promises it makes at the default policy: a candidate worse by 0.05 balanced
 accuracy is promoted in at most 5% of decisions at any holdout size, and an equally good or better
-one in at least 80% once the holdout reaches the size the README states for how often the two
+one in at least 80% once the holdout reaches the size docs/lifecycle.md states for how often the two
 ensembles disagree. The point comparison the rule replaced fails the same test (negative control).
 """
 
@@ -13,7 +13,7 @@ from legolas_ml.lifecycle.promotion import PROMOTE, REJECT, PromotionPolicy
 from legolas_ml.lifecycle.rule_simulation import Scenario, promotion_rate, sequential_rates
 
 POLICY = PromotionPolicy()
-#: README: the holdout size at which an equally good candidate is promoted in >= 80% of decisions.
+#: docs/lifecycle.md: the holdout size at which an equally good candidate is promoted in >= 80% of decisions.
 SIZE_FOR_80 = {0.05: 250, 0.10: 400}
 
 

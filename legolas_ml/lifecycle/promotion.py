@@ -26,7 +26,7 @@ The rule, in this order (``decide_promotion``):
 
 Bounds are one-sided at ``confidence`` (0.975: the two ends of a 95% interval). The error rates
 this gives, measured by ``bench/promotion_rule.py`` and held by ``tests/test_promotion_rule.py``, are
-in the README ("Promotion: the rule and its error rates"). Anchors that compare point estimates
+in docs/lifecycle.md ("Promotion: the rule and its error rates"). Anchors that compare point estimates
 only (TFX/TFMA change thresholds, MLflow's ``MetricThreshold(min_absolute_change=...)``) promote an
 equally good candidate about half the time and a worse one often, whatever the holdout size.
 """
@@ -55,7 +55,7 @@ class PromotionPolicy:
         margin: the non-inferiority margin on holdout balanced accuracy, in [0, 1) (default 0.05):
             the candidate is promoted once the lower bound of its difference to the champion is above
             ``-margin``. 0.05 is the largest margin for which a candidate worse by 0.05 is promoted
-            in at most 5% of decisions (README table).
+            in at most 5% of decisions (docs/lifecycle.md table).
         max_recall_drop: the recall a class may be *shown* to lose, in [0, 1] (default 0.10).
         min_class_support: holdout sessions a class needs for its recall to be judged, >= 1.
         min_holdout: holdout sessions needed to decide at all, >= 1; fewer: the candidate waits.
@@ -296,7 +296,7 @@ class LookSchedule:
     """When a waiting challenger is looked at again: once the holdout grew by ``growth`` since its last look.
 
     Geometric spacing bounds the number of looks (30 -> 450 sessions is 13 looks at 25%), and with
-    them the error that repeated looks add up (README: the sequential rates).
+    them the error that repeated looks add up (docs/lifecycle.md: the sequential rates).
     """
 
     growth: float = 0.25

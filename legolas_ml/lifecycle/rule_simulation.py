@@ -1,7 +1,7 @@
 """Synthetic paired predictions with known truth: how often does the promotion rule promote?
 
 Used by ``tests/test_promotion_rule.py`` (the rule's error rates, in seconds) and
-``bench/promotion_rule.py`` (the README's table). A draw is a holdout of ``n`` sessions over
+``bench/promotion_rule.py`` (docs/lifecycle.md's table). A draw is a holdout of ``n`` sessions over
 ``n_classes`` balanced classes; the champion is right on each session with probability
 ``champion_accuracy``; the candidate is right with that probability plus ``delta`` (so its true
 balanced accuracy differs by ``delta``), and the two disagree on being right on a share

@@ -22,7 +22,7 @@ the flagging ones (below) send it to human review:
 Flagging reasons and signals: every reason of ``settings.reasons`` is computed (a *signal*), but
 only those also in ``settings.flag_reasons`` put a document in the queue. The
 default flags on ``label_issue`` and ``disagreement``, whose precision (share of the flagged LLM
-labels that are truly wrong) was 0.98 and 0.93 on the demo (``bench/label_audit.py``, README
+labels that are truly wrong) was 0.98 and 0.93 on the demo (``bench/label_audit.py``, docs/label_audit.md
 "Measured on the demo tenant"), far above the base rate (0.097 of the LLM labels are wrong), and
 on ``label_not_in_model``, a label the model cannot judge at all. ``low_confidence`` (0.094),
 ``high_entropy`` (0.024) and ``novelty`` (0.0) fire at or below the base rate: flagging on them

@@ -107,7 +107,7 @@ def build_optimizer(
 
     The fused kernel does the same update as the default per-parameter loop (to float rounding)
     and saves most of its time: MiniLM steps +7% faster on a 2-core AVX2 CPU over 16 mid-length
-    batches (bench/train_levers.py), +2% over a whole epoch of ~83-token texts (README "Speed").
+    batches (bench/train_levers.py), +2% over a whole epoch of ~83-token texts (docs/speed.md).
     With ``table`` (CPU training, ``row_sparse_embedding_grad``), the word-embedding table steps
     only the rows that ever had a gradient: the same update, bit for bit (``RowSparseAdamW``).
     """
@@ -225,7 +225,7 @@ def train_fold(
     train_targets = torch.from_numpy(train.targets)
     history: list[dict[str, Any]] = []
     samples_seen = 0
-    # Exact speed-ups, undone when the loop ends or fails (README "Speed"): the last layer runs at
+    # Exact speed-ups, undone when the loop ends or fails (docs/speed.md): the last layer runs at
     # [CLS] only (the logits read nothing else); on CPU dropout masks come from PCG64 rather than
     # ATen's serial bernoulli_, seeded by (seed, fold) so every fold draws its own masks, and the
     # word-embedding table's gradient, clipping and AdamW step touch only the rows that need it.
