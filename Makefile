@@ -35,8 +35,10 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q -n 2 --dist loadscope
 
+# LEGOLAS_DAGSTER_URL: the reload_on_tenant_change sensor asks this webserver to reload the code location
+# when tenants are added, changed or removed (dagster dev shares one code server that nothing else reloads).
 ui: setup
-	LEGOLAS_PRESET=demo LEGOLAS_ARTIFACTS_URL=http://127.0.0.1:3001 $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	LEGOLAS_PRESET=demo LEGOLAS_ARTIFACTS_URL=http://127.0.0.1:3001 LEGOLAS_DAGSTER_URL=http://127.0.0.1:3000 $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 # The reports, manifests and plots the UI links to, served read-only on loopback (run beside `make ui`).
 artifacts:

@@ -129,8 +129,9 @@ class Dagster:
             raise RuntimeError(f"GraphQL errors: {payload['errors']}")
         return payload["data"]
 
-    def asset(self, key: str, tenant: str = "demo") -> dict:
-        return self.query(ASSET_QUERY, key={"path": [tenant, key]})["assetOrError"]
+    def asset(self, key: str, tenant: str | None = None) -> dict:
+        """An asset of ``tenant``; ``None``: the default tenant's, whose keys are unprefixed."""
+        return self.query(ASSET_QUERY, key={"path": [tenant, key] if tenant else [key]})["assetOrError"]
 
     def ticks(self) -> list[dict]:
         selector = {"repositoryLocationName": LOCATION, "repositoryName": "__repository__", "sensorName": "retrain_on_new_reviews"}
@@ -140,7 +141,7 @@ class Dagster:
         return self.query(RUNS_QUERY)["runsOrError"]["results"]
 
     def checks(self, key: str) -> dict:
-        node = self.query(CHECKS_QUERY, key={"path": ["demo", key]})["assetNodeOrError"]
+        node = self.query(CHECKS_QUERY, key={"path": [key]})["assetNodeOrError"]
         return {c["name"]: c["executionForLatestMaterialization"] for c in node["assetChecksOrError"]["checks"]}
 
     def stop(self) -> None:
@@ -326,7 +327,7 @@ def assert_ui(dagster: Dagster, failures: Failures, retrain: dict, tick: dict, f
     check(promoted.get("decision") == "promoted", f"insurance/promoted_ensemble: its first model is in service ({promoted.get('reason')})")
     decided = entries(dagster.asset("promoted_ensemble")["assetMaterializations"][0])
     check(decided.get("decision") in ("promoted", "rejected", "challenger") and "challenger_version" in decided,
-          f"demo/promoted_ensemble: the retraining's decision and the challenger ({decided.get('decision')}: {decided.get('reason')})")
+          f"promoted_ensemble (tenant demo): the retraining's decision and the challenger ({decided.get('decision')}: {decided.get('reason')})")
     retrained_tenants = {t["value"] for t in retrain.get("tags", []) if t["key"] == "legolas/tenant"}
     check(retrained_tenants == {"demo"}, f"the sensor's retraining is tenant demo's alone (tags {retrained_tenants})")
     # Per-fold visibility: each fold partition of the retraining run has its own numbers and curve.
@@ -390,32 +391,32 @@ def _fetch_status(url: str) -> int:
 
 PAGES = [
     # (file, path, what it shows, text the rendered page must contain)
-    ("01_ensemble_model.png", "/assets/demo/ensemble_model?view=events", "ensemble_model's latest materialization: headline numbers, per-class and confusion tables",
+    ("01_ensemble_model.png", "/assets/ensemble_model?view=events", "ensemble_model's latest materialization: headline numbers, per-class and confusion tables",
      ["test_balanced_accuracy_human", "llm_agreement_balanced_accuracy", "worst_class_recall", "confusion_matrix_counts"]),
-    ("02_cv_metrics.png", "/assets/demo/cv_metrics?view=events", "cv_metrics: CV BA mean ± std first, fold curves plot, per-fold table",
+    ("02_cv_metrics.png", "/assets/cv_metrics?view=events", "cv_metrics: CV BA mean ± std first, fold curves plot, per-fold table",
      ["cv_balanced_accuracy", "±", "fold_curves"]),
-    ("03_fold_models_partition_1.png", "/assets/demo/fold_models?view=partitions&partition=1", "fold 1's own partition: its numbers and training curve",
+    ("03_fold_models_partition_1.png", "/assets/fold_models?view=partitions&partition=1", "fold 1's own partition: its numbers and training curve",
      ["val_balanced_accuracy", "shipped_epoch", "curve_by_epoch"]),
     # The Events page lists materializations and observations but details only the selected (latest)
     # materialization: the per-epoch observations' `remaining` is asserted on GraphQL (assert_ui).
-    ("04_fold_models_events.png", "/assets/demo/fold_models?view=events", "fold_models events: per-partition materializations and per-epoch observations",
+    ("04_fold_models_events.png", "/assets/fold_models?view=events", "fold_models events: per-partition materializations and per-epoch observations",
      ["val_balanced_accuracy", "shipped_epoch", "early_stopping", "training_curve"]),
-    ("05_fold_models_plots.png", "/assets/demo/fold_models?view=plots", "fold_models Plots tab: numeric metadata drawn per partition", []),
-    ("06_human_reviews.png", "/assets/demo/human_reviews?view=events", "human_reviews observations: total, waiting, oldest waiting",
+    ("05_fold_models_plots.png", "/assets/fold_models?view=plots", "fold_models Plots tab: numeric metadata drawn per partition", []),
+    ("06_human_reviews.png", "/assets/human_reviews?view=events", "human_reviews observations: total, waiting, oldest waiting",
      ["waiting", "oldest_waiting"]),
-    ("07_labeled_dataset.png", "/assets/demo/labeled_dataset?view=events", "labeled_dataset after the retraining: diff against the model in service",
+    ("07_labeled_dataset.png", "/assets/labeled_dataset?view=events", "labeled_dataset after the retraining: diff against the model in service",
      ["vs_model_in_service", "diff_by_class_and_source"]),
-    ("08_cv_metrics_checks.png", "/assets/demo/cv_metrics?view=checks", "cv_metrics checks: the fold-spread warning check", ["cv_fold_spread"]),
-    ("09_explainability_report.png", "/assets/demo/explainability_report?view=events", "explainability_report: top-words plot with legend, report link",
+    ("08_cv_metrics_checks.png", "/assets/cv_metrics?view=checks", "cv_metrics checks: the fold-spread warning check", ["cv_fold_spread"]),
+    ("09_explainability_report.png", "/assets/explainability_report?view=events", "explainability_report: top-words plot with legend, report link",
      ["report_url"]),
-    ("16_promoted_ensemble.png", "/assets/demo/promoted_ensemble?view=events",
+    ("16_promoted_ensemble.png", "/assets/promoted_ensemble?view=events",
      "promoted_ensemble after the retraining: the decision, its bounds, the challenger",
      ["decision", "challenger_version", "difference_bound_low", "holdout_compared_n"]),
-    ("12_label_audit.png", "/assets/demo/label_audit?view=events", "label_audit: the review queue, its reasons, noise rates and top items",
+    ("12_label_audit.png", "/assets/label_audit?view=events", "label_audit: the review queue, its reasons, noise rates and top items",
      ["review_queue_size", "flagged_share", "queue_by_reason", "top_of_queue"]),
-    ("13_ensemble_predictions.png", "/assets/demo/ensemble_predictions?view=events", "ensemble_predictions: coverage, documents/s, why documents were scored",
+    ("13_ensemble_predictions.png", "/assets/ensemble_predictions?view=events", "ensemble_predictions: coverage, documents/s, why documents were scored",
      ["coverage", "documents_per_s", "to_score_new"]),
-    ("14_two_tenants.png", "/assets", "the asset catalog: one folder per tenant", ["demo", "insurance"]),
+    ("14_two_tenants.png", "/assets", "the asset catalog: the default tenant's assets, and a folder per other tenant", ["fold_models", "insurance"]),
     ("15_insurance_fold_partitions.png", "/assets/insurance/fold_models?view=partitions&partition=1",
      "tenant insurance's own folds (K=2): one tenant's partitions", ["val_balanced_accuracy", "shipped_epoch"]),
     ("10_sensor.png", f"/locations/{LOCATION}/sensors/retrain_on_new_reviews", "the retraining sensor: ticks with skip reasons and counts",

@@ -10,16 +10,10 @@ from .lifecycle import build_promoted_ensemble, challenger_job, promote_job, rol
 from .loop import build_ensemble_predictions, build_label_audit
 from .reviews import build_human_reviews
 from .splits import build_stratified_splits
-from .tenancy import TenantPlan
+from .tenancy import ASSET_NAMES, TenantPlan
 from .training import build_fold_models
 
 __all__ = ["tenant_assets", "tenant_checks", "tenant_job", "promote_job", "rollback_job", "challenger_job", "ASSET_NAMES"]
-
-#: A tenant's assets in pipeline order (each is ``<tenant>/<name>``), the source asset apart.
-ASSET_NAMES = (
-    "labeled_dataset", "stratified_splits", "fold_models", "cv_metrics", "ensemble_model", "promoted_ensemble",
-    "explainability_report", "ensemble_predictions", "label_audit",
-)
 
 
 def tenant_assets(tenant: TenantPlan) -> list:

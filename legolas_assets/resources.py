@@ -253,6 +253,14 @@ class TrainingResource(ConfigurableResource):
         return self.resolved(gpu, tenant).config
 
 
+class WorkspaceResource(ConfigurableResource):
+    """Where the Dagster webserver answers, for sensors that ask it to reload the code location."""
+
+    webserver_url: str = Field(
+        default="", description="the webserver's http(s) URL (from LEGOLAS_DAGSTER_URL); empty = no webserver is asked"
+    )
+
+
 class LifecycleResource(ConfigurableResource):
     """The model lifecycle: evaluation holdout, promotion rule, retention, retraining retries."""
 

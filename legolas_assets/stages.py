@@ -16,7 +16,8 @@ REVIEW_LOOP = "review_loop"
 warnings.filterwarnings("ignore", category=BetaWarning, message=".*(backfill_policy|data_version).*")
 
 #: Every asset runs a partition range in one run: this is what lets
-#: `dagster asset materialize --select 'demo/*' --partition-range 0...K-1` run a tenant's whole chain at once.
+#: `dagster asset materialize --select 'group:insurance' --partition-range 0...K-1` run a tenant's whole chain at once
+#: (its group is the tenant's key name, the default tenant's included).
 SINGLE_RUN = BackfillPolicy.single_run()
 
 

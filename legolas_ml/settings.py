@@ -277,6 +277,18 @@ def artifacts_url() -> str:
     return raw.rstrip("/")
 
 
+def dagster_url() -> str:
+    """``LEGOLAS_DAGSTER_URL``: the Dagster webserver (``make ui``: http://127.0.0.1:3000), whose GraphQL API
+    the ``reload_on_tenant_change`` sensor asks to reload the code location when tenants change. Unset:
+    no webserver is asked (a daemon started alone reloads its code location every 60 s by itself)."""
+    raw = _raw("LEGOLAS_DAGSTER_URL")
+    if raw is None:
+        return ""
+    if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", raw):
+        raise SettingsError(f"LEGOLAS_DAGSTER_URL must be an http:// or https:// URL such as http://127.0.0.1:3000, got {raw!r}")
+    return raw.rstrip("/")
+
+
 def _hide_password(uri: str) -> str:
     """``scheme://user:secret@host`` -> ``scheme://user:***@host``: a bad URI is echoed, its password never."""
     return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", uri)

@@ -20,7 +20,7 @@ ALL_CHECKS = tenant_checks(DEMO)
 
 
 def key(asset: str, tenant: TenantPlan = DEMO) -> AssetKey:
-    """``demo/<asset>``: an asset of the tenant."""
+    """An asset of the tenant: ``<asset>`` for the default tenant (demo), ``<tenant>/<asset>`` for others."""
     return tenant.key(asset)
 
 

@@ -169,7 +169,7 @@ def _ensemble_value(ensemble_ba: float, baseline_ba: float) -> dict:
 @pytest.mark.parametrize(("ensemble_ba", "baseline_ba", "passed"), [(0.61, 0.72, False), (0.8, 0.72, True)])
 def test_the_check_warns_when_the_ensemble_is_worse(tmp_path, ensemble_ba, baseline_ba, passed):
     """The Dagster check on a stored ``ensemble_model`` value: no training needed."""
-    value = tmp_path / "output" / "asset_values" / "demo" / "ensemble_model" / "__all__.json"
+    value = tmp_path / "output" / "asset_values" / "ensemble_model" / "__all__.json"
     value.parent.mkdir(parents=True)
     value.write_text(json.dumps(_ensemble_value(ensemble_ba, baseline_ba)))
     [check] = [c for c in ALL_CHECKS if c.check_key.name == "ensemble_beats_baseline" and c.check_key.asset_key == key("ensemble_model")]

@@ -46,7 +46,7 @@ def test_whole_chain_materializes(chain):
     home, _, result = chain
     assert result.success
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    assert materialized == {f"demo/{name}" for name in (
+    assert materialized == {name for name in (  # the default tenant's keys are unprefixed
         "labeled_dataset", "stratified_splits", "fold_models", "cv_metrics", "ensemble_model", "promoted_ensemble", "explainability_report",
         "ensemble_predictions", "label_audit",
     )}
@@ -205,14 +205,15 @@ def _cli(home: Path, *args: str, command: tuple[str, ...] = ("asset", "materiali
 
 
 def test_cli_single_fold_and_partition_range(tmp_path):
+    """The design card's commands as written: the default tenant's keys are unprefixed."""
     fill_demo(tmp_path, conversations=300, reviews=60)
-    up = _cli(tmp_path, "--select", "demo/labeled_dataset,demo/stratified_splits")
+    up = _cli(tmp_path, "--select", "labeled_dataset,stratified_splits")
     assert up.returncode == 0, up.stderr[-3000:]
-    one = _cli(tmp_path, "--select", "demo/fold_models", "--partition", "1")
+    one = _cli(tmp_path, "--select", "fold_models", "--partition", "0")
     assert one.returncode == 0, one.stderr[-3000:]
-    values = tmp_path / "output" / "asset_values" / "demo" / "fold_models"
-    assert sorted(p.name for p in values.glob("*.json")) == ["1.json"]
-    every = _cli(tmp_path, "--select", "demo/fold_models", "--partition-range", "0...2")
+    values = tmp_path / "output" / "asset_values" / "fold_models"
+    assert sorted(p.name for p in values.glob("*.json")) == ["0.json"]
+    every = _cli(tmp_path, "--select", "fold_models", "--partition-range", "0...2")
     assert every.returncode == 0, every.stderr[-3000:]
     assert sorted(p.name for p in values.glob("*.json")) == ["0.json", "1.json", "2.json"]
     assert "fold_models" in every.stderr and "RUN_SUCCESS" in every.stderr

@@ -129,7 +129,7 @@ def _cli_env(home: Path) -> dict:
 
 
 CLI = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "legolas_assets.definitions",
-       "--select", "demo/labeled_dataset,demo/stratified_splits,demo/fold_models", "--partition-range", "0...1"]
+       "--select", "labeled_dataset,stratified_splits,fold_models", "--partition-range", "0...1"]
 
 
 @pytest.mark.slow

@@ -147,7 +147,7 @@ def test_unwritable_output_dir_is_a_clear_error(tmp_path):
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert str(blocker) in str(failure.event_specific_data.error)
     # The asset raised instead of passing on a value: the IO manager stored nothing downstream could read.
-    assert not (tmp_path / "output" / "asset_values" / "demo" / "labeled_dataset").exists()
+    assert not (tmp_path / "output" / "asset_values" / "labeled_dataset").exists()
     assert not any(e.event_type_value == "ASSET_MATERIALIZATION" for e in result.all_events)
 
 

@@ -149,7 +149,7 @@ def test_a_bad_variable_at_definitions_load_is_one_line_on_the_cli(tmp_path):
     env = {**os.environ, "LEGOLAS_N_FOLDS": "2.5", "DAGSTER_HOME": str(tmp_path), "LEGOLAS_HOME": str(tmp_path)}
     (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     out = subprocess.run(
-        [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "legolas_assets.definitions", "--select", "demo/labeled_dataset"],
+        [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "legolas_assets.definitions", "--select", "labeled_dataset"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert out.returncode != 0

@@ -49,7 +49,7 @@ def test_every_fold_partition_shows_its_own_numbers_and_curve(run):
     folds = {e.materialization.partition: e.materialization.metadata
              for e in result.get_asset_materialization_events() if e.asset_key == FOLDS}
     assert sorted(folds) == ["0", "1", "2"]
-    values = {k: json.loads((home / "output" / "asset_values" / "demo" / "fold_models" / f"{k}.json").read_text()) for k in folds}
+    values = {k: json.loads((home / "output" / "asset_values" / "fold_models" / f"{k}.json").read_text()) for k in folds}
     for key, metadata in folds.items():
         # The partition's own fold, not the first fold's (or a table of all of them) repeated.
         assert metadata["val_balanced_accuracy"].value == round(values[key]["best_metrics"]["balanced_accuracy"], 4)
@@ -72,7 +72,7 @@ def test_every_epoch_of_every_fold_is_observed_while_training(run):
     for observation in observations:
         assert observation.asset_key == FOLDS
         per_fold.setdefault(observation.partition, []).append(observation.metadata)
-    values = {k: json.loads((home / "output" / "asset_values" / "demo" / "fold_models" / f"{k}.json").read_text()) for k in per_fold}
+    values = {k: json.loads((home / "output" / "asset_values" / "fold_models" / f"{k}.json").read_text()) for k in per_fold}
     assert sorted(per_fold) == ["0", "1", "2"]
     for key, epochs in per_fold.items():
         assert [m["epoch"].value for m in epochs] == [h["epoch"] for h in values[key]["history"]]
