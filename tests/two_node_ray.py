@@ -55,8 +55,11 @@ def two_nodes():
     """Start a head (1 CPU) and a second node (1 CPU, resource ``SECOND_NODE``); yield a ``TwoNodes``."""
     base = tempfile.mkdtemp(prefix="lgr-", dir="/tmp")  # short: Ray's socket paths live under it
     port = free_port()
-    # Workers started by the nodes import legolas_ml from this checkout, like the driver.
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    # Workers started by the nodes import the legolas_ml that the driver imported (a checkout's, or an install's).
+    import legolas_ml
+
+    code = str(Path(legolas_ml.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([code, os.environ.get("PYTHONPATH", "")])}
 
     def node(temp_dir):  # each node's agents on ports of their own: Ray's fixed defaults would collide
         return ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--object-store-memory", str(80 * 2**20),
