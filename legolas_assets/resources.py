@@ -159,7 +159,7 @@ class TrainingResource(ConfigurableResource):
         default=True, description="reuse a fold that finished with the same data, split and config (checksum verified)"
     )
     runner: str = Field(default="sequential", description="where folds train: 'sequential', 'ray' or 'auto' (ray with >1 GPU)")
-    ray_address: str = Field(default="", description="an existing Ray cluster ('auto', 'ray://head:10001', 'head:6379'; docs/ray.md); empty = embedded")
+    ray_address: str = Field(default="", description="an existing Ray cluster ('auto', 'ray://head:10001'); empty = embedded")
     gpus_per_fold: float = Field(default=-1.0, description="Ray: GPU share per fold (0.25 packs 4 folds per GPU); -1 = auto")
     cpus_per_fold: float = Field(default=1.0, description="Ray: CPUs per fold")
     fold_retries: int = Field(default=2, description="Ray: retries of a fold whose worker or node died")
