@@ -318,9 +318,43 @@ def runner() -> str:
     return _choice("LEGOLAS_RUNNER", "sequential", ("sequential", "ray", "auto"))
 
 
+#: The forms of ``LEGOLAS_RAY_ADDRESS`` besides unset (an embedded Ray instance for the run).
+RAY_ADDRESS_FORMS = ("auto", "ray://host:port", "host:port")
+
+# host: a name or an IPv4 address (no scheme, no path); port: 1-5 digits, range-checked below.
+_RAY_ADDRESS_RE = re.compile(r"^(?:(?P<auto>auto)|(?P<client>ray://)?(?P<host>[A-Za-z0-9_.-]+):(?P<port>\d{1,5}))$")
+
+
 def ray_address() -> str:
-    """``LEGOLAS_RAY_ADDRESS``: an existing Ray cluster (``auto``, ``ray://head:10001``); unset = embedded."""
-    return _raw("LEGOLAS_RAY_ADDRESS") or ""
+    """``LEGOLAS_RAY_ADDRESS``: the Ray cluster the ray runner joins; unset = an embedded instance.
+
+    ``auto`` joins the cluster that ``ray start`` last started on this machine; ``ray://host:port``
+    connects through Ray Client (the head's client server, port 10001 by default) from any
+    machine; ``host:port`` is the head's GCS address (``ray start --head --port``, 6379 by default)
+    and works from a machine that is itself a node of the cluster (docs/ray.md).
+    """
+    return check_ray_address(_raw("LEGOLAS_RAY_ADDRESS") or "")
+
+
+def check_ray_address(address: str) -> str:
+    """``address`` unchanged when it is empty or one of ``RAY_ADDRESS_FORMS``.
+
+    Args:
+        address: ``""`` (an embedded instance), ``"auto"``, ``"ray://host:port"`` or ``"host:port"``.
+
+    Returns:
+        The address as given.
+
+    Raises:
+        SettingsError: naming ``LEGOLAS_RAY_ADDRESS``, the allowed forms and what was received.
+    """
+    match = _RAY_ADDRESS_RE.match(address) if address else None
+    if address and (match is None or (not match["auto"] and not 1 <= int(match["port"]) <= 65535)):
+        raise SettingsError(
+            f"LEGOLAS_RAY_ADDRESS must be unset (an embedded Ray instance), {', '.join(map(repr, RAY_ADDRESS_FORMS))} "
+            f"(port 1-65535), got {address!r}"
+        )
+    return address
 
 
 def gpus_per_fold() -> float:

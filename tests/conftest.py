@@ -1,4 +1,5 @@
 import os
+import secrets
 import sys
 import tempfile
 from pathlib import Path
@@ -7,6 +8,13 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
+
+# Ray 2.60 runs a new local cluster with token authentication and reads RAY_AUTH_MODE once, when it
+# is imported: set here, before any test module imports Ray, every Ray process of the suite (embedded
+# instances, the `ray start` nodes of test_ray_cluster.py, which inherit this environment) runs the
+# same mode with one token of this run, not whatever ~/.ray/auth_token holds. docs/ray.md.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 
 # The fold partitions are defined at import time from the preset: tests use K=3 folds.
 os.environ.setdefault("LEGOLAS_N_FOLDS", "3")

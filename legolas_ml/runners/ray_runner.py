@@ -5,8 +5,10 @@ folds whose worker or node died and the cancellation; this module only describes
 waits for them. The encoded dataset and the split go to the object store once (``ray.put``); each
 fold task is a pure function of them that returns its files as bytes (``transfer.FoldPayload``),
 which the driver verifies and writes where the sequential runner would. Per-epoch records travel
-back through a ``ray.util.queue.Queue`` that the driver drains while it waits, so progress reaches
-the caller's ``on_epoch`` in its own thread while folds run.
+back through a queue actor pinned to the driver's node (``ray_progress.ProgressQueue``) that the
+driver drains while it waits, so progress reaches the caller's ``on_epoch`` in its own thread while
+folds run; losing that actor loses progress lines, never the run. docs/ray.md has the cluster side:
+addresses, token authentication, what a node's death does.
 
 Example:
     >>> runner = RayRunner(gpus_per_fold=0.25)   # doctest: +SKIP
@@ -27,6 +29,7 @@ try:
     import ray
     from ray.exceptions import (
         LocalRayletDiedError,
+        AuthenticationError,
         NodeDiedError,
         ObjectLostError,
         OutOfMemoryError,
@@ -34,13 +37,14 @@ try:
         RayTaskError,
         WorkerCrashedError,
     )
-    from ray.util.queue import Queue
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError("the 'ray' fold runner needs Ray: pip install -e '.[ray]'") from exc
 
 from legolas_ml.data.splits import SplitPlan
 from legolas_ml.runners.base import FoldRunner, FoldWorkerLostError, LogCallback, check_fold_indices, worker_name
+from legolas_ml.runners.ray_progress import ProgressQueue
 from legolas_ml.runners.transfer import FoldPayload, accept_fold_payload, train_fold_payload
+from legolas_ml.settings import RAY_ADDRESS_FORMS, check_ray_address
 from legolas_ml.training.checkpoint import checkpoint_filename
 from legolas_ml.training.config import TrainingConfig
 from legolas_ml.training.cross_validation import EncodedDataset, finished_fold
@@ -58,9 +62,12 @@ def _device_tag(config: TrainingConfig) -> str:
 
 
 def _fold_task(
-    data: EncodedDataset, plan: SplitPlan, fold: int, config: TrainingConfig, data_version: str, progress: Queue
+    data: EncodedDataset, plan: SplitPlan, fold: int, config: TrainingConfig, data_version: str, progress: ProgressQueue
 ) -> FoldPayload:
-    """One fold on a Ray worker: tell the driver where it runs, train, return the files as bytes."""
+    """One fold on a Ray worker: tell the driver where it runs, train, return the files as bytes.
+
+    ``progress.put`` drops records once the queue is gone, so a lost queue never fails the fold.
+    """
     token = uuid.uuid4().hex  # tells this attempt's records from those of an earlier, lost attempt
     worker, device = worker_name(), _device_tag(config)
     progress.put({"kind": "start", "fold": fold, "token": token, "worker": worker, "pid": os.getpid(), "device": device})
@@ -78,9 +85,11 @@ class RayRunner(FoldRunner):
     """Trains folds as Ray tasks on an embedded Ray instance or an existing cluster.
 
     Args:
-        address: ``None`` starts an embedded instance (this machine's CPUs and GPUs) for the
-            duration of ``run_folds``; ``"auto"`` or ``"ray://head:10001"`` joins a cluster. An
-            already initialised Ray (``ray.init`` by the caller) is used as it is.
+        address: ``None`` or ``""`` starts an embedded instance (this machine's CPUs and GPUs)
+            for the duration of ``run_folds``; ``"auto"`` (the cluster ``ray start`` started on
+            this machine), ``"ray://host:port"`` (Ray Client, from anywhere) or ``"host:port"``
+            (the head's GCS address, from a node of the cluster) joins a cluster. An already
+            initialised Ray (``ray.init`` by the caller) is used as it is.
         gpus_per_fold: GPUs each fold task declares (1, or a fraction in (0, 1) to pack several
             folds on one GPU); ``None``: 1 when the config may use CUDA and the cluster has GPUs.
         cpus_per_fold: CPUs each fold task declares; Ray sets the task's torch threads from it.
@@ -89,7 +98,10 @@ class RayRunner(FoldRunner):
         poll_s: how often the driver drains progress records while it waits.
 
     Raises:
-        ValueError: naming the setting, its allowed values and what was received.
+        ValueError: naming the setting, its allowed values and what was received (an address
+            outside the forms above: ``SettingsError``, naming ``LEGOLAS_RAY_ADDRESS``).
+        ConnectionError: (``run_folds``) the cluster at ``address`` did not answer or refused this
+            driver; the message names ``RAY_AUTH_MODE`` and the token sources (docs/ray.md).
     """
 
     name = "ray"
@@ -114,7 +126,7 @@ class RayRunner(FoldRunner):
             raise ValueError(f"max_retries must be an integer >= 0, got {max_retries!r}")
         if not poll_s > 0:
             raise ValueError(f"poll_s must be > 0, got {poll_s!r}")
-        self.address = address or None
+        self.address = check_ray_address(address or "") or None
         self.gpus_per_fold = gpus_per_fold
         self.cpus_per_fold = cpus_per_fold
         self.max_retries = max_retries
@@ -178,7 +190,10 @@ class RayRunner(FoldRunner):
         sigterm = signal.getsignal(signal.SIGTERM) if in_main_thread else None
         try:
             if self.address:
-                ray.init(address=self.address, runtime_env=self.runtime_env)
+                try:
+                    ray.init(address=self.address, runtime_env=self.runtime_env)
+                except (ConnectionError, AuthenticationError) as exc:
+                    raise ConnectionError(connect_failure(self.address, os.environ.get("RAY_AUTH_MODE"))) from exc
             else:
                 # "local": a fresh instance even if `ray start` runs here; joining one is address="auto".
                 ray.init(address="local", include_dashboard=False, runtime_env=self.runtime_env)
@@ -219,7 +234,8 @@ class RayRunner(FoldRunner):
             f"ray: {len(todo)} folds as tasks of {resources['num_gpus']} GPU / {resources['num_cpus']} CPU each on a cluster "
             f"of {cluster.get('GPU', 0):g} GPU / {cluster.get('CPU', 0):g} CPU; up to {self.max_retries} retries per fold"
         )
-        progress = Queue(actor_options={"num_cpus": 0})
+        # On the driver's node: a queue on a node that dies took the whole run with it (issue #27).
+        progress = ProgressQueue(ray.get_runtime_context().get_node_id())
         data_ref, plan_ref = ray.put(data), ray.put(plan)  # once, shared by every fold task
         task = fold_task.options(**resources, max_retries=self.max_retries, retry_exceptions=False)
         fold_of = {task.remote(data_ref, plan_ref, k, config, data_version, progress): k for k in todo}
@@ -229,8 +245,11 @@ class RayRunner(FoldRunner):
         pending = list(fold_of)
 
         def drain() -> None:
-            n = progress.qsize()
-            for event in progress.get_nowait_batch(n) if n else ():
+            was_lost = progress.lost
+            events = progress.drain()
+            if progress.lost and not was_lost:
+                say(f"ray: progress queue lost ({progress.lost}); folds go on, their progress lines until the end are lost")
+            for event in events:
                 if event["kind"] == "start":
                     k = event["fold"]
                     attempt = started.get(k, 0)
@@ -272,6 +291,36 @@ class RayRunner(FoldRunner):
                 ray.cancel(ref, force=True)
             raise
         finally:
-            progress.shutdown()
+            progress.kill()
         return lost
+
+
+def connect_failure(address: str, auth_mode: str | None) -> str:
+    """Why ``ray.init(address=...)`` may have failed, and what to check, for the error a user reads.
+
+    Ray 2.60 sends its token only when ``RAY_AUTH_MODE=token`` is in the driver's environment when
+    Ray is imported: a cluster started with token authentication (``RAY_AUTH_MODE=token``, or a token
+    in ``~/.ray/auth_token`` when ``ray start --head`` ran) refuses a driver without it, and
+    ``ray.init`` reports that as "Failed to connect" after ~20 s of retries.
+
+    Args:
+        address: the address the runner tried (``LEGOLAS_RAY_ADDRESS``).
+        auth_mode: ``RAY_AUTH_MODE`` in this process's environment (``None``: unset).
+
+    Returns:
+        One message naming the address, its setting, the allowed forms and the authentication fix.
+    """
+    mode = "unset" if auth_mode is None else repr(auth_mode)
+    auth = (
+        "RAY_AUTH_MODE is 'token' here: check that this process sees the cluster's token (RAY_AUTH_TOKEN, "
+        "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token, the same on every node)"
+        if auth_mode == "token"
+        else f"RAY_AUTH_MODE is {mode} here: if the cluster was started with token authentication, export "
+        "RAY_AUTH_MODE=token (and the token: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) in the "
+        "environment that starts this process (the Dagster webserver and daemon, or the legolas CLI), as on every node"
+    )
+    return (
+        f"could not join the Ray cluster at LEGOLAS_RAY_ADDRESS={address!r} (forms: unset for an embedded instance, "
+        f"{', '.join(map(repr, RAY_ADDRESS_FORMS))}): is the head up and its port reachable from here? {auth}; see docs/ray.md"
+    )
 
