@@ -183,7 +183,7 @@ class TrainingResource(ConfigurableResource):
         default=True, description="reuse a fold that finished with the same data, split and config (checksum verified)"
     )
     runner: Optional[str] = Field(default=None, description="where folds train: 'sequential', 'ray' or 'auto' (ray with >1 GPU); unset = LEGOLAS_RUNNER")
-    ray_address: Optional[str] = Field(default=None, description="an existing Ray cluster ('auto', 'ray://head:10001'); empty = embedded; unset = LEGOLAS_RAY_ADDRESS")
+    ray_address: Optional[str] = Field(default=None, description="an existing Ray cluster ('auto', 'host:port' or 'ray://head:10001', docs/ray.md); empty = embedded; unset = LEGOLAS_RAY_ADDRESS")
     gpus_per_fold: Optional[float] = Field(default=None, description="Ray: GPU share per fold (0.25 packs 4 folds per GPU); -1 = auto; unset = LEGOLAS_GPUS_PER_FOLD")
     cpus_per_fold: Optional[float] = Field(default=None, description="Ray: CPUs per fold; unset = LEGOLAS_CPUS_PER_FOLD (1)")
     fold_retries: Optional[int] = Field(default=None, description="Ray: retries of a fold whose worker or node died; unset = LEGOLAS_FOLD_RETRIES (2)")
