@@ -148,6 +148,10 @@ class MlflowTracker:
         """One MLflow run per fold: config as params, every epoch's metrics by step, the best metrics,
         the training curve and the fold's result record as artifacts. Returns ``{fold: run_id}``.
 
+        Params and metrics go in ``log_batch`` calls (``batches``). A fold whose model is already
+        logged for ``training_key`` (``fold_run_to_reuse``: a finished run of the same fold and
+        checkpoint, as when ``fold_models`` reuses a finished fold) keeps that run: nothing is logged.
+
         Args:
             tenant: the tenant (its experiment).
             training_key: the training's key, which is also the ensemble's version.

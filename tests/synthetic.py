@@ -109,8 +109,7 @@ def untrained_folds(out_dir, labels=("billing", "shipping", "account"), n_folds:
     config = tiny_config(**changes)
     paths = []
     for fold in range(n_folds):
-        torch.manual_seed(fold)  # each fold its own weights, as trained folds have
-        model = build_model(config.replace(seed=fold), list(labels))
+        model = build_model(config.replace(seed=config.seed + fold), list(labels))  # each fold its own weights
         sidecar = {"epoch": 0, "metrics": {}, "labels": list(labels), "model_config": model.config.to_dict(),
                    "training_config": config.to_dict(), "fold": fold}
         paths.append(str(save_checkpoint(Path(out_dir) / f"best_model_text_tiny_fold{fold}.safetensors", model.state_dict(), sidecar)))
