@@ -31,7 +31,9 @@ from dagster_helpers import key, resources, run_chain  # noqa: E402
 from legolas_ml.data.store import open_tenant_store  # noqa: E402
 from legolas_ml.lifecycle.artifacts import TenantArtifacts  # noqa: E402
 from legolas_ml.lifecycle.registry import ModelRegistry  # noqa: E402
-from legolas_ml.scoring.pyfunc import OUTPUT_COLUMNS  # noqa: E402
+from legolas_ml.scoring.pyfunc import OUTPUT_COLUMNS, model_texts, save_ensemble_model  # noqa: E402
+from legolas_ml.training.checkpoint import read_sidecar  # noqa: E402
+from synthetic import untrained_folds  # noqa: E402
 from test_dagster_chain import fill_demo  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -64,6 +66,29 @@ def served(tmp_path_factory):
         scored = run_chain(home, instance, selection=["ensemble_predictions"], epochs=EPOCHS)
         assert scored.success
         yield {"home": home, "uri": uri, "instance": instance, "version": version, "trained": trained}
+
+
+def test_a_request_without_texts_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"needs a 'text' column \(and optionally 'session_id'\), got columns \['session_id', 'body'\]"):
+        model_texts(pd.DataFrame({"session_id": ["a"], "body": ["hello"]}))
+    with pytest.raises(ValueError, match=r"non-empty string in every row, got 2 row\(s\) without one \(rows \[1, 2\]\)"):
+        model_texts(pd.DataFrame({"text": ["hello", "  ", None]}))
+
+
+def test_a_saved_version_loads_from_its_directory_and_its_settings_are_checked(tmp_path):
+    checkpoints = untrained_folds(tmp_path / "folds")
+    manifest = {"version": "v1", "tenant": "demo", "checkpoints": checkpoints, "labels": ["billing", "shipping", "account"],
+                "sha256": [read_sidecar(c)["sha256"] for c in checkpoints]}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    model_dir = save_ensemble_model(manifest, tmp_path / "manifest.json", tmp_path / "model")
+    shutil.rmtree(tmp_path / "folds")  # the model directory holds its own copy
+    answer = mlflow.pyfunc.load_model(str(model_dir), model_config={"device": "cpu"}).predict(pd.DataFrame({"text": ["refund my card"]}))
+    assert list(answer.columns) == list(OUTPUT_COLUMNS) and answer["ml_model_version"].tolist() == ["v1"]
+    assert sum(answer["ml_probabilities"][0].values()) == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(ValueError, match=r"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'gpu'"):
+        mlflow.pyfunc.load_model(str(model_dir), model_config={"device": "gpu"})
+    with pytest.raises(ValueError, match=r"model_config batch_size must be an integer >= 1, got 0"):
+        mlflow.pyfunc.load_model(str(model_dir), model_config={"batch_size": 0})
 
 
 def _scored_documents(home: Path, version: str) -> pd.DataFrame:

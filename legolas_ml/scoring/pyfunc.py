@@ -94,13 +94,11 @@ class EnsemblePyfunc(mlflow.pyfunc.PythonModel):
         """Load the K folds (verified against their sidecars) and the bundled tokenizer.
 
         Raises:
-            ValueError: if ``model_config`` has an unknown key, a ``batch_size`` < 1 or an unknown device.
+            ValueError: if ``model_config`` has a ``batch_size`` < 1 or an unknown device.
             CheckpointError: if a fold is corrupt or its labels differ from the manifest's.
         """
+        # MLflow itself drops (with a warning) a load-time key the model was not saved with.
         config = {**DEFAULT_MODEL_CONFIG, **(context.model_config or {})}
-        unknown = sorted(set(config) - set(DEFAULT_MODEL_CONFIG))
-        if unknown:
-            raise ValueError(f"model_config has unknown key(s) {unknown}; known: {sorted(DEFAULT_MODEL_CONFIG)}")
         if not isinstance(config["batch_size"], int) or config["batch_size"] < 1:
             raise ValueError(f"model_config batch_size must be an integer >= 1, got {config['batch_size']!r}")
         self.batch_size = config["batch_size"]
