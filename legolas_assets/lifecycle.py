@@ -184,7 +184,8 @@ def _mirror_champion(context, registry: ModelRegistry, tenant: str, version: str
     except Exception as exc:  # noqa: BLE001
         context.log.warning(f"MLflow: the champion alias was not moved to {version}: {redacted(exc)}")
         return {"mlflow_model_version": f"not registered: {redacted(exc)}"[:300]}
-    return {"mlflow_model_version": f"legolas-{tenant} version {number} (alias champion)"}
+    return {"mlflow_model_version": f"legolas-{tenant} version {number} (alias champion)",
+            "mlflow_serve": f"mlflow models serve -m models:/legolas-{tenant}@champion --env-manager local"}
 
 
 class ChallengerConfig(Config):

@@ -92,3 +92,25 @@ def separable_frame(n_per_class: int = 60, classes=("billing", "shipping", "acco
             rng.shuffle(words)
             rows.append({"session_id": f"{label}-{i:04d}", "text": " ".join(words), "label": label})
     return pd.DataFrame(rows)
+
+
+def untrained_folds(out_dir, labels=("billing", "shipping", "account"), n_folds: int = 2, **changes) -> list[str]:
+    """``n_folds`` checkpoints of the tiny model as built (no training), with the sidecar a trained fold has.
+
+    For tests of what consumes checkpoints (the ensemble, the served model): a second, not a training.
+    """
+    from pathlib import Path
+
+    import torch
+
+    from legolas_ml.training.checkpoint import save_checkpoint
+    from legolas_ml.training.modeling import build_model
+
+    config = tiny_config(**changes)
+    paths = []
+    for fold in range(n_folds):
+        model = build_model(config.replace(seed=config.seed + fold), list(labels))  # each fold its own weights
+        sidecar = {"epoch": 0, "metrics": {}, "labels": list(labels), "model_config": model.config.to_dict(),
+                   "training_config": config.to_dict(), "fold": fold}
+        paths.append(str(save_checkpoint(Path(out_dir) / f"best_model_text_tiny_fold{fold}.safetensors", model.state_dict(), sidecar)))
+    return paths

@@ -96,6 +96,8 @@ class FoldEnsemble:
         resident: keep all K models in memory between calls; ``None`` decides from their size
             (resident when the weights take less than half of the available memory). When not
             resident, models are loaded one at a time for every call.
+        tokenizer: a saved tokenizer directory to use instead of the folds' ``model_name``; a served
+            model carries its own (``scoring/pyfunc.py``), as the training machine's path may not exist.
 
     Raises:
         CheckpointError: if a file is corrupt, or the folds disagree on labels, tokenizer or max length.
@@ -107,6 +109,7 @@ class FoldEnsemble:
         device: str = "auto",
         precision: str = "auto",
         resident: bool | None = None,
+        tokenizer: str | Path | None = None,
     ) -> None:
         if not checkpoint_paths:
             raise ValueError("an ensemble needs at least one fold checkpoint, got none")
@@ -128,7 +131,7 @@ class FoldEnsemble:
         self.truncation_side: str = first["training_config"]["truncation_side"]
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
-        self.tokenizer = load_tokenizer(self.model_name)
+        self.tokenizer = load_tokenizer(str(tokenizer) if tokenizer is not None else self.model_name)
         weight_bytes = sum(p.stat().st_size for p in self.paths)
         if resident is None:
             resident = weight_bytes < available_memory_bytes(self.device) // 2

@@ -118,17 +118,22 @@ def plan_scoring(store, model_version: str) -> tuple[list[Any], ScoringReport]:
     return pending, report
 
 
-def prediction_fields(probs: np.ndarray, labels: list[str], model_version: str, text: str, now: datetime) -> dict[str, Any]:
-    """The ``$set`` of one document from its probability row ``(n_classes,)``."""
+def prediction_values(probs: np.ndarray, labels: list[str], model_version: str, text: str) -> dict[str, Any]:
+    """One text's prediction from its probability row ``(n_classes,)``: every field of SCORE_FIELDS but
+    ``ml_scored_at`` (the served model, ``scoring/pyfunc.py``, answers these same values)."""
     top = int(probs.argmax())
     return {
         "ml_prediction": labels[top],
         "ml_confidence": round(float(probs[top]), 6),
         "ml_probabilities": {label: round(float(p), 6) for label, p in zip(labels, probs)},
         "ml_model_version": model_version,
-        "ml_scored_at": now,
         "ml_text_sha256": text_sha256(text),
     }
+
+
+def prediction_fields(probs: np.ndarray, labels: list[str], model_version: str, text: str, now: datetime) -> dict[str, Any]:
+    """The ``$set`` of one document from its probability row ``(n_classes,)``."""
+    return {**prediction_values(probs, labels, model_version, text), "ml_scored_at": now}
 
 
 def score_documents(
