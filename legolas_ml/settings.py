@@ -72,6 +72,19 @@ def output_dir() -> Path:
     return home_dir() / "output"
 
 
+def artifacts_root() -> str:
+    """``LEGOLAS_ARTIFACTS``: where artifacts are published (``s3://bucket/prefix``, ``gs://...``, a
+    local directory); empty (unset) = the output directory itself, in place (``legolas_ml.storage``)."""
+    raw = _raw("LEGOLAS_ARTIFACTS")
+    if raw is None:
+        return ""
+    if "://" in raw and not re.fullmatch(r"[a-z][a-z0-9+.-]*://[^\s]+", raw):
+        raise SettingsError(
+            f"LEGOLAS_ARTIFACTS must be a local directory or a URL such as s3://bucket/prefix or gs://bucket/prefix, got {raw!r}"
+        )
+    return raw
+
+
 def mongo_uri() -> str | None:
     """``LEGOLAS_MONGO_URI``: a real MongoDB; ``None`` (unset) means the embedded store."""
     return _raw(MONGO_URI_VARIABLE)

@@ -200,16 +200,14 @@ def test_rollback_skips_a_champion_whose_files_are_gone(registry, tmp_path):
 
 def test_a_failed_pointer_write_records_no_promotion(registry, tmp_path, monkeypatch):
     # Issue #26 defect 1: the log said promoted while the old champion still served.
-    import legolas_ml.lifecycle.registry as reg
-
     root = tmp_path / "output" / "acme"
     registry.promote(_version(registry, root, "c"), actor="t", reason="r")
     _version(registry, root, "v")
 
-    def disk_full(path, data):
+    def disk_full(rel, data):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(reg, "write_json_atomic", disk_full)
+    monkeypatch.setattr(registry.store, "write_json", disk_full)  # the pointer is one store write
     with pytest.raises(OSError):
         registry.promote("v", actor="t", reason="better")
     monkeypatch.undo()

@@ -10,6 +10,11 @@ Layout under ``<output_dir>/<tenant>/``::
     ensemble/versions/<training_key>/       a trained ensemble: manifest, confusion matrix, explanations
     ensemble/champion.json, decisions.jsonl the version in service and the decision history (registry.py)
 
+The registry (pointers, decision log), every version's manifest and the trees they name (fold
+checkpoints, a run's reports) are published through ``legolas_ml.storage.ArtifactStore`` under
+``LEGOLAS_ARTIFACTS`` (default: this output directory, in place); manifests name files relative
+to that root. Datasets, splits and token caches are a run's working files and stay local.
+
 The training key hashes the data version, the split and the training config, so a retraining
 never writes into the directory of the ensemble in service: new texts or labels with the same
 session ids make a new data version, hence a new key and new directories.
@@ -24,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from legolas_ml.atomic_io import write_text_atomic
+from legolas_ml.storage import ArtifactStore, open_store
 
 
 _TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -69,11 +75,30 @@ def training_key(data_version: str, split_fingerprint: str, config: dict[str, An
 
 
 class TenantArtifacts:
-    """Paths of one tenant's artifacts under an output directory."""
+    """Paths of one tenant's artifacts under an output directory, and the store that publishes them.
 
-    def __init__(self, output_dir: str | Path, tenant: str) -> None:
+    Args:
+        output_dir: the local working directory (``$LEGOLAS_HOME/output``).
+        tenant: the tenant's name.
+        store: where the registry and the versions are published; default: ``LEGOLAS_ARTIFACTS``,
+            else ``output_dir`` itself (in place).
+    """
+
+    def __init__(self, output_dir: str | Path, tenant: str, store: ArtifactStore | None = None) -> None:
         self.tenant = validate_tenant(tenant)
         self.root = Path(output_dir) / tenant
+        self.store = store if store is not None else open_store(output_dir)
+
+    def relative(self, path: str | Path) -> str:
+        """``path`` (a working file of this tenant) relative to the artifacts root, as manifests name it.
+
+        Raises:
+            ValueError: if ``path`` lies outside the output directory, naming both.
+        """
+        rel = self.store.relative(path)
+        if rel is None:
+            raise ValueError(f"artifact {path} is outside the output directory {self.store.working_dir}; cannot name it relative to the root")
+        return rel
 
     def dataset_path(self, data_version: str) -> Path:
         return self.root / "datasets" / f"{data_version}.jsonl"

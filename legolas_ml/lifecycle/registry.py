@@ -10,6 +10,14 @@ the *champion* is the version in service. On disk, under ``<output>/<tenant>/ens
     challenger.json                    the candidate waiting for holdout evidence, if any, likewise
     decisions.jsonl                    append-only: every promotion, rejection, challenger and rollback
 
+Everything here goes through the tenant's ``ArtifactStore`` (``legolas_ml.storage``): under
+``LEGOLAS_ARTIFACTS`` (``s3://...``) the pointer is one object PUT, the log is one object per
+record (``decisions/``; an object store cannot append), and a version's manifest is written only
+after the trees it names (its fold checkpoints, its run's directory) are published with their
+completion markers. Manifests name those files relative to the artifacts root; ``manifest()``
+returns them as local paths (fetched into the cache from a remote root), and an older manifest's
+absolute paths still load.
+
 Only the pointer says what is in service. A decision that moves it is committed by one atomic write
 of the pointer, which carries the decision's record; the log is appended after, and a record the
 log lacks (a crash in between) is appended by the next ``history()``: the record and the pointer
@@ -22,15 +30,15 @@ from __future__ import annotations
 
 import getpass
 import json
-import os
 import shutil
 import time
 import uuid
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from legolas_ml.atomic_io import write_json_atomic
 from legolas_ml.lifecycle.artifacts import TenantArtifacts
+from legolas_ml.storage import ArtifactIntegrityError
 from legolas_ml.lifecycle.retraining import ReviewCursor
 
 PROMOTED, REJECTED, ROLLED_BACK, CHALLENGER, KEPT = "promoted", "rejected", "rolled_back", "challenger", "kept"
@@ -69,9 +77,24 @@ class ModelRegistry:
 
     def __init__(self, artifacts: TenantArtifacts) -> None:
         self.artifacts = artifacts
-        self.root = artifacts.root / "ensemble"
+        self.store = artifacts.store
+        self.root = artifacts.root / "ensemble"  # the working copy; the store's copy is under `self.prefix`
+        self.prefix = f"{artifacts.tenant}/ensemble"
 
-    # --- paths ---
+    # --- names in the store ---
+    def _rel(self, *parts: str) -> str:
+        return "/".join((self.prefix, *parts))
+
+    @property
+    def decisions_location(self) -> str:
+        """Where the decision log is: a file, or a folder of one object per record on an object store."""
+        return self.store.records_location(self._rel("decisions.jsonl"))
+
+    def pointer(self) -> dict[str, Any] | None:
+        """The champion pointer as stored (``version``, ``since``, ``stack``, ``record``), or ``None``."""
+        return self._pointer(self._rel("champion.json"))
+
+    # --- local paths (the working copy) ---
     @property
     def pointer_path(self) -> Path:
         return self.root / "champion.json"
@@ -94,36 +117,94 @@ class ModelRegistry:
         """Where one run writes a version's artifacts (report, plots): never overwritten by another run."""
         return self.version_dir(version) / "runs" / run_id
 
-    def latest_report(self, version: str) -> Path | None:
-        """The version's newest explainability report (``runs/<run_id>/explainability/report.html``), or ``None``."""
-        reports = self.version_dir(version).glob("runs/*/explainability/report.html")
-        return max(reports, key=lambda p: (p.stat().st_mtime_ns, str(p)), default=None)
+    def latest_report(self, version: str) -> Path | str | None:
+        """The version's newest explainability report (``runs/<run_id>/explainability/report.html``):
+        a path on a local root, a URL on an object store; ``None`` when there is none."""
+        reports = self.store.glob(self._rel("versions", version, "runs", "*", "explainability", "report.html"))
+        if not reports:
+            return None
+        newest = max(reports, key=lambda rel: (self.store.modified(rel), rel))
+        location = self.store.location(newest)
+        return location if self.store.is_remote else Path(location)
+
+    def publish_run(self, version: str, run_id: str) -> None:
+        """Publish a run's directory of ``version`` (report, plots, baseline) after it changed."""
+        self.store.publish_tree(self.artifacts.relative(self.run_dir(version, run_id)))
 
     # --- versions ---
     def write_candidate(self, manifest: dict[str, Any]) -> Path:
-        """Record a trained ensemble as a version (a candidate until decided)."""
+        """Record a trained ensemble as a version (a candidate until decided).
+
+        The trees its files live in (the folds' directory, the baseline's run directory) are
+        published first, the manifest last, naming those files relative to the artifacts root: a
+        version is listed only once everything it names can be read.
+
+        Returns:
+            The manifest's path in the working copy (written there too when the root is elsewhere).
+
+        Raises:
+            ValueError: if ``version`` or ``checkpoints`` is missing, or a file lies outside the output directory.
+        """
         if not manifest.get("version") or not manifest.get("checkpoints"):
             raise ValueError(f"a candidate manifest needs 'version' and 'checkpoints', got keys {sorted(manifest)}")
-        return write_json_atomic(self.manifest_path(manifest["version"]), manifest)
+        stored = dict(manifest)
+        stored["checkpoints"] = [self._stored_path(p) for p in manifest["checkpoints"]]
+        if isinstance(manifest.get("baseline"), dict) and manifest["baseline"].get("path"):
+            stored["baseline"] = {**manifest["baseline"], "path": self._stored_path(manifest["baseline"]["path"])}
+        named = stored["checkpoints"] + ([stored["baseline"]["path"]] if "path" in (stored.get("baseline") or {}) else [])
+        for tree in sorted({PurePosixPath(rel).parent.as_posix() for rel in named if not Path(rel).is_absolute()}):
+            self.store.publish_tree(tree)
+        self.store.write_json(self._rel("versions", manifest["version"], "manifest.json"), stored)
+        path = self.manifest_path(manifest["version"])
+        if not self.store.in_place:  # the working copy beside the run's files (the report's folder, MLflow's artifact)
+            write_json_atomic(path, stored)
+        return path
 
-    def manifest(self, version: str) -> dict[str, Any]:
-        path = self.manifest_path(version)
+    def _stored_path(self, path: str | Path) -> str:
+        """How a manifest names a file: relative to the artifacts root. A file outside the output
+        directory (an older layout) keeps its absolute path while the root is the output directory
+        itself; no other root could serve it."""
+        rel = self.store.relative(path) if Path(path).is_absolute() else str(path)
+        if rel is not None:
+            return rel
+        if self.store.in_place:
+            return str(path)
+        return self.artifacts.relative(path)  # raises, naming the file and the output directory
+
+    def manifest(self, version: str, fetch: bool = True) -> dict[str, Any]:
+        """The manifest of ``version`` with its files as local paths.
+
+        Args:
+            version: the version's id.
+            fetch: resolve the files named relative to the root into local paths (downloading them
+                from a remote root once); ``False`` leaves them as stored.
+
+        Raises:
+            ValueError: the version does not exist, naming the known ones.
+            ChampionUnavailableError: the manifest is unreadable, or its files were never fully published.
+        """
+        rel = self._rel("versions", version, "manifest.json")
         try:
-            manifest = json.loads(path.read_text())
+            manifest = json.loads(self.store.read_text(rel))
         except FileNotFoundError:
             known = self.versions()
             raise ValueError(f"version {version!r} of tenant {self.artifacts.tenant!r} does not exist; known versions: {known}") from None
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ChampionUnavailableError(f"ensemble manifest {path} is unreadable: {exc}") from None
+        except (OSError, ValueError) as exc:
+            raise ChampionUnavailableError(f"ensemble manifest {self.store.location(rel)} is unreadable: {exc}") from None
         if not isinstance(manifest, dict) or "checkpoints" not in manifest:
-            raise ChampionUnavailableError(f"ensemble manifest {path} lacks 'checkpoints'")
+            raise ChampionUnavailableError(f"ensemble manifest {self.store.location(rel)} lacks 'checkpoints'")
+        if not fetch:
+            return manifest
+        try:
+            manifest["checkpoints"] = [str(self.store.resolve(p)) for p in manifest["checkpoints"]]
+            if isinstance(manifest.get("baseline"), dict) and manifest["baseline"].get("path"):
+                manifest["baseline"] = {**manifest["baseline"], "path": str(self.store.resolve(manifest["baseline"]["path"]))}
+        except (FileNotFoundError, ArtifactIntegrityError) as exc:
+            raise ChampionUnavailableError(f"the files of version {version} cannot be read: {exc}") from None
         return manifest
 
     def versions(self) -> list[str]:
-        directory = self.root / "versions"
-        if not directory.exists():
-            return []
-        return sorted(p.name for p in directory.iterdir() if (p / "manifest.json").exists())
+        return sorted(rel.split("/")[-2] for rel in self.store.glob(self._rel("versions", "*", "manifest.json")))
 
     # --- the champion ---
     def champion_version(self) -> str | None:
@@ -132,26 +213,27 @@ class ModelRegistry:
         Raises:
             ChampionUnavailableError: if the pointer exists but cannot be read.
         """
-        if not self.pointer_path.exists():
+        pointer = self._rel("champion.json")
+        if not self.store.exists(pointer):
             return self._adopt_legacy_manifest()
         try:
-            version = json.loads(self.pointer_path.read_text())["version"]
+            version = json.loads(self.store.read_text(pointer))["version"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ChampionUnavailableError(
-                f"the champion pointer {self.pointer_path} is damaged ({exc}); {self._fix_hint()}"
+                f"the champion pointer {self.store.location(pointer)} is damaged ({exc}); {self._fix_hint()}"
             ) from None
         if not isinstance(version, str) or not version:
-            raise ChampionUnavailableError(f"the champion pointer {self.pointer_path} names no version; {self._fix_hint()}")
+            raise ChampionUnavailableError(f"the champion pointer {self.store.location(pointer)} names no version; {self._fix_hint()}")
         return version
 
     def _adopt_legacy_manifest(self) -> str | None:
         """Before the registry, ``ensemble/ensemble.json`` was the model in service: adopt it as a
         version rather than read its absence of a pointer as "no model" (first-training mode)."""
-        legacy = self.root / "ensemble.json"
-        if not legacy.exists():
+        legacy = self._rel("ensemble.json")
+        if not self.store.exists(legacy):
             return None
         try:
-            manifest = json.loads(legacy.read_text())
+            manifest = json.loads(self.store.read_text(legacy))
             version = f"legacy-{manifest['data_version']}"
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ChampionUnavailableError(f"the ensemble manifest {legacy} is damaged ({exc}); {self._fix_hint()}") from None
@@ -162,9 +244,10 @@ class ModelRegistry:
             "reviews_cursor": manifest.get("reviews_cursor"), "data_version": manifest.get("data_version"),
         }
         # The pointer before the rename: a crash in between leaves a champion, never none.
-        write_json_atomic(self.pointer_path, {"version": version, "since": record["at"], "stack": [version], "record": record})
+        self.store.write_json(self._rel("champion.json"), {"version": version, "since": record["at"], "stack": [version], "record": record})
         self._complete_journal()
-        legacy.rename(legacy.with_name("ensemble.json.adopted"))
+        self.store.write_bytes(self._rel("ensemble.json.adopted"), self.store.read_bytes(legacy))
+        self.store.delete(legacy)
         return version
 
     def champion(self, verify_weights: bool = False) -> dict[str, Any] | None:
@@ -216,9 +299,9 @@ class ModelRegistry:
         )
 
     # --- decisions ---
-    def _pointer(self, path: Path) -> dict[str, Any] | None:
+    def _pointer(self, rel: str) -> dict[str, Any] | None:
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(self.store.read_text(rel))
         except FileNotFoundError:
             return None
         except (OSError, ValueError):
@@ -226,15 +309,7 @@ class ModelRegistry:
         return data if isinstance(data, dict) else None
 
     def _log(self) -> list[dict[str, Any]]:
-        if not self.decisions_path.exists():
-            return []
-        records = []
-        for line in self.decisions_path.read_text(encoding="utf-8").splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return records
+        return self.store.records(self._rel("decisions.jsonl"))
 
     def history(self) -> list[dict[str, Any]]:
         """Every decision, oldest first. A torn line (a crash mid-append) is skipped; a decision
@@ -253,7 +328,7 @@ class ModelRegistry:
     def _complete_journal(self) -> None:
         """Append the records the pointers carry and the log lacks, before anything else is appended:
         the log keeps the order in which decisions were committed."""
-        committed = [(self._pointer(path) or {}).get("record") for path in (self.pointer_path, self.challenger_path)]
+        committed = [(self._pointer(path) or {}).get("record") for path in (self._rel("champion.json"), self._rel("challenger.json"))]
         committed = [r for r in committed if isinstance(r, dict) and r.get("id")]
         if not committed:
             return
@@ -266,18 +341,7 @@ class ModelRegistry:
         return self._write_line(record)
 
     def _write_line(self, record: dict[str, Any]) -> dict[str, Any]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        line = json.dumps(record, sort_keys=True, default=str) + "\n"
-        with open(self.decisions_path, "a+b") as handle:
-            # A torn last line (a crash mid-append) ends without a newline: end it, so this record is whole.
-            if handle.seek(0, os.SEEK_END):
-                handle.seek(-1, os.SEEK_END)
-                if handle.read(1) != b"\n":
-                    line = "\n" + line
-            handle.write(line.encode("utf-8"))
-            handle.flush()
-            os.fsync(handle.fileno())
-        return record
+        return self.store.append_record(self._rel("decisions.jsonl"), record)
 
     def _previous_champion(self) -> str | None:
         """The version in service for a record; a damaged pointer reads as the top of the logged stack,
@@ -289,7 +353,7 @@ class ModelRegistry:
             return stack[-1] if stack else None
 
     def _record(self, action: str, version: str, *, actor: str, reason: str, **extra: Any) -> dict[str, Any]:
-        manifest = self.manifest(version)
+        manifest = self.manifest(version, fetch=False)  # its numbers only
         return {
             "id": uuid.uuid4().hex,
             "action": action,
@@ -313,7 +377,7 @@ class ModelRegistry:
         Read from the pointer; a pointer written before the stack existed, or a damaged one, is
         replayed from the log (a promotion pushes, a rollback pops).
         """
-        pointer = self._pointer(self.pointer_path) or {}
+        pointer = self.pointer() or {}
         if isinstance(pointer.get("stack"), list) and pointer.get("version"):
             return [str(v) for v in pointer["stack"]]
         stack = self._replayed_stack()
@@ -342,10 +406,10 @@ class ModelRegistry:
         the new one, and a look would otherwise pit an older candidate against a newer champion.
         """
         challenger = self.challenger()
-        write_json_atomic(self.pointer_path, {"version": record["version"], "since": record["at"], "stack": stack, "record": record})
+        self.store.write_json(self._rel("champion.json"), {"version": record["version"], "since": record["at"], "stack": stack, "record": record})
         self._complete_journal()  # logs the record the pointer now carries
         if challenger is not None and challenger["version"] == record["version"]:
-            self.challenger_path.unlink(missing_ok=True)
+            self.store.delete(self._rel("challenger.json"))
         elif challenger is not None:
             self.reject(challenger["version"], actor=record["actor"],
                         reason=f"superseded: the champion changed to {record['version']} ({record['action']}) while it waited")
@@ -365,7 +429,7 @@ class ModelRegistry:
         record = self._append(self._record(REJECTED, version, actor=actor, reason=reason, **extra))
         challenger = self.challenger()
         if challenger is not None and challenger["version"] == version:
-            self.challenger_path.unlink(missing_ok=True)
+            self.store.delete(self._rel("challenger.json"))
         return record
 
     def keep_champion(self, *, actor: str, reason: str, **extra: Any) -> dict[str, Any]:
@@ -387,7 +451,7 @@ class ModelRegistry:
                         replaced_by=version)
         record = self._record(CHALLENGER, version, actor=actor, reason=reason, holdout_n=holdout_n, **extra)
         since = earlier["since"] if earlier is not None and earlier["version"] == version else record["at"]
-        write_json_atomic(self.challenger_path, {"version": version, "since": since, "holdout_n": holdout_n, "record": record})
+        self.store.write_json(self._rel("challenger.json"), {"version": version, "since": since, "holdout_n": holdout_n, "record": record})
         self._complete_journal()  # logs the record the pointer now carries
         return record
 
@@ -396,11 +460,11 @@ class ModelRegistry:
 
         A challenger pointer left behind by a crash after its version was decided is ignored.
         """
-        pointer = self._pointer(self.challenger_path)
+        pointer = self._pointer(self._rel("challenger.json"))
         if not pointer or not pointer.get("version") or not isinstance(pointer.get("record"), dict):
             return None
         version = pointer["version"]
-        if (self._pointer(self.pointer_path) or {}).get("version") == version:
+        if (self.pointer() or {}).get("version") == version:
             return None
         for record in reversed(self._log()):
             if record.get("id") == pointer["record"].get("id"):
@@ -528,10 +592,13 @@ class ModelRegistry:
         for version in self.versions():
             if version in keep_versions or version not in ever_decided:
                 continue
-            manifest = self.manifest(version)
-            for folds_dir in {str(Path(p).parent) for p in manifest["checkpoints"]}:
-                if Path(folds_dir).resolve().is_relative_to(self.artifacts.root.resolve()):
-                    shutil.rmtree(folds_dir, ignore_errors=True)
+            manifest = self.manifest(version, fetch=False)  # deleted, never downloaded
+            for entry in {str(Path(p).parent) for p in manifest["checkpoints"]}:
+                rel = self.store.relative(entry) if Path(entry).is_absolute() else entry
+                if rel is not None and rel.startswith(f"{self.artifacts.tenant}/"):
+                    self.store.delete_tree(rel)
+                    shutil.rmtree(self.store.working_dir / rel, ignore_errors=True)
+            self.store.delete_tree(self._rel("versions", version))
             shutil.rmtree(self.version_dir(version), ignore_errors=True)
             deleted.append(version)
         return deleted
