@@ -171,8 +171,8 @@ def build_evaluation(tenant: TenantPlan) -> list[AssetsDefinition]:
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         # A version on disk, not the model in service: promotion is a separate, checked decision.
+        run_manifest = write_json_atomic(run_dir / "manifest.json", manifest)  # before the candidate: published with its run
         manifest_path = registry.write_candidate(manifest)
-        run_manifest = write_json_atomic(run_dir / "manifest.json", manifest)
         labels = ensemble.labels
         worst_class = min(labels, key=lambda c: metrics["per_class"][c]["recall"])
         metadata = {

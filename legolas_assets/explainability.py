@@ -56,6 +56,7 @@ def build_explainability_report(tenant: TenantPlan) -> AssetsDefinition:
         paths = write_report(
             explanations, summary, directory, f"LEGOLAS explainability: tenant {tenant.name}, version {ensemble_model['version']}"
         )
+        training.registry(tenant.name).publish_run(ensemble_model["version"], context.run_id)
         rows = [
             TableRecord({"class": label, "rank": r + 1, "word": w["word"], "mean_abs_attribution": round(w["mean_abs"], 5), "count": w["count"]})
             for label, words in summary.top_words.items()

@@ -156,7 +156,7 @@ def build_promoted_ensemble(tenant: TenantPlan) -> AssetsDefinition:
             "challenger_version": challenger["version"] if challenger else "none",
             "previous_champion": (decision.record or {}).get("previous_champion") or "none",
             "pruned_versions": MetadataValue.json(pruned),
-            "decisions_log": MetadataValue.path(str(registry.decisions_path)),
+            "decisions_log": MetadataValue.path(registry.decisions_location),
         })
         word = _WORDS[decision.outcome]
         serves = decision.outcome in (PROMOTE, KEEP)  # the candidate is in service

@@ -152,7 +152,11 @@ class TrainingResource(ConfigurableResource):
     so a run config changes only the fields it names.
     """
 
-    output_dir: str = Field(default="", description="artifacts root; empty = $LEGOLAS_HOME/output")
+    output_dir: str = Field(default="", description="working directory of the artifacts; empty = $LEGOLAS_HOME/output")
+    artifacts_root: str = Field(
+        default="", description="where the registry and the versions are published: s3://bucket/prefix, gs://bucket/prefix or "
+        "a local directory; empty = LEGOLAS_ARTIFACTS, else output_dir itself (in place)",
+    )
     model_name: Optional[str] = Field(default=None, description="bundled default, a Hugging Face id or a local path; unset = LEGOLAS_MODEL")
     model_init: Optional[str] = Field(default=None, description="'pretrained' or 'scratch' (architecture from config); unset = LEGOLAS_MODEL_INIT")
     model_overrides_json: Optional[str] = Field(default=None, description="JSON object of model config overrides; unset = LEGOLAS_MODEL_OVERRIDES")
@@ -224,8 +228,14 @@ class TrainingResource(ConfigurableResource):
     def output_root(self) -> str:
         return self.output_dir or str(settings.output_dir())
 
+    def artifact_store(self):
+        """The ``ArtifactStore`` every tenant's registry and versions go through (``legolas_ml.storage``)."""
+        from legolas_ml.storage import open_store
+
+        return open_store(self.output_root(), self.artifacts_root or None)
+
     def artifacts(self, tenant: str) -> TenantArtifacts:
-        return TenantArtifacts(self.output_root(), tenant)
+        return TenantArtifacts(self.output_root(), tenant, store=self.artifact_store())
 
     def registry(self, tenant: str) -> ModelRegistry:
         """The tenant's versions, read-only use (the holdout share is the lifecycle resource's business)."""

@@ -222,7 +222,7 @@ def _champion_status(registry: ModelRegistry, manifest: dict) -> dict:
         "manifest": str(registry.manifest_path(manifest["version"])),
         "folds_dir": str(Path(manifest["checkpoints"][0]).parent),
         "report": str(report) if report is not None else None,
-        "decisions": str(registry.decisions_path),
+        "decisions": registry.decisions_location,
         "training_config": manifest.get("training_config"),
     }
 
@@ -321,10 +321,8 @@ def _number(value) -> str:
 
 def _promoted_at(registry: ModelRegistry, manifest: dict) -> str | None:
     """When the champion went into service (the pointer's ``since``), else when it was created."""
-    import json
-
     try:
-        since = json.loads(registry.pointer_path.read_text()).get("since")
+        since = (registry.pointer() or {}).get("since")
     except (OSError, ValueError, AttributeError):
         since = None
     return _as_zulu(since) or manifest.get("created_at")
