@@ -274,3 +274,56 @@ def test_a_version_whose_files_were_never_published_is_unavailable_not_absent(s3
     reader = ModelRegistry(TenantArtifacts(tmp_path / "reader" / "output", "acme"))
     with pytest.raises(ChampionUnavailableError, match="no completion marker.*legolas rollback"):
         reader.champion()
+
+
+# --- the whole chain with LEGOLAS_ARTIFACTS=s3://... ------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_dagster_chain_publishes_to_s3_and_a_fresh_home_serves_its_champion(s3, tmp_path):
+    from dagster import DagsterInstance
+
+    from dagster_helpers import run_chain
+    from test_dagster_chain import fill_demo
+
+    root = s3_root()
+    home = tmp_path / "trainer"
+    fill_demo(home, conversations=150, reviews=40)
+    result = run_chain(
+        home, DagsterInstance.ephemeral(), artifacts_root=root,
+        selection=["labeled_dataset", "stratified_splits", "fold_models", "cv_metrics", "ensemble_model", "promoted_ensemble"],
+    )
+    assert result.success
+    candidate = next(m.materialization.metadata for m in result.get_asset_materialization_events()
+                     if m.asset_key.path[-1] == "ensemble_model")["version"].value
+    registry = ModelRegistry(TenantArtifacts(home / "output", "demo", store=ArtifactStore(root, working_dir=home / "output")))
+    assert registry.versions() == [candidate]
+    assert [r["version"] for r in registry.history()] == [candidate]  # the decision, in the bucket
+    if registry.champion_version() != candidate:  # a tiny model the rule rejected: an operator promotes it
+        registry.promote(candidate, actor="test", reason="the chain's candidate")
+    stored = registry.store.read_json(f"demo/ensemble/versions/{candidate}/manifest.json")
+    assert all(p.startswith(f"demo/folds/{candidate}/") for p in stored["checkpoints"]) and len(stored["checkpoints"]) == 3
+    assert stored["baseline"]["path"].startswith(f"demo/ensemble/versions/{candidate}/runs/")
+    assert registry.store.tree_published(f"demo/folds/{candidate}")
+    run_dir = registry.store.glob(f"demo/ensemble/versions/{candidate}/runs/*/{MARKER}")
+    assert len(run_dir) == 1 and registry.store.exists(run_dir[0].replace(MARKER, "confusion_matrix.png"))
+
+    # A fresh process on an empty home, the same root: it finds, downloads, verifies and runs the champion.
+    fresh = tmp_path / "fresh"
+    script = textwrap.dedent("""
+        import json
+        from legolas_ml import settings
+        from legolas_ml.evaluation.ensemble import FoldEnsemble
+        from legolas_ml.lifecycle.artifacts import TenantArtifacts
+        from legolas_ml.lifecycle.registry import ModelRegistry
+        champion = ModelRegistry(TenantArtifacts(settings.output_dir(), "demo")).champion(verify_weights=True)
+        ensemble = FoldEnsemble(champion["checkpoints"], device="cpu", precision="fp32")
+        print(json.dumps({"version": champion["version"], "checkpoints": champion["checkpoints"], "labels": ensemble.labels,
+                          "predicted": ensemble.predict(["I was charged twice on my card"])}))
+    """)
+    env = {**os.environ, "LEGOLAS_HOME": str(fresh), "LEGOLAS_ARTIFACTS": root, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    served = json.loads(out.stdout.strip().splitlines()[-1])
+    assert served["version"] == candidate and served["predicted"][0] in served["labels"]
+    assert all(Path(p).is_relative_to(fresh / "cache") for p in served["checkpoints"])
