@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: the only spec that takes the local CPU wheel instead of CUDA builds.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,ray,tracking]'
+	$(BIN)/pip install -q -e '.[dev,ray,tracking,storage]'
 	touch $@
 
 setup: $(VENV)/.installed

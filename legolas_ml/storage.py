@@ -93,8 +93,6 @@ class ArtifactStore:
         self, root: str | Path, *, working_dir: str | Path, cache_dir: str | Path | None = None,
         storage_options: dict[str, Any] | None = None,
     ) -> None:
-        import fsspec
-
         root = str(root)
         self.working_dir = Path(working_dir).expanduser().resolve()
         protocol, _, rest = root.partition("://") if "://" in root else ("file", "", root)
@@ -105,10 +103,12 @@ class ArtifactStore:
             self.fs = None
             self._base = ""
         else:
+            import fsspec  # only a remote root needs it (s3fs, gcsfs bring it)
+
             if protocol not in fsspec.available_protocols():
                 raise ValueError(
                     f"LEGOLAS_ARTIFACTS must be a local path or a URL of an fsspec protocol "
-                    f"({', '.join(sorted(p for p in ('s3', 'gs', 'gcs', 'az', 'abfs', 'memory')))} ...), got {root!r}"
+                    f"(s3://, gs://, az://, ...), got {root!r}"
                 )
             self.protocol = protocol
             self.local_root = None
@@ -119,7 +119,7 @@ class ArtifactStore:
             except ImportError as exc:
                 raise ValueError(
                     f"LEGOLAS_ARTIFACTS={root!r} needs the fsspec driver of {protocol!r} ({exc}); "
-                    f"`pip install -e '.[storage]'` installs s3fs"
+                    f"`pip install -e '.[storage]'` installs s3fs; gs:// needs gcsfs"
                 ) from None
             self._base = self._base.rstrip("/")
         self.in_place = self.local_root is not None and self.local_root == self.working_dir

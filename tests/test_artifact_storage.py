@@ -189,6 +189,14 @@ def test_the_registry_on_s3_switches_the_pointer_with_one_object_write(s3, tmp_p
     assert champion["version"] == "v1" and other.versions() == ["v1", "v2"]
     assert all(Path(p).is_relative_to(tmp_path / "other" / "cache") for p in champion["checkpoints"])
 
+    # A run's report (explainability_report publishes its run's directory): `legolas status` shows its URL.
+    report = registry.run_dir("v1", "r1") / "explainability" / "report.html"
+    report.parent.mkdir(parents=True)
+    report.write_text("<html></html>")
+    assert other.latest_report("v1") is None
+    registry.publish_run("v1", "r1")
+    assert other.latest_report("v1") == f"{root}/acme/ensemble/versions/v1/runs/r1/explainability/report.html"
+
 
 def test_an_upload_killed_midway_publishes_no_version_and_a_rerun_completes_it(s3, tmp_path, monkeypatch):
     root = s3_root()
