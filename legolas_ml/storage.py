@@ -107,7 +107,7 @@ class ArtifactStore:
 
             if protocol not in fsspec.available_protocols():
                 raise ValueError(
-                    f"LEGOLAS_ARTIFACTS must be a local path or a URL of an fsspec protocol "
+                    f"LEGOLAS_ARTIFACTS (training.artifacts_root in Dagster) must be a local path or a URL of an fsspec protocol "
                     f"(s3://, gs://, az://, ...), got {root!r}"
                 )
             self.protocol = protocol
@@ -172,8 +172,11 @@ class ArtifactStore:
         return self.write_text(rel, json.dumps(payload, indent=2, sort_keys=True, default=str))
 
     def read_bytes(self, rel: str) -> bytes:
-        """Raises:
-            FileNotFoundError: naming the object's location."""
+        """The object's content.
+
+        Raises:
+            FileNotFoundError: naming the object's location.
+        """
         try:
             if self.local_root is not None:
                 return self._local(rel).read_bytes()

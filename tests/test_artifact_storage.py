@@ -152,7 +152,7 @@ def test_the_root_setting_is_checked(monkeypatch, tmp_path):
     monkeypatch.setenv("LEGOLAS_ARTIFACTS", "s3://")
     with pytest.raises(settings.SettingsError, match="LEGOLAS_ARTIFACTS must be a local directory or a URL.*got 's3://'"):
         settings.artifacts_root()
-    with pytest.raises(ValueError, match="LEGOLAS_ARTIFACTS must be a local path or a URL of an fsspec protocol.*'nope://x'"):
+    with pytest.raises(ValueError, match=r"LEGOLAS_ARTIFACTS \(training.artifacts_root in Dagster\) must be a local path or a URL of an fsspec protocol.*'nope://x'"):
         ArtifactStore("nope://x", working_dir=tmp_path)
     monkeypatch.delenv("LEGOLAS_ARTIFACTS")
     assert TenantArtifacts(tmp_path / "output", "acme").store.in_place  # unset: today's layout, in place
