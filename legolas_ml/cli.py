@@ -16,7 +16,6 @@ from legolas_ml import settings
 from legolas_ml.cli_conventions import CommandError, UsageError, add_json_option, exit_code_for, print_json
 from legolas_ml.data import tenant_commands
 from legolas_ml.lifecycle import commands as lifecycle_commands
-from legolas_ml.lifecycle.artifacts import TenantArtifacts
 from legolas_ml.lifecycle.commands import holdout_balanced_accuracies, tenant_argument
 from legolas_ml.lifecycle.registry import ChampionUnavailableError, ModelRegistry
 from legolas_ml.data.demo_data import DOMAINS, generate_demo_data
@@ -165,7 +164,7 @@ def status_report(args) -> dict:
 
 def _tenant_status(args, tenant) -> dict:
     """One tenant's row: documents, reviews, waiting reviews, queue, and its champion (``None`` if none)."""
-    registry = ModelRegistry(TenantArtifacts(settings.output_dir(), tenant.name))
+    registry = lifecycle_commands.registry_for(tenant.name)
     entry: dict = {"tenant": tenant.name, "n_folds": None,
                    "champion": None, "champion_problem": None, "store_problem": None}
     try:

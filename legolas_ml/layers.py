@@ -26,7 +26,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 )
 
 #: Top-level modules that belong on a floor other than their name's (none once the ground floor is a folder).
-PLACED: dict[str, str] = {"settings": "core", "atomic_io": "core"}
+PLACED: dict[str, str] = {"settings": "core", "atomic_io": "core", "storage": "core"}
 
 PACKAGE = "legolas_ml"
 

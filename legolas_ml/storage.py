@@ -405,11 +405,10 @@ def _records_dir(rel: str) -> str:
 
 
 def open_store(working_dir: str | Path, root: str | None = None) -> ArtifactStore:
-    """The store of ``working_dir``: rooted at ``root``, else ``LEGOLAS_ARTIFACTS``, else in place.
+    """The store of ``working_dir``: rooted at ``root`` (``settings.artifacts_root()``, read by the
+    caller: this ground-floor module reads no setting), else the working directory itself, in place.
 
     The cache lives beside the working directory (``$LEGOLAS_HOME/cache`` for the default output
     directory), so a fresh home downloads what it reads once.
     """
-    from legolas_ml import settings
-
-    return ArtifactStore(root or settings.artifacts_root() or working_dir, working_dir=working_dir)
+    return ArtifactStore(root or working_dir, working_dir=working_dir)

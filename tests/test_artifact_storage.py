@@ -26,7 +26,7 @@ import torch
 from legolas_ml import settings
 from legolas_ml.lifecycle.artifacts import TenantArtifacts
 from legolas_ml.lifecycle.registry import ChampionUnavailableError, ModelRegistry
-from legolas_ml.storage import MARKER, ArtifactIntegrityError, ArtifactNotPublishedError, ArtifactStore
+from legolas_ml.storage import MARKER, ArtifactIntegrityError, ArtifactNotPublishedError, ArtifactStore, open_store
 from legolas_ml.training.checkpoint import read_sidecar, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +66,11 @@ def s3():
 def s3_root() -> str:
     """A fresh prefix of the test bucket: every test starts from an empty root."""
     return f"s3://legolas/{uuid.uuid4().hex[:8]}"
+
+
+def _registry(output: Path, root: str | None = None, tenant: str = "acme") -> ModelRegistry:
+    """A tenant's registry working in ``output``, published under ``root`` (``None``: in place)."""
+    return ModelRegistry(TenantArtifacts(output, tenant, store=open_store(output, root)))
 
 
 def _checkpoint(folder: Path, fold: int = 0) -> Path:
@@ -154,8 +159,15 @@ def test_the_root_setting_is_checked(monkeypatch, tmp_path):
         settings.artifacts_root()
     with pytest.raises(ValueError, match=r"LEGOLAS_ARTIFACTS \(training.artifacts_root in Dagster\) must be a local path or a URL of an fsspec protocol.*'nope://x'"):
         ArtifactStore("nope://x", working_dir=tmp_path)
+    from legolas_ml.lifecycle.commands import registry_for  # the CLI's registry
+
+    monkeypatch.setenv("LEGOLAS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("LEGOLAS_ARTIFACTS", str(tmp_path / "volume"))
+    store = registry_for("acme").store
+    assert store.local_root == tmp_path / "volume" and store.working_dir == tmp_path / "home" / "output" and not store.in_place
     monkeypatch.delenv("LEGOLAS_ARTIFACTS")
-    assert TenantArtifacts(tmp_path / "output", "acme").store.in_place  # unset: today's layout, in place
+    assert registry_for("acme").store.in_place  # unset: today's layout, in place
+    assert TenantArtifacts(tmp_path / "output", "acme").store.in_place
 
 
 # --- the registry on S3 ------------------------------------------------------------------------
@@ -163,8 +175,7 @@ def test_the_root_setting_is_checked(monkeypatch, tmp_path):
 
 def test_the_registry_on_s3_switches_the_pointer_with_one_object_write(s3, tmp_path, monkeypatch):
     root = s3_root()
-    monkeypatch.setenv("LEGOLAS_ARTIFACTS", root)
-    registry = ModelRegistry(TenantArtifacts(tmp_path / "output", "acme"))
+    registry = _registry(tmp_path / "output", root)
     assert registry.store.is_remote and registry.champion() is None
     for version in ("v1", "v2"):
         registry.write_candidate(_candidate(registry, version))
@@ -184,7 +195,7 @@ def test_the_registry_on_s3_switches_the_pointer_with_one_object_write(s3, tmp_p
     assert len(s3.list_objects_v2(Bucket="legolas", Prefix=root.split("/", 3)[3] + "/acme/ensemble/decisions/")["Contents"]) == 3
 
     # Another machine: an empty home, the same root. It sees the champion and downloads its folds once.
-    other = ModelRegistry(TenantArtifacts(tmp_path / "other" / "output", "acme"))
+    other = _registry(tmp_path / "other" / "output", root)
     champion = other.champion(verify_weights=True)
     assert champion["version"] == "v1" and other.versions() == ["v1", "v2"]
     assert all(Path(p).is_relative_to(tmp_path / "other" / "cache") for p in champion["checkpoints"])
@@ -198,16 +209,15 @@ def test_the_registry_on_s3_switches_the_pointer_with_one_object_write(s3, tmp_p
     assert other.latest_report("v1") == f"{root}/acme/ensemble/versions/v1/runs/r1/explainability/report.html"
 
 
-def test_an_upload_killed_midway_publishes_no_version_and_a_rerun_completes_it(s3, tmp_path, monkeypatch):
+def test_an_upload_killed_midway_publishes_no_version_and_a_rerun_completes_it(s3, tmp_path):
     root = s3_root()
-    monkeypatch.setenv("LEGOLAS_ARTIFACTS", root)
-    registry = ModelRegistry(TenantArtifacts(tmp_path / "output", "acme"))
+    registry = _registry(tmp_path / "output", root)
     manifest = _candidate(registry, "v1", n_folds=3)
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     # The publisher is killed (SIGKILL: no cleanup runs) once its first checkpoint file is uploaded.
     script = textwrap.dedent(f"""
         import json, sys, time
-        from legolas_ml.storage import ArtifactStore
+        from legolas_ml.storage import ArtifactStore, open_store
         from legolas_ml.lifecycle.artifacts import TenantArtifacts
         from legolas_ml.lifecycle.registry import ModelRegistry
         upload = ArtifactStore._upload_file
@@ -216,7 +226,8 @@ def test_an_upload_killed_midway_publishes_no_version_and_a_rerun_completes_it(s
             print("uploaded", rel, flush=True)
             time.sleep(120)
         ArtifactStore._upload_file = upload_then_hang
-        registry = ModelRegistry(TenantArtifacts({str(tmp_path / "output")!r}, "acme"))
+        output = {str(tmp_path / "output")!r}
+        registry = ModelRegistry(TenantArtifacts(output, "acme", store=open_store(output, {root!r})))
         registry.write_candidate(json.loads(open({str(tmp_path / "manifest.json")!r}).read()))
     """)
     publisher = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=os.environ.copy())
@@ -228,7 +239,7 @@ def test_an_upload_killed_midway_publishes_no_version_and_a_rerun_completes_it(s
         publisher.wait(timeout=60)
     assert publisher.returncode == -signal.SIGKILL
 
-    reader = ModelRegistry(TenantArtifacts(tmp_path / "reader" / "output", "acme"))
+    reader = _registry(tmp_path / "reader" / "output", root)
     assert reader.store.glob("acme/folds/v1/*")  # some files made it to S3...
     assert not reader.store.tree_published("acme/folds/v1")  # ...but no marker: not a tree
     assert reader.versions() == []  # the manifest comes last: no version to see
@@ -273,13 +284,13 @@ def test_an_older_manifest_with_absolute_paths_still_loads_and_is_re_rooted_when
     assert all(Path(p).is_relative_to(tmp_path / "restored" / "output" / "acme" / "folds") for p in champion["checkpoints"])
 
 
-def test_a_version_whose_files_were_never_published_is_unavailable_not_absent(s3, tmp_path, monkeypatch):
-    monkeypatch.setenv("LEGOLAS_ARTIFACTS", s3_root())
-    registry = ModelRegistry(TenantArtifacts(tmp_path / "output", "acme"))
+def test_a_version_whose_files_were_never_published_is_unavailable_not_absent(s3, tmp_path):
+    root = s3_root()
+    registry = _registry(tmp_path / "output", root)
     registry.write_candidate(_candidate(registry, "v1"))
     registry.promote("v1", actor="t", reason="first")
     registry.store.delete("acme/folds/v1/" + MARKER)  # e.g. a bucket lifecycle rule deleted the folds
-    reader = ModelRegistry(TenantArtifacts(tmp_path / "reader" / "output", "acme"))
+    reader = _registry(tmp_path / "reader" / "output", root)
     with pytest.raises(ChampionUnavailableError, match="no completion marker.*legolas rollback"):
         reader.champion()
 
@@ -304,7 +315,7 @@ def test_the_dagster_chain_publishes_to_s3_and_a_fresh_home_serves_its_champion(
     assert result.success
     candidate = next(m.materialization.metadata for m in result.get_asset_materialization_events()
                      if m.asset_key.path[-1] == "ensemble_model")["version"].value
-    registry = ModelRegistry(TenantArtifacts(home / "output", "demo", store=ArtifactStore(root, working_dir=home / "output")))
+    registry = _registry(home / "output", root, tenant="demo")
     assert registry.versions() == [candidate]
     assert [r["version"] for r in registry.history()] == [candidate]  # the decision, in the bucket
     if registry.champion_version() != candidate:  # a tiny model the rule rejected: an operator promotes it
@@ -316,15 +327,14 @@ def test_the_dagster_chain_publishes_to_s3_and_a_fresh_home_serves_its_champion(
     run_dir = registry.store.glob(f"demo/ensemble/versions/{candidate}/runs/*/{MARKER}")
     assert len(run_dir) == 1 and registry.store.exists(run_dir[0].replace(MARKER, "confusion_matrix.png"))
 
-    # A fresh process on an empty home, the same root: it finds, downloads, verifies and runs the champion.
+    # A fresh process on an empty home, the same root (LEGOLAS_ARTIFACTS, read as the CLI reads it):
+    # it finds, downloads, verifies and runs the champion.
     fresh = tmp_path / "fresh"
     script = textwrap.dedent("""
         import json
-        from legolas_ml import settings
         from legolas_ml.evaluation.ensemble import FoldEnsemble
-        from legolas_ml.lifecycle.artifacts import TenantArtifacts
-        from legolas_ml.lifecycle.registry import ModelRegistry
-        champion = ModelRegistry(TenantArtifacts(settings.output_dir(), "demo")).champion(verify_weights=True)
+        from legolas_ml.lifecycle.commands import registry_for
+        champion = registry_for("demo").champion(verify_weights=True)
         ensemble = FoldEnsemble(champion["checkpoints"], device="cpu", precision="fp32")
         print(json.dumps({"version": champion["version"], "checkpoints": champion["checkpoints"], "labels": ensemble.labels,
                           "predicted": ensemble.predict(["I was charged twice on my card"])}))

@@ -80,8 +80,10 @@ class TenantArtifacts:
     Args:
         output_dir: the local working directory (``$LEGOLAS_HOME/output``).
         tenant: the tenant's name.
-        store: where the registry and the versions are published; default: ``LEGOLAS_ARTIFACTS``,
-            else ``output_dir`` itself (in place).
+        store: where the registry and the versions are published; default: ``output_dir`` itself,
+            in place. Callers that honour ``LEGOLAS_ARTIFACTS`` pass ``open_store(output_dir,
+            settings.artifacts_root())`` (the CLI: ``lifecycle.commands.registry_for``; Dagster:
+            ``TrainingResource.artifacts``).
     """
 
     def __init__(self, output_dir: str | Path, tenant: str, store: ArtifactStore | None = None) -> None:

@@ -8,6 +8,7 @@ from legolas_ml import settings
 from legolas_ml.cli_conventions import CommandError, add_json_option, print_json
 from legolas_ml.lifecycle.artifacts import TenantArtifacts, validate_tenant
 from legolas_ml.lifecycle.registry import ChampionUnavailableError, ModelRegistry, default_actor
+from legolas_ml.storage import open_store
 
 
 def tenant_argument(value: str) -> str:
@@ -18,8 +19,15 @@ def tenant_argument(value: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def registry_for(tenant: str) -> ModelRegistry:
+    """The tenant's registry as the CLI sees it: working files under ``$LEGOLAS_HOME/output``,
+    published under ``LEGOLAS_ARTIFACTS`` (default: that directory itself)."""
+    output = settings.output_dir()
+    return ModelRegistry(TenantArtifacts(output, tenant, store=open_store(output, settings.artifacts_root() or None)))
+
+
 def _registry(args) -> ModelRegistry:
-    return ModelRegistry(TenantArtifacts(settings.output_dir(), args.tenant))
+    return registry_for(args.tenant)
 
 
 def cmd_promote(args) -> int:
