@@ -336,6 +336,7 @@ def test_every_store_query_is_scoped_to_its_tenant(tmp_path):
         exercise("clear_audit_flag", sid, "legolas-audit", {"$unset": {"needs_review": ""}})
         list(exercise("flagged_for_review", ["needs_review"]))
         exercise("insert_classifications", [{"session_id": "new-1", "text": "hello", "llm_prediction": "billing"}])
+        exercise("upsert_classifications", [{"session_id": "new-3", "text": "hi", "llm_prediction": "billing"}], ("text", "llm_prediction"))
         exercise("insert_review", {"session_id": "new-1", "label": "billing", "reviewed_at": reviews[-1]["reviewed_at"]})
         exercise("finish_writing")
         # What the assets and commands run on top of the store.
