@@ -283,9 +283,9 @@ class ArtifactStore:
         Raises:
             FileNotFoundError: if the working directory does not exist.
         """
-        rel = _relative(rel)
-        if self.in_place:
+        if self.in_place:  # before the path check: in place there is nothing to name
             return None
+        rel = _relative(rel)
         source = self.working_dir / rel
         if not source.is_dir():
             raise FileNotFoundError(f"cannot publish {source}: no such directory")
@@ -385,6 +385,8 @@ class ArtifactStore:
         entry = str(entry)
         if not os.path.isabs(entry):
             rel = _relative(entry)
+            if self.in_place:  # nothing to fetch: the file is where it was written
+                return self.working_dir / rel
             return self.fetch_tree(str(PurePosixPath(rel).parent)) / PurePosixPath(rel).name
         if Path(entry).exists():
             return Path(entry)
