@@ -43,12 +43,12 @@ import torch  # noqa: E402
 from legolas_ml.data.demo_data import generate_demo_data  # noqa: E402
 from legolas_ml.data.quality_gate import run_gate  # noqa: E402
 from legolas_ml.evaluation.ensemble import FoldEnsemble  # noqa: E402
-from legolas_ml.evaluation.metrics import classification_metrics  # noqa: E402
-from legolas_ml.settings import PRESETS  # noqa: E402
+from legolas_ml.core.metrics import classification_metrics  # noqa: E402
+from legolas_ml.core.settings import PRESETS  # noqa: E402
 from legolas_ml.training.batching import collate, length_grouped_batches  # noqa: E402
 from legolas_ml.training.checkpoint import load_checkpoint  # noqa: E402
 from legolas_ml.training.config import TrainingConfig  # noqa: E402
-from legolas_ml.training.cross_validation import run_cross_validation  # noqa: E402
+from legolas_ml.evaluation.cross_validation import run_cross_validation  # noqa: E402
 from legolas_ml.training.modeling import load_tokenizer, model_from_state  # noqa: E402
 
 

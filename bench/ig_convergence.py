@@ -25,8 +25,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 
-from legolas_ml import settings  # noqa: E402
-from legolas_ml.lifecycle.artifacts import TenantArtifacts, read_dataset  # noqa: E402
+from legolas_ml.core import settings  # noqa: E402
+from legolas_ml.lifecycle.artifacts import TenantArtifacts  # noqa: E402
+from legolas_ml.core.datasets import read_dataset
 from legolas_ml.lifecycle.registry import ModelRegistry  # noqa: E402
 from legolas_ml.evaluation.ensemble import FoldEnsemble  # noqa: E402
 from legolas_ml.explain.attributions import EnsembleExplainer, IGSettings, baseline_ids, relative_completeness_error  # noqa: E402

@@ -10,7 +10,6 @@ only reports, so the before/after of a restructuring is one command anyone can r
 from __future__ import annotations
 
 import argparse
-import ast
 import sys
 from pathlib import Path
 

@@ -39,9 +39,11 @@ from legolas_ml.data.demo_data import generate_demo_data  # noqa: E402
 from legolas_ml.data.quality_gate import normalise_label  # noqa: E402
 from legolas_ml.data.splits import SplitPlan  # noqa: E402
 from legolas_ml.data.store import open_tenant_store  # noqa: E402
-from legolas_ml.lifecycle.artifacts import TenantArtifacts, read_dataset  # noqa: E402
+from legolas_ml.lifecycle.artifacts import TenantArtifacts  # noqa: E402
+from legolas_ml.core.datasets import read_dataset
 from legolas_ml.lifecycle.registry import ModelRegistry  # noqa: E402
-from legolas_ml.review.audit import REASONS, AuditSettings  # noqa: E402
+from legolas_ml.review.audit import AuditSettings  # noqa: E402
+from legolas_ml.core.choices import REASONS
 from legolas_ml.review.label_audit import run_label_audit  # noqa: E402
 
 

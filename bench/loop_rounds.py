@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT))
-from legolas_ml.settings import PRESETS  # noqa: E402
+from legolas_ml.core.settings import PRESETS  # noqa: E402
 
 TENANT, CONVERSATIONS, REVIEWS, SEED, K = "demo", 600, 120, 7, PRESETS["demo"]["n_folds"]
 
@@ -56,7 +56,7 @@ def train(env: dict) -> tuple[float, str]:
 
 
 def scores(truth: list[str], predicted: list[str]) -> tuple[float, float]:
-    from legolas_ml.evaluation.metrics import classification_metrics
+    from legolas_ml.core.metrics import classification_metrics
 
     m = classification_metrics(truth, predicted, classes=sorted(set(truth)))
     return m["accuracy"], m["balanced_accuracy"]

@@ -20,9 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from legolas_ml.lifecycle.artifacts import TenantArtifacts, training_key  # noqa: E402
+from legolas_ml.lifecycle.artifacts import TenantArtifacts  # noqa: E402
+from legolas_ml.core.identity import training_key
 from legolas_ml.training.config import TrainingConfig  # noqa: E402
-from legolas_ml.training.cross_validation import aggregate_folds, encode_dataset, evaluate_ensemble, plan_splits, train_plan_fold  # noqa: E402
+from legolas_ml.training.cross_validation import encode_dataset, plan_splits, train_plan_fold  # noqa: E402
+from legolas_ml.evaluation.cross_validation import aggregate_folds, evaluate_ensemble
 from legolas_ml.data.demo_data import generate_demo_data  # noqa: E402
 from legolas_ml.explain.attributions import EnsembleExplainer, select_texts, summarise  # noqa: E402
 from legolas_ml.data.quality_gate import gate_from_store  # noqa: E402

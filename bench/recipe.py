@@ -60,7 +60,7 @@ def valid(doc: dict) -> bool:
 
 
 def scores(truth, predicted) -> tuple[float, float]:
-    from legolas_ml.evaluation.metrics import classification_metrics
+    from legolas_ml.core.metrics import classification_metrics
 
     m = classification_metrics(list(truth), list(predicted), classes=sorted(set(truth)))
     return m["accuracy"], m["balanced_accuracy"]
@@ -72,12 +72,14 @@ def one(values: dict, args, docs, reviews, truth, fresh, fresh_truth) -> dict:
     from legolas_ml.data.quality_gate import gate_from_store
     from legolas_ml.data.store import open_tenant_store
     from legolas_ml.evaluation.ensemble import EVAL_PRECISION, FoldEnsemble
-    from legolas_ml.evaluation.metrics import metrics_by_label_source
-    from legolas_ml.lifecycle.artifacts import TenantArtifacts, training_key
+    from legolas_ml.core.metrics import metrics_by_label_source
+    from legolas_ml.lifecycle.artifacts import TenantArtifacts
+    from legolas_ml.core.identity import training_key
     from legolas_ml.lifecycle.holdout import DEFAULT_HOLDOUT_SHARE, split_holdout
-    from legolas_ml.settings import PRESETS
+    from legolas_ml.core.settings import PRESETS
     from legolas_ml.training.config import TrainingConfig
-    from legolas_ml.training.cross_validation import aggregate_folds, encode_dataset, evaluate_ensemble, plan_splits, train_plan_fold
+    from legolas_ml.training.cross_validation import encode_dataset, plan_splits, train_plan_fold
+    from legolas_ml.evaluation.cross_validation import aggregate_folds, evaluate_ensemble
 
     preset = {k: v for k, v in PRESETS["demo"].items()}
     config = TrainingConfig(**{**preset, **values})

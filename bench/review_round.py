@@ -20,7 +20,7 @@ import random
 from collections import Counter
 from datetime import datetime, timezone
 
-from legolas_ml import settings
+from legolas_ml.core import settings
 from legolas_ml.data.demo_data import generate_demo_data
 from legolas_ml.data.store import open_tenant_store
 

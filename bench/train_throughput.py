@@ -128,7 +128,7 @@ def evaluate_in_order(model, cfg, data, val) -> float:
     import numpy as np
     import torch
 
-    from legolas_ml.evaluation.metrics import classification_metrics
+    from legolas_ml.core.metrics import classification_metrics
     from legolas_ml.training.losses import build_loss
     from legolas_ml.training.trainer import evaluate
 
@@ -173,7 +173,7 @@ def run_variant(name: str, args) -> dict:
     import torch
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
-    from legolas_ml.evaluation.metrics import classification_metrics
+    from legolas_ml.core.metrics import classification_metrics
     from legolas_ml.training.modeling import build_model, load_tokenizer
 
     class Rows(torch.utils.data.Dataset):

@@ -186,7 +186,7 @@ def run(cmd: list[str], env: dict) -> None:
 def write_reviews(env: dict, path: Path, start: int, n: int, year: int) -> None:
     """``n`` reviews of stored conversations, every class in turn, as `legolas import-reviews` reads them (the LLM's label, confirmed)."""
     code = (
-        "import json,sys; from legolas_ml.data.store import open_tenant_store; from legolas_ml import settings\n"
+        "import json,sys; from legolas_ml.data.store import open_tenant_store; from legolas_ml.core import settings\n"
         "with open_tenant_store(None, settings.data_dir(), 'legolas', 'demo') as s:\n"
         "    docs = sorted(s.classifications.find({'tenant': 'demo', 'llm_prediction': {'$type': 'string'}}), key=lambda d: d['session_id'])\n"
         "by_class = {}\n"

@@ -30,7 +30,7 @@ from legolas_ml.data.splits import SplitPlan
 from legolas_ml.evaluation import checks as verdicts
 from legolas_ml.evaluation.baseline import BASELINE_NAME
 from legolas_ml.evaluation.checks import CheckOutcome, CheckTable
-from legolas_ml.lifecycle.artifacts import read_dataset
+from legolas_ml.core.datasets import read_dataset
 
 from .resources import TrainingResource
 from .tenancy import TenantPlan

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import click
 
-from legolas_ml.settings import SettingsError
+from legolas_ml.core.settings import SettingsError
 
 
 class ConfigurationError(SettingsError, click.ClickException):

@@ -2,9 +2,10 @@
 
 from dagster import AssetExecutionContext, AssetsDefinition, DataVersion, Failure, MetadataValue, Output, TableColumn, TableRecord, TableSchema, asset
 
-from legolas_ml.data.quality_gate import GateSettings, content_hash, gate_from_store
+from legolas_ml.data.quality_gate import GateSettings, gate_from_store
+from legolas_ml.core.datasets import content_hash
 from legolas_ml.data.store import StoreUnavailableError
-from legolas_ml.lifecycle.artifacts import write_dataset
+from legolas_ml.core.datasets import write_dataset
 from legolas_ml.lifecycle.dataset_diff import dataset_diff
 from legolas_ml.lifecycle.holdout import in_holdout, split_holdout
 from legolas_ml.lifecycle.registry import ChampionUnavailableError

@@ -7,7 +7,7 @@ sensor (``live_tenants``) sees it and has the code location reloaded (docs/tenan
 
 from dagster import Definitions, in_process_executor
 
-from legolas_ml import settings
+from legolas_ml.core import settings
 
 from .configuration import reported_in_one_line
 from .io_manager import JsonIOManager

@@ -7,12 +7,12 @@ from dagster import AssetExecutionContext, AssetsDefinition, Failure, MetadataVa
 
 from legolas_ml.evaluation.baseline import BASELINE_NAME, evaluate_baseline
 from legolas_ml.evaluation.ensemble import EVAL_PRECISION
-from legolas_ml.evaluation.metrics import metrics_by_label_source
-from legolas_ml.lifecycle.artifacts import read_dataset
+from legolas_ml.core.metrics import metrics_by_label_source
+from legolas_ml.core.datasets import read_dataset
 from legolas_ml.training.checkpoint import read_sidecar
-from legolas_ml.training.cross_validation import MissingFoldsError, StaleFoldError, aggregate_folds, evaluate_ensemble
+from legolas_ml.evaluation.cross_validation import MissingFoldsError, StaleFoldError, aggregate_folds, evaluate_ensemble
 from legolas_ml.data.splits import SplitPlan
-from legolas_ml.atomic_io import write_json_atomic
+from legolas_ml.core.atomic_io import write_json_atomic
 
 from . import links, plots
 from .resources import GPUResource, LifecycleResource, TrainingResource

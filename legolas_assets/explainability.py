@@ -4,8 +4,8 @@ from pathlib import Path
 
 from dagster import AssetExecutionContext, AssetsDefinition, MetadataValue, Output, TableColumn, TableRecord, TableSchema, asset
 
-from legolas_ml.lifecycle.artifacts import read_dataset
-from legolas_ml import settings
+from legolas_ml.core.datasets import read_dataset
+from legolas_ml.core import settings
 from legolas_ml.evaluation.ensemble import EVAL_PRECISION, FoldEnsemble
 from legolas_ml.explain.attributions import EnsembleExplainer, IGSettings, select_texts, summarise
 from legolas_ml.explain.report import write_report

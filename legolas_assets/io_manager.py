@@ -13,7 +13,7 @@ from typing import Any
 
 from dagster import ConfigurableIOManager, InputContext, OutputContext
 
-from legolas_ml.atomic_io import write_json_atomic
+from legolas_ml.core.atomic_io import write_json_atomic
 
 
 class JsonIOManager(ConfigurableIOManager):

@@ -21,7 +21,7 @@ from dagster import (
 )
 
 from legolas_ml.evaluation.ensemble import EVAL_PRECISION
-from legolas_ml.lifecycle.artifacts import read_dataset
+from legolas_ml.core.datasets import read_dataset
 from legolas_ml.data.store import StoreUnavailableError
 from legolas_ml.lifecycle.decision import (
     KEEP,

@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 from dagster import MetadataValue
 
-from legolas_ml import settings
+from legolas_ml.core import settings
 
 
 def url_of(path: str | Path) -> str | None:

@@ -23,7 +23,7 @@ from legolas_ml.data.splits import SplitPlan
 from legolas_ml.data.store import StoreUnavailableError
 from legolas_ml.data.store_lock import StoreBusyError
 from legolas_ml.evaluation.ensemble import EVAL_PRECISION, FoldEnsemble
-from legolas_ml.lifecycle.artifacts import read_dataset
+from legolas_ml.core.datasets import read_dataset
 from legolas_ml.lifecycle.registry import ChampionUnavailableError
 from legolas_ml.review.label_audit import run_label_audit
 from legolas_ml.review.queue import review_queue

@@ -13,12 +13,14 @@ from dagster import ConfigurableResource, InitResourceContext, ResourceDefinitio
 from dagster import Field as DagsterField
 from pydantic import Field
 
-from legolas_ml import settings
-from legolas_ml.lifecycle.artifacts import TenantArtifacts, validate_tenant
+from legolas_ml.core import settings
+from legolas_ml.lifecycle.artifacts import TenantArtifacts
+from legolas_ml.core.identity import validate_tenant
 from legolas_ml.lifecycle.holdout import DEFAULT_HOLDOUT_SHARE, validate_share
 from legolas_ml.lifecycle.promotion import PromotionPolicy
 from legolas_ml.lifecycle.registry import ModelRegistry
-from legolas_ml.review.audit import FLAG_REASONS, REASONS, AuditSettings
+from legolas_ml.review.audit import AuditSettings
+from legolas_ml.core.choices import FLAG_REASONS, REASONS
 from legolas_ml.training.config import TrainingConfig
 from legolas_ml.training.resolution import ResolvedTraining, resolve_training
 from legolas_ml.training.modeling import device_description, resolve_device, resolve_precision
@@ -211,7 +213,7 @@ class TrainingResource(ConfigurableResource):
 
     def fold_runner(self):
         """The fold runner of this run (``legolas_ml.runners``), validated."""
-        from legolas_ml.runners.base import make_runner
+        from legolas_ml.runners import make_runner
 
         gpus = self._or_setting("gpus_per_fold", settings.gpus_per_fold)
         return make_runner(
@@ -229,8 +231,8 @@ class TrainingResource(ConfigurableResource):
         return self.output_dir or str(settings.output_dir())
 
     def artifact_store(self):
-        """The ``ArtifactStore`` every tenant's registry and versions go through (``legolas_ml.storage``)."""
-        from legolas_ml.storage import open_store
+        """The ``ArtifactStore`` every tenant's registry and versions go through (``legolas_ml.core.storage``)."""
+        from legolas_ml.core.storage import open_store
 
         return open_store(self.output_root(), self.artifacts_root or None)
 

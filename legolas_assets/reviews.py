@@ -11,8 +11,9 @@ from datetime import datetime, timedelta, timezone
 from dagster import AssetObservation, BetaWarning, DataVersion, ObserveResult, observable_source_asset
 from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
-from legolas_ml import settings
-from legolas_ml.lifecycle.retraining import RetrainPolicy, ReviewBacklog, ReviewCursor, waited_for
+from legolas_ml.core import settings
+from legolas_ml.lifecycle.retraining import RetrainPolicy, ReviewBacklog, waited_for
+from legolas_ml.core.review_cursor import ReviewCursor
 
 from .resources import LifecycleResource, MongoResource, TrainingResource
 from .stages import DATA

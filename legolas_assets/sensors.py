@@ -21,21 +21,10 @@ from dagster import (
     sensor,
 )
 
-from legolas_ml import settings
+from legolas_ml.core import settings
 from legolas_ml.data.store import StoreUnavailableError
-from legolas_ml.lifecycle.retraining import (
-    FAILED,
-    IN_PROGRESS,
-    SUCCEEDED,
-    RetryPolicy,
-    ReviewCursor,
-    backlog_in_state,
-    parse_sensor_state,
-    parse_tenant_states,
-    plan_tick,
-    serialize_sensor_state,
-    serialize_tenant_states,
-)
+from legolas_ml.lifecycle.retraining import FAILED, IN_PROGRESS, SUCCEEDED, RetryPolicy, backlog_in_state, parse_sensor_state, parse_tenant_states, plan_tick, serialize_sensor_state, serialize_tenant_states
+from legolas_ml.core.review_cursor import ReviewCursor
 
 from dagster._core.storage.tags import RUN_KEY_TAG
 

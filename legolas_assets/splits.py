@@ -2,8 +2,8 @@
 
 from dagster import AssetExecutionContext, AssetsDefinition, MetadataValue, Output, TableColumn, TableRecord, TableSchema, asset
 
-from legolas_ml.lifecycle.artifacts import read_dataset
-from legolas_ml.atomic_io import write_json_atomic
+from legolas_ml.core.datasets import read_dataset
+from legolas_ml.core.atomic_io import write_json_atomic
 from legolas_ml.training.cross_validation import plan_splits
 from legolas_ml.data.splits import class_proportions
 

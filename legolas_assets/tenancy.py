@@ -34,11 +34,11 @@ from pathlib import Path
 
 from dagster import AssetIn, AssetKey, StaticPartitionsDefinition
 
-from legolas_ml import settings
-from legolas_ml.atomic_io import write_json_atomic
+from legolas_ml.core import settings
+from legolas_ml.core.atomic_io import write_json_atomic
 from legolas_ml.data.store import StoreUnavailableError
 from legolas_ml.data.tenants import Discovery, TenantSettings, fold_layout, key_name, open_catalogue, training_job_name
-from legolas_ml.lifecycle.artifacts import validate_tenant
+from legolas_ml.core.identity import validate_tenant
 
 from .configuration import reported_in_one_line
 

@@ -3,7 +3,8 @@
 
 from dagster import AssetExecutionContext, AssetsDefinition, AssetObservation, Failure, MetadataValue, Output, TableColumn, TableRecord, TableSchema, asset
 
-from legolas_ml.lifecycle.artifacts import read_dataset, training_key
+from legolas_ml.core.datasets import read_dataset
+from legolas_ml.core.identity import training_key
 from legolas_ml.lifecycle.registry import ChampionUnavailableError
 from legolas_ml.lifecycle.retraining import warm_start_checkpoints
 from legolas_ml.runners.base import FoldWorkerLostError

@@ -25,8 +25,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("cli", "tracking", "layers"),
 )
 
-#: Top-level modules that belong on a floor other than their name's (none once the ground floor is a folder).
-PLACED: dict[str, str] = {"settings": "core", "atomic_io": "core", "storage": "core"}
+#: Top-level modules that belong on a floor other than their name's: none, the ground floor is a folder.
+PLACED: dict[str, str] = {}
 
 PACKAGE = "legolas_ml"
 

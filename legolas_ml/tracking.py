@@ -265,7 +265,7 @@ class MlflowTracker:
 
 def redacted(error: BaseException | str) -> str:
     """An error's text with the tracking URI's password removed (``user:***@host``), for logs and metadata."""
-    from legolas_ml import settings
+    from legolas_ml.core import settings
     from legolas_ml.data.store import scrub
 
     text = str(error)
@@ -278,7 +278,7 @@ def redacted(error: BaseException | str) -> str:
 
 def tracker_from_settings() -> MlflowTracker | None:
     """The tracker for ``LEGOLAS_MLFLOW_TRACKING_URI``, or ``None`` when tracking is off (the default)."""
-    from legolas_ml import settings
+    from legolas_ml.core import settings
 
     uri = settings.mlflow_tracking_uri()
     return MlflowTracker(uri) if uri else None

@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from legolas_ml import settings
+from legolas_ml.core import settings
 from legolas_ml.lifecycle.artifacts import TenantArtifacts
 from legolas_ml.lifecycle.registry import ChampionUnavailableError, ModelRegistry
-from legolas_ml.storage import MARKER, ArtifactIntegrityError, ArtifactNotPublishedError, ArtifactStore, open_store
+from legolas_ml.core.storage import MARKER, ArtifactIntegrityError, ArtifactNotPublishedError, ArtifactStore, open_store
 from legolas_ml.training.checkpoint import read_sidecar, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -159,7 +159,7 @@ def test_the_root_setting_is_checked(monkeypatch, tmp_path):
         settings.artifacts_root()
     with pytest.raises(ValueError, match=r"LEGOLAS_ARTIFACTS \(training.artifacts_root in Dagster\) must be a local path or a URL of an fsspec protocol.*'nope://x'"):
         ArtifactStore("nope://x", working_dir=tmp_path)
-    from legolas_ml.lifecycle.commands import registry_for  # the CLI's registry
+    from legolas_ml.cli.lifecycle import registry_for  # the CLI's registry
 
     monkeypatch.setenv("LEGOLAS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("LEGOLAS_ARTIFACTS", str(tmp_path / "volume"))
@@ -217,7 +217,7 @@ def test_an_upload_killed_midway_publishes_no_version_and_a_rerun_completes_it(s
     # The publisher is killed (SIGKILL: no cleanup runs) once its first checkpoint file is uploaded.
     script = textwrap.dedent(f"""
         import json, sys, time
-        from legolas_ml.storage import ArtifactStore, open_store
+        from legolas_ml.core.storage import ArtifactStore, open_store
         from legolas_ml.lifecycle.artifacts import TenantArtifacts
         from legolas_ml.lifecycle.registry import ModelRegistry
         upload = ArtifactStore._upload_file
@@ -333,7 +333,7 @@ def test_the_dagster_chain_publishes_to_s3_and_a_fresh_home_serves_its_champion(
     script = textwrap.dedent("""
         import json
         from legolas_ml.evaluation.ensemble import FoldEnsemble
-        from legolas_ml.lifecycle.commands import registry_for
+        from legolas_ml.cli.lifecycle import registry_for
         champion = registry_for("demo").champion(verify_weights=True)
         ensemble = FoldEnsemble(champion["checkpoints"], device="cpu", precision="fp32")
         print(json.dumps({"version": champion["version"], "checkpoints": champion["checkpoints"], "labels": ensemble.labels,

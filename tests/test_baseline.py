@@ -18,7 +18,7 @@ from legolas_ml.evaluation.baseline import (
     evaluate_baseline,
     load_baseline,
 )
-from legolas_ml.evaluation.metrics import classification_metrics, mean_std
+from legolas_ml.core.metrics import classification_metrics, mean_std
 from legolas_ml.training.cross_validation import plan_splits
 
 

@@ -114,7 +114,7 @@ def test_unwritable_directory_names_the_path(tmp_path):
 def test_atomic_writes_follow_the_umask(tmp_path):
     import os
 
-    from legolas_ml.atomic_io import write_text_atomic
+    from legolas_ml.core.atomic_io import write_text_atomic
 
     path = write_text_atomic(tmp_path / "report.html", "<p>hi</p>")
     umask = os.umask(0)

@@ -170,7 +170,7 @@ def test_status_shows_dashes_for_a_champion_without_recorded_scores(home, capsys
 
 
 def test_holdout_scores_are_the_latest_recorded_per_version():
-    from legolas_ml.lifecycle.commands import holdout_balanced_accuracies
+    from legolas_ml.cli.lifecycle import holdout_balanced_accuracies
 
     legacy = {"version": "v0", "action": "promoted", "decision": {"comparison": {"candidate_balanced_accuracy": 0.55}}}
     history = [

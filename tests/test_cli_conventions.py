@@ -8,11 +8,11 @@ import sys
 
 import pytest
 
-from legolas_ml import settings
+from legolas_ml.core import settings
 from legolas_ml.cli import main
-from legolas_ml.cli_conventions import EXIT_RUNTIME, EXIT_USAGE, CommandError, UsageError, exit_code_for
+from legolas_ml.cli.conventions import EXIT_RUNTIME, EXIT_USAGE, CommandError, UsageError, exit_code_for
 from legolas_ml.data.tenants import Tenant, TenantSettings
-from legolas_ml.training.train_command import parse_folds, plan_training_run
+from legolas_ml.cli.train import parse_folds, plan_training_run
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ from legolas_ml.lifecycle.decision import Holdout, decide_and_record, look_at_ch
 from legolas_ml.lifecycle.holdout import in_holdout
 from legolas_ml.lifecycle.promotion import PROMOTE, REJECT, WAIT, PromotionPolicy
 from legolas_ml.lifecycle.registry import ModelRegistry
-from legolas_ml.lifecycle.retraining import ReviewCursor
+from legolas_ml.core.review_cursor import ReviewCursor
 from legolas_ml.training.checkpoint import read_sidecar, save_checkpoint
 
 TENANT = "acme"
@@ -164,7 +164,7 @@ def test_asset_checks_record_nothing():
     """Issue #26: `ensemble_above_chance` wrote a rejection into the registry; a check only reports now
     (the promotion rule applies the same chance threshold and records). No check can reach the registry."""
     from legolas_assets.checks import build_checks
-    from legolas_ml.evaluation.metrics import CHANCE_MARGIN
+    from legolas_ml.core.metrics import CHANCE_MARGIN
     from legolas_assets.tenancy import TenantPlan
 
     for check in build_checks(TenantPlan("demo")):

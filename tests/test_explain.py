@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 
-from legolas_ml.training.cross_validation import run_cross_validation
+from legolas_ml.evaluation.cross_validation import run_cross_validation
 from legolas_ml.evaluation.ensemble import FoldEnsemble
 from legolas_ml.explain.attributions import (
     EnsembleExplainer,

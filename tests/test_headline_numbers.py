@@ -10,8 +10,8 @@ from dagster import build_asset_context
 from dagster_helpers import DEMO, resources
 from legolas_assets import evaluation
 from legolas_ml.data.splits import Fold, SplitPlan
-from legolas_ml.evaluation.metrics import classification_metrics
-from legolas_ml.lifecycle.artifacts import write_dataset
+from legolas_ml.core.metrics import classification_metrics
+from legolas_ml.core.datasets import write_dataset
 
 LABELS = ["a", "b"]
 

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from legolas_ml.cli import main
-from legolas_ml.data.ids import normalise_session_id
+from legolas_ml.core.ids import normalise_session_id
 from legolas_ml.data.quality_gate import QUARANTINE_REASONS, gate_from_store, parse_timestamp, run_gate
 from legolas_ml.data.review_import import parse_review_line
 from legolas_ml.data.store import open_tenant_store

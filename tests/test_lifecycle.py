@@ -231,7 +231,7 @@ def test_a_crash_between_pointer_and_log_is_completed_by_the_journal(registry, t
 
 
 def test_a_challenger_waits_is_replaced_and_is_cleared_when_decided(registry, tmp_path):
-    from legolas_ml.lifecycle.retraining import ReviewCursor
+    from legolas_ml.core.review_cursor import ReviewCursor
     from datetime import datetime
 
     root = tmp_path / "output" / "acme"
@@ -333,7 +333,7 @@ def test_retention_never_touches_the_champion_or_the_candidate(registry, tmp_pat
 
 
 def test_consumed_reviews_follow_decisions_only(registry, tmp_path):
-    from legolas_ml.lifecycle.retraining import ReviewCursor
+    from legolas_ml.core.review_cursor import ReviewCursor
     from datetime import datetime
 
     cursor = ReviewCursor(datetime(2026, 1, 1), "abc").serialize()

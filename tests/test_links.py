@@ -3,7 +3,7 @@
 import pytest
 
 from legolas_assets.links import url_of, urls
-from legolas_ml.settings import SettingsError
+from legolas_ml.core.settings import SettingsError
 
 
 def test_artifacts_link_under_the_served_output_directory(tmp_path, monkeypatch):

@@ -1,6 +1,6 @@
 import pytest
 
-from legolas_ml.evaluation.metrics import classification_metrics, mean_std, metrics_by_label_source
+from legolas_ml.core.metrics import classification_metrics, mean_std, metrics_by_label_source
 
 
 def test_multiclass_string_labels():

@@ -2,9 +2,10 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from legolas_ml.data.quality_gate import GateSettings, RetrainData, content_hash, decide_mode, gate_from_store, normalise_label, run_gate
+from legolas_ml.data.quality_gate import GateSettings, RetrainData, decide_mode, gate_from_store, normalise_label, run_gate
+from legolas_ml.core.datasets import content_hash
 from legolas_ml.data.store import TenantStore, connect
-from legolas_ml.lifecycle.retraining import ReviewCursor
+from legolas_ml.core.review_cursor import ReviewCursor
 
 T0 = datetime(2026, 3, 1, 12, 0)
 

@@ -16,7 +16,7 @@ from ray._private import state as ray_state  # the GCS actor table: no dashboard
 
 from legolas_ml.runners.ray_progress import ProgressLostWarning, ProgressQueue
 from legolas_ml.runners.ray_runner import RayRunner, connect_failure
-from legolas_ml.settings import SettingsError, check_ray_address
+from legolas_ml.core.settings import SettingsError, check_ray_address
 from legolas_ml.training.checkpoint import load_checkpoint
 from legolas_ml.training.cross_validation import encode_dataset, finished_fold, plan_splits
 from synthetic import separable_frame, tiny_config
@@ -140,7 +140,7 @@ def test_a_ray_address_outside_the_forms_names_the_setting(address, monkeypatch)
     with pytest.raises(SettingsError, match=expected):
         RayRunner(address=address)
     monkeypatch.setenv("LEGOLAS_RAY_ADDRESS", address)
-    from legolas_ml import settings
+    from legolas_ml.core import settings
 
     with pytest.raises(SettingsError, match="LEGOLAS_RAY_ADDRESS must be"):
         settings.ray_address()

@@ -104,7 +104,7 @@ def test_outage_then_recovery_counts_every_review_once(tmp_path, monkeypatch):
     from legolas_ml.data.store import open_tenant_store
     from legolas_ml.lifecycle.artifacts import TenantArtifacts
     from legolas_ml.lifecycle.registry import ModelRegistry
-    from legolas_ml.lifecycle.retraining import ReviewCursor
+    from legolas_ml.core.review_cursor import ReviewCursor
 
     monkeypatch.setenv("LEGOLAS_RETRAIN_THRESHOLD", "40")
     monkeypatch.setenv("LEGOLAS_RETRAIN_MAX_AGE_HOURS", "0")

@@ -10,7 +10,8 @@ from dagster_helpers import DEMO, retrain_on_new_reviews, tenant_state
 from legolas_assets.reviews import build_human_reviews
 
 human_reviews = build_human_reviews(DEMO)
-from legolas_ml.lifecycle.retraining import RetrainPolicy, ReviewBacklog, ReviewCursor
+from legolas_ml.lifecycle.retraining import RetrainPolicy, ReviewBacklog
+from legolas_ml.core.review_cursor import ReviewCursor
 from test_sensor import T0, add_reviews, all_reviews, decide, home, skip_message, tick  # noqa: F401 (fixture)
 
 

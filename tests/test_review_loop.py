@@ -17,7 +17,8 @@ from legolas_ml.data.splits import Fold, SplitPlan
 from legolas_ml.data.store import open_tenant_store
 from legolas_ml.evaluation.ensemble import FoldEnsemble
 from legolas_ml.review.calibration import apply_temperature, expected_calibration_error, fit_calibration, fit_temperature
-from legolas_ml.review.audit import REASONS, AuditSettings, audit_labels, normalised_entropy, plan_queue
+from legolas_ml.review.audit import AuditSettings, audit_labels, normalised_entropy, plan_queue
+from legolas_ml.core.choices import REASONS
 from legolas_ml.review.label_audit import FLAG_FIELDS, run_label_audit
 from legolas_ml.review.novelty import NoveltyModel, embed_texts
 from legolas_ml.review.out_of_fold import out_of_fold_probabilities, validation_fold_of

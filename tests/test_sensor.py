@@ -14,14 +14,8 @@ from dagster_helpers import retrain_on_new_reviews, tenant_state, training_sessi
 from legolas_assets.sensors import REQUEST_TAG
 from legolas_ml.lifecycle.artifacts import TenantArtifacts
 from legolas_ml.lifecycle.registry import ModelRegistry
-from legolas_ml.lifecycle.retraining import (
-    PendingRetraining,
-    RetrainPolicy,
-    RetryPolicy,
-    ReviewCursor,
-    parse_sensor_state,
-    plan_tick,
-)
+from legolas_ml.lifecycle.retraining import PendingRetraining, RetrainPolicy, RetryPolicy, parse_sensor_state, plan_tick
+from legolas_ml.core.review_cursor import ReviewCursor
 from legolas_ml.data.store import open_tenant_store
 
 T0 = datetime(2026, 5, 1, 9, 0)

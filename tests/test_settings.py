@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from legolas_ml import settings
-from legolas_ml.settings import SettingsError
+from legolas_ml.core import settings
+from legolas_ml.core.settings import SettingsError
 
 ROOT = Path(__file__).resolve().parents[1]
 

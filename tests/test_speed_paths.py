@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from legolas_ml.evaluation.ensemble import FoldEnsemble, check_probabilities
-from legolas_ml.settings import PRESETS
+from legolas_ml.core.settings import PRESETS
 from legolas_ml.training.checkpoint import load_checkpoint
 from legolas_ml.training.dropout import DropoutMasks, MaskedDropout, masked_dropout, pcg_dropout
 from legolas_ml.training.last_layer import cls_only_last_layer, supports_cls_only
-from legolas_ml.training.cross_validation import encode_dataset, plan_splits, run_cross_validation
+from legolas_ml.training.cross_validation import encode_dataset, plan_splits
+from legolas_ml.evaluation.cross_validation import run_cross_validation
 from legolas_ml.training.modeling import build_model, freeze_lower_layers
 from legolas_ml.training.trainer import build_optimizer, train_fold
 from synthetic import separable_frame, tiny_config

@@ -15,7 +15,7 @@ from legolas_ml.data.store import (
     redact_uri,
     scrub,
 )
-from legolas_ml.lifecycle.retraining import ReviewCursor
+from legolas_ml.core.review_cursor import ReviewCursor
 
 SECRET_URI = "mongodb://alice:s3cr%40tPass@db.internal.example:27017/legolas?authSource=admin"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from legolas_ml import settings
+from legolas_ml.core import settings
 from legolas_ml.training import modeling
 from legolas_ml.training.modeling import BUNDLED_MODEL_SHA256, ModelIntegrityError, bundled_model_path, verify_model_files
 

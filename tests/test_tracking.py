@@ -7,7 +7,7 @@ import pytest
 
 mlflow = pytest.importorskip("mlflow")
 
-from legolas_ml.settings import SettingsError, mlflow_tracking_uri  # noqa: E402
+from legolas_ml.core.settings import SettingsError, mlflow_tracking_uri  # noqa: E402
 from legolas_ml.tracking import (  # noqa: E402
     CHAMPION_ALIAS, MAX_ENTITIES_PER_BATCH, MAX_METRICS_PER_BATCH, MAX_PARAMS_PER_BATCH, MlflowTracker, batches, fold_run_to_reuse,
     tracker_from_settings,
@@ -71,7 +71,7 @@ def test_off_by_default_and_a_bad_uri_is_named(monkeypatch):
 
 
 def test_a_tracking_uri_password_never_reaches_logs_or_errors(monkeypatch):
-    from legolas_ml import settings
+    from legolas_ml.core import settings
     from legolas_ml.tracking import redacted
 
     monkeypatch.setenv("LEGOLAS_MLFLOW_TRACKING_URI", "postgresql://bob:hunter2@db:5432/mlflow")

@@ -7,14 +7,8 @@ import pytest
 import torch
 
 from legolas_ml.training.checkpoint import load_checkpoint
-from legolas_ml.training.cross_validation import (
-    MissingFoldsError,
-    StaleFoldError,
-    aggregate_folds,
-    encode_dataset,
-    plan_splits,
-    run_cross_validation,
-)
+from legolas_ml.training.cross_validation import encode_dataset, plan_splits
+from legolas_ml.evaluation.cross_validation import MissingFoldsError, StaleFoldError, aggregate_folds, run_cross_validation
 from legolas_ml.evaluation.ensemble import FoldEnsemble, check_probabilities
 from legolas_ml.training.trainer import NonFiniteLossError, train_fold
 from synthetic import separable_frame, tiny_config

@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from legolas_ml.data.ids import normalise_session_id
+from legolas_ml.core.ids import normalise_session_id
 from legolas_ml.data.review_import import (
     _RECORD_ERRORS,
     MAX_LINE_BYTES,

@@ -27,7 +27,6 @@ class ``billing_issue``; a label that is empty after this is quarantined as ``mi
 
 from __future__ import annotations
 
-import hashlib
 import re
 import reprlib
 import unicodedata
@@ -39,12 +38,13 @@ from typing import Any
 
 import pandas as pd
 
-from legolas_ml.data.ids import normalise_session_id
-from legolas_ml.data.timestamps import parse_timestamp
-from legolas_ml.lifecycle.retraining import ReviewCursor
+from legolas_ml.core.ids import normalise_session_id
+from legolas_ml.core.timestamps import parse_timestamp
+from legolas_ml.core.review_cursor import ReviewCursor
+from legolas_ml.core.choices import RETRAIN_DATA
+from legolas_ml.core.datasets import content_hash
 
 MODES = ("auto", "first", "retrain")
-RETRAIN_DATA = ("switch", "reviews", "unflagged")
 QUARANTINE_REASONS = (
     "missing_session_id",
     "empty_text",
@@ -406,22 +406,6 @@ def run_gate(
         quarantine_samples=samples,
         content_hash=content_hash(dataset),
     )
-
-
-def content_hash(dataset: pd.DataFrame) -> str:
-    """Hash of the (session_id, text, label) rows in any order: the dataset's data version downstream.
-
-    The source column is left out: the same sessions with the same labels train the same model.
-    """
-    missing = [c for c in ("session_id", "text", "label") if c not in dataset.columns]
-    if missing:
-        raise ValueError(f"dataset lacks columns {missing}; has {list(dataset.columns)}")
-    digest = hashlib.sha256()
-    rows = zip(dataset["session_id"].astype(str), dataset["text"].astype(str), dataset["label"].astype(str))
-    for row in sorted(rows):
-        digest.update("\x1f".join(row).encode("utf-8", "surrogatepass"))
-        digest.update(b"\x1e")
-    return digest.hexdigest()[:16]
 
 
 def gate_from_store(

@@ -24,8 +24,8 @@ from typing import Any, BinaryIO
 
 from bson.errors import BSONError
 
-from legolas_ml.data.ids import normalise_session_id
-from legolas_ml.data.timestamps import parse_timestamp
+from legolas_ml.core.ids import normalise_session_id
+from legolas_ml.core.timestamps import parse_timestamp
 
 MAX_LINE_BYTES = 2 * 1024 * 1024
 # Errors that belong to one record (bad values), as opposed to the store failing (which stops the import).

@@ -23,9 +23,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 from legolas_ml.data import annotations as annotation_store
 from legolas_ml.data.annotations import ANNOTATIONS, COLLECTION_MARKERS
-from legolas_ml.data.ids import normalise_session_id
+from legolas_ml.core.ids import normalise_session_id
 from legolas_ml.data.store_integrity import StoreIntegrityError, find_duplicates, integrity_error
 from legolas_ml.data.store_lock import DEFAULT_WAIT_S, StoreBusyError, StoreWriterLock
+from legolas_ml.core.identity import validate_database
 
 CLASSIFICATIONS = "classifications"
 REVIEWS = "human_reviews"
@@ -49,24 +50,6 @@ UNIQUE_INDEXES = {
     for collection, fields, options in INDEXES
     if options.get("unique")
 }
-# Database names become directories of the embedded store and must be legal MongoDB names (no '.').
-_DATABASE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
-
-
-def validate_database(name: str) -> str:
-    """Database names name a directory of the embedded store: no path separators, no traversal.
-
-    Raises:
-        ValueError: naming the setting, the allowed characters and the name received.
-    """
-    if not isinstance(name, str) or not _DATABASE_RE.fullmatch(name):
-        raise ValueError(
-            f"database name (LEGOLAS_DATABASE, MongoResource.database) must be 1-63 characters of letters, "
-            f"digits, '_' or '-', starting with a letter or digit; got {name!r}"
-        )
-    return name
-
-
 def trusted_llm_query(tenant: str, *, despite_audit: bool = False) -> dict[str, Any]:
     """The trusted-LLM rule: method matches "llm" and neither "human" nor "ml" (case-insensitive),
     a prediction exists and is not null, the document is not waiting for review, and the label
@@ -206,7 +189,7 @@ class TenantStore:
 
     def __init__(self, database, tenant: str, writer_lock: StoreWriterLock | None = None, *,
                  collection: str = CLASSIFICATIONS, annotations: str = "inline") -> None:
-        from legolas_ml.lifecycle.artifacts import validate_tenant  # the name also names files (repair backups)
+        from legolas_ml.core.identity import validate_tenant  # the name also names files (repair backups)
 
         self.db = database
         self.tenant = validate_tenant(tenant)

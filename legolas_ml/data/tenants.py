@@ -27,9 +27,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from legolas_ml.data.store import connect, embedded_store_dir, list_tenants, validate_database
+from legolas_ml.data.store import connect, embedded_store_dir, list_tenants
+from legolas_ml.core.identity import validate_database
 from legolas_ml.data.store_lock import DEFAULT_WAIT_S, StoreWriterLock
-from legolas_ml.lifecycle.artifacts import validate_tenant
+from legolas_ml.core.identity import validate_tenant
 
 TENANTS = "tenants"
 
@@ -70,7 +71,7 @@ class TenantSettings:
         _whole("retrain_threshold", self.retrain_threshold, 1)
         _whole("queue_size", self.queue_size, 1)
         if self.model_name is not None:
-            from legolas_ml.settings import is_local_model_path, split_model_revision
+            from legolas_ml.core.settings import is_local_model_path, split_model_revision
 
             if not isinstance(self.model_name, str) or not self.model_name.strip():
                 raise ValueError(f"tenant setting model_name must be a Hugging Face id or a local directory, got {self.model_name!r}")
@@ -87,7 +88,7 @@ class TenantSettings:
         # Literal 0.5: review.audit.MAX_RANDOM_SHARE, not imported here for numpy's sake (as REASONS below).
         _number("random_share", self.random_share, "a number in [0, 0.5]", lambda v: 0 <= v <= 0.5)
         if self.review_reasons is not None:
-            from legolas_ml.review.audit import REASONS  # numpy: only when a tenant sets its own reasons
+            from legolas_ml.core.choices import REASONS  # numpy: only when a tenant sets its own reasons
 
             if not isinstance(self.review_reasons, tuple):
                 raise ValueError(f"tenant setting review_reasons must be a list among {list(REASONS)}, got {self.review_reasons!r}")
@@ -111,7 +112,7 @@ class TenantSettings:
 
             annotation_mode(self.annotations, created_by_legolas=True)  # names the allowed values
         if self.review_flag_reasons is not None:
-            from legolas_ml.review.audit import REASONS
+            from legolas_ml.core.choices import REASONS
 
             # Empty is allowed: the queue then holds external flags and random samples only.
             if not isinstance(self.review_flag_reasons, tuple) or any(r not in REASONS for r in self.review_flag_reasons):

@@ -31,9 +31,9 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
-from legolas_ml.atomic_io import atomic_write
+from legolas_ml.core.atomic_io import atomic_write
 from legolas_ml.data.splits import SplitPlan
-from legolas_ml.evaluation.metrics import classification_metrics, mean_std, metrics_by_label_source
+from legolas_ml.core.metrics import classification_metrics, mean_std, metrics_by_label_source
 
 #: What the UI calls it.
 BASELINE_NAME = "TF-IDF + LR baseline"

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from legolas_ml.data.splits import SplitPlan, class_proportions
 from legolas_ml.evaluation.baseline import compare
-from legolas_ml.evaluation.metrics import chance_threshold
+from legolas_ml.core.metrics import chance_threshold
 
 ENSEMBLE_TOLERANCE = 0.10  # test balanced accuracy may sit this far below the folds' mean
 PROPORTION_TOLERANCE = 0.05  # fold class shares vs the pool's, plus one session of rounding

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from legolas_ml.atomic_io import write_json_atomic, write_text_atomic
+from legolas_ml.core.atomic_io import write_json_atomic, write_text_atomic
 from legolas_ml.explain.attributions import Explanation, ExplanationSummary
 
 _CSS = """

@@ -11,7 +11,7 @@ Layout under ``<output_dir>/<tenant>/``::
     ensemble/champion.json, decisions.jsonl the version in service and the decision history (registry.py)
 
 The registry (pointers, decision log), every version's manifest and the trees they name (fold
-checkpoints, a run's reports) are published through ``legolas_ml.storage.ArtifactStore`` under
+checkpoints, a run's reports) are published through ``legolas_ml.core.storage.ArtifactStore`` under
 ``LEGOLAS_ARTIFACTS`` (default: this output directory, in place); manifests name files relative
 to that root. Datasets, splits and token caches are a run's working files and stay local.
 
@@ -22,56 +22,10 @@ session ids make a new data version, hence a new key and new directories.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
 from pathlib import Path
-from typing import Any
 
-from legolas_ml.atomic_io import write_text_atomic
-from legolas_ml.storage import ArtifactStore, open_store
-
-
-_TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-#: Names of what lives beside the tenants' directories under the output directory.
-RESERVED_TENANT_NAMES = ("asset_values", "logs", "tenants.json")
-
-
-def validate_tenant(tenant: str) -> str:
-    """Tenants name directories: letters, digits, '.', '_' and '-' only (no path traversal), and
-    none of the names the output directory keeps for itself (``RESERVED_TENANT_NAMES``)."""
-    if not isinstance(tenant, str) or not _TENANT_RE.fullmatch(tenant) or ".." in tenant:
-        raise ValueError(
-            f"tenant must be 1-64 characters of letters, digits, '.', '_' or '-', starting with a letter "
-            f"or digit; got {tenant!r}"
-        )
-    if tenant in RESERVED_TENANT_NAMES:
-        raise ValueError(f"tenant must not be one of {list(RESERVED_TENANT_NAMES)} (folders of the output directory); got {tenant!r}")
-    return tenant
-
-
-def write_dataset(path: Path, rows) -> Path:
-    """Write a dataset (a DataFrame or records) as JSON lines, atomically."""
-    records = rows.to_dict("records") if hasattr(rows, "to_dict") else list(rows)
-    lines = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
-    return write_text_atomic(path, lines)
-
-
-def read_dataset(path: str | Path):
-    """Read a dataset written by ``write_dataset`` into a DataFrame (every column kept as written)."""
-    import pandas as pd
-
-    with open(path, encoding="utf-8") as handle:
-        records = [json.loads(line) for line in handle if line.strip()]
-    return pd.DataFrame.from_records(records, columns=["session_id", "text", "label", "source"])
-
-
-def training_key(data_version: str, split_fingerprint: str, config: dict[str, Any]) -> str:
-    """The id of one training: its data, split and config (16 hex digits). Also the ensemble's version."""
-    payload = json.dumps({"data": data_version, "split": split_fingerprint, "config": config}, sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+from legolas_ml.core.identity import validate_tenant
+from legolas_ml.core.storage import ArtifactStore, open_store
 
 
 class TenantArtifacts:
@@ -82,7 +36,7 @@ class TenantArtifacts:
         tenant: the tenant's name.
         store: where the registry and the versions are published; default: ``output_dir`` itself,
             in place. Callers that honour ``LEGOLAS_ARTIFACTS`` pass ``open_store(output_dir,
-            settings.artifacts_root())`` (the CLI: ``lifecycle.commands.registry_for``; Dagster:
+            settings.artifacts_root())`` (the CLI: ``legolas_ml.cli.lifecycle.registry_for``; Dagster:
             ``TrainingResource.artifacts``).
     """
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from legolas_ml.evaluation.metrics import classification_metrics
+from legolas_ml.core.metrics import classification_metrics
 from legolas_ml.lifecycle.holdout import in_holdout
 from legolas_ml.lifecycle.promotion import (
     PROMOTE,
@@ -39,7 +39,7 @@ from legolas_ml.lifecycle.promotion import (
     decide_promotion,
 )
 from legolas_ml.lifecycle.registry import CHALLENGER, PROMOTED, ModelRegistry
-from legolas_ml.lifecycle.retraining import ReviewCursor
+from legolas_ml.core.review_cursor import ReviewCursor
 
 KEEP = "keep"
 #: ``(checkpoints, texts) -> predicted labels``: how an ensemble predicts the holdout.

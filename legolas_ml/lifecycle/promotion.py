@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from legolas_ml.evaluation.metrics import CHANCE_MARGIN, chance_threshold
+from legolas_ml.core.metrics import CHANCE_MARGIN, chance_threshold
 
 PROMOTE, REJECT, WAIT = "promote", "reject", "wait"
 _EPS = 1e-9  # comparisons of rounded-looking floats (0.8 - 0.7 > 0.1 in binary) must not flip

@@ -10,7 +10,7 @@ the *champion* is the version in service. On disk, under ``<output>/<tenant>/ens
     challenger.json                    the candidate waiting for holdout evidence, if any, likewise
     decisions.jsonl                    append-only: every promotion, rejection, challenger and rollback
 
-Everything here goes through the tenant's ``ArtifactStore`` (``legolas_ml.storage``): under
+Everything here goes through the tenant's ``ArtifactStore`` (``legolas_ml.core.storage``): under
 ``LEGOLAS_ARTIFACTS`` (``s3://...``) the pointer is one object PUT, the log is one object per
 record (``decisions/``; an object store cannot append), and a version's manifest is written only
 after the trees it names (its fold checkpoints, its run's directory) are published with their
@@ -36,10 +36,10 @@ import uuid
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from legolas_ml.atomic_io import write_json_atomic
+from legolas_ml.core.atomic_io import write_json_atomic
 from legolas_ml.lifecycle.artifacts import TenantArtifacts
-from legolas_ml.storage import ArtifactIntegrityError
-from legolas_ml.lifecycle.retraining import ReviewCursor
+from legolas_ml.core.storage import ArtifactIntegrityError
+from legolas_ml.core.review_cursor import ReviewCursor
 
 PROMOTED, REJECTED, ROLLED_BACK, CHALLENGER, KEPT = "promoted", "rejected", "rolled_back", "challenger", "kept"
 #: Records that decided a training: the reviews it read are consumed. ``kept``: a training whose data

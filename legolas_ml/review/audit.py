@@ -54,14 +54,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from legolas_ml.core.choices import FLAG_REASONS, MAX_RANDOM_SHARE, RANDOM_SAMPLE, REASONS
 
-REASONS = ("label_issue", "disagreement", "low_confidence", "high_entropy", "novelty", "label_not_in_model")
-#: The reasons that flag a document by default: the ones whose precision beats the base rate (module docstring).
-FLAG_REASONS = ("label_issue", "disagreement", "label_not_in_model")
-#: Not a rule: the document was drawn at random for the queue's random part (``plan_queue``).
-RANDOM_SAMPLE = "random_sample"
-#: ``random_share`` is at most this: the queue is there to find errors first.
-MAX_RANDOM_SHARE = 0.5
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from legolas_ml.data.ids import normalise_session_id
+from legolas_ml.core.ids import normalise_session_id
 from legolas_ml.data.quality_gate import normalise_label
 from legolas_ml.data.splits import SplitPlan
 from legolas_ml.data.store import holding_writer_lock

@@ -25,8 +25,8 @@ from typing import Any, TextIO
 
 import hashlib
 
-from legolas_ml.data.ids import normalise_session_id
-from legolas_ml.review.audit import RANDOM_SAMPLE
+from legolas_ml.core.ids import normalise_session_id
+from legolas_ml.core.choices import RANDOM_SAMPLE
 
 FORMATS = ("jsonl", "csv")
 #: The import's fields first, then the reviewer's context.

@@ -13,14 +13,12 @@ import socket
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from legolas_ml.data.splits import SplitPlan
 from legolas_ml.training.config import TrainingConfig
 from legolas_ml.training.cross_validation import EncodedDataset
 from legolas_ml.training.trainer import EpochCallback, FoldResult
 
-RUNNERS = ("auto", "sequential", "ray")
 
 #: Free-text progress lines (fold started on worker W, worker lost and retried, fold reused).
 LogCallback = Callable[[str], None]
@@ -96,64 +94,3 @@ class FoldRunner(ABC):
             FoldWorkerLostError: (Ray) a fold's worker died more often than the retry budget.
             CheckpointError: (Ray) a returned checkpoint did not match its SHA-256.
         """
-
-
-def make_runner(
-    name: str = "sequential",
-    *,
-    address: str | None = None,
-    gpus_per_fold: float | None = None,
-    cpus_per_fold: float = 1,
-    max_retries: int = 2,
-    runtime_env: dict[str, Any] | None = None,
-) -> FoldRunner:
-    """The fold runner called ``name``.
-
-    Args:
-        name: ``"sequential"`` (one fold after another, in this process), ``"ray"`` (one Ray task
-            per fold) or ``"auto"`` (Ray when ``address`` is given, or when more than one CUDA
-            device is visible and Ray is installed; sequential otherwise).
-        address: Ray only. ``None`` or ``""`` starts an embedded Ray instance that sees this
-            machine's CPUs and GPUs; ``"auto"`` joins the cluster started here with ``ray start``;
-            ``"ray://head:10001"`` connects to a remote cluster (KubeRay, ``ray start --head``).
-        gpus_per_fold: Ray only. The GPUs each fold task declares: 1, or a fraction to pack several
-            small folds on one large GPU (0.25: four folds per GPU). ``None``: 1 when the config
-            may use CUDA and the cluster has GPUs, else 0.
-        cpus_per_fold: Ray only. The CPUs each fold task declares (its torch thread count).
-        max_retries: Ray only. How often a fold is retried when its worker or node dies; a fold
-            that raises (NaN loss, bad config) is never retried.
-        runtime_env: Ray only. Passed to ``ray.init`` (e.g. ``{"env_vars": {...}}``).
-
-    Raises:
-        ValueError: an unknown name or an out-of-range setting.
-        ImportError: ``"ray"`` without Ray installed (``pip install -e '.[ray]'``).
-    """
-    if name not in RUNNERS:
-        raise ValueError(f"runner must be one of {RUNNERS}, got {name!r}")
-    if name == "auto":
-        name = "ray" if address or (_ray_installed() and _cuda_device_count() > 1) else "sequential"
-    if name == "sequential":
-        from legolas_ml.runners.sequential import SequentialRunner
-
-        return SequentialRunner()
-    from legolas_ml.runners.ray_runner import RayRunner
-
-    return RayRunner(
-        address=address or None,
-        gpus_per_fold=gpus_per_fold,
-        cpus_per_fold=cpus_per_fold,
-        max_retries=max_retries,
-        runtime_env=runtime_env,
-    )
-
-
-def _ray_installed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("ray") is not None
-
-
-def _cuda_device_count() -> int:
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0

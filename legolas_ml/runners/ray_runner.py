@@ -44,7 +44,7 @@ from legolas_ml.data.splits import SplitPlan
 from legolas_ml.runners.base import FoldRunner, FoldWorkerLostError, LogCallback, check_fold_indices, worker_name
 from legolas_ml.runners.ray_progress import ProgressQueue
 from legolas_ml.runners.transfer import FoldPayload, accept_fold_payload, train_fold_payload
-from legolas_ml.settings import RAY_ADDRESS_FORMS, check_ray_address
+from legolas_ml.core.settings import RAY_ADDRESS_FORMS, check_ray_address
 from legolas_ml.training.checkpoint import checkpoint_filename
 from legolas_ml.training.config import TrainingConfig
 from legolas_ml.training.cross_validation import EncodedDataset, finished_fold

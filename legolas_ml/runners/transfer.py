@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
-from legolas_ml.atomic_io import atomic_write, write_json_atomic
+from legolas_ml.core.atomic_io import atomic_write, write_json_atomic
 from legolas_ml.data.splits import SplitPlan
 from legolas_ml.training.checkpoint import CheckpointError, load_checkpoint
 from legolas_ml.training.config import TrainingConfig

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from legolas_ml.data.ids import normalise_session_id
+from legolas_ml.core.ids import normalise_session_id
 from legolas_ml.data.store import holding_writer_lock
 
 SCORE_FIELDS = ("ml_prediction", "ml_confidence", "ml_probabilities", "ml_model_version", "ml_scored_at", "ml_text_sha256")

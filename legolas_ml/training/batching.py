@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from legolas_ml.atomic_io import atomic_write
+from legolas_ml.core.atomic_io import atomic_write
 
 
 @dataclass

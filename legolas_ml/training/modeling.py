@@ -21,8 +21,9 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-from legolas_ml.settings import is_local_model_path, split_model_revision
-from legolas_ml.training.config import DEFAULT_MODEL, TrainingConfig
+from legolas_ml.core.settings import is_local_model_path, split_model_revision
+from legolas_ml.training.config import TrainingConfig
+from legolas_ml.core.choices import DEFAULT_MODEL
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -26,7 +26,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from legolas_ml import settings
+from legolas_ml.core import settings
 from legolas_ml.data.tenants import TenantSettings
 from legolas_ml.training.config import TrainingConfig
 

@@ -34,7 +34,7 @@ from legolas_ml.training.config import TrainingConfig, legolas_version
 from legolas_ml.training.early_stopping import RewindEarlyStopping
 from legolas_ml.training.losses import build_loss
 from legolas_ml.training.warm_start import checkpoint_for_fold, warm_start
-from legolas_ml.evaluation.metrics import classification_metrics
+from legolas_ml.core.metrics import classification_metrics
 from legolas_ml.training.modeling import (
     autocast, build_model, device_description, freeze_lower_layers, resolve_device, resolve_precision,
 )

@@ -21,8 +21,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from legolas_ml import settings
-from legolas_ml.cli_conventions import CommandError, UsageError
+from legolas_ml.core import settings
+from legolas_ml.cli.conventions import CommandError, UsageError
 from legolas_ml.data.tenants import Tenant, fold_layout, open_catalogue, training_job_name
 
 #: The code location holding every tenant's job (as in pyproject.toml's ``[tool.dagster]``).
@@ -142,7 +142,7 @@ def run_environment(environ: dict[str, str]) -> dict[str, str]:
 
 def cmd_train(args) -> int:
     """Run the tenant's training job; stream its output; exit with its code."""
-    from legolas_ml.data.tenant_commands import unknown_tenant
+    from legolas_ml.cli.tenants import unknown_tenant
 
     with open_catalogue(settings.mongo_uri(), settings.data_dir(), settings.database_name()) as catalogue:
         found = catalogue.discover()

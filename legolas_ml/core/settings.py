@@ -15,7 +15,7 @@ Example:
     >>> n_folds()  # with LEGOLAS_N_FOLDS=2.5  # doctest: +SKIP
     Traceback (most recent call last):
     ...
-    legolas_ml.settings.SettingsError: LEGOLAS_N_FOLDS must be an integer >= 2 (K of K-fold; LEGOLAS_PRESET=dev for one train/val split), got '2.5'
+    legolas_ml.core.settings.SettingsError: LEGOLAS_N_FOLDS must be an integer >= 2 (K of K-fold; LEGOLAS_PRESET=dev for one train/val split), got '2.5'
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from legolas_ml.training.config import DEFAULT_MODEL, MODEL_INITS, PRECISIONS
+from legolas_ml.core.choices import DEFAULT_MODEL, MODEL_INITS, PRECISIONS, RETRAIN_DATA, RUNNERS
+from legolas_ml.core.identity import validate_database, validate_tenant
 
 
 class SettingsError(ValueError):
@@ -74,7 +75,7 @@ def output_dir() -> Path:
 
 def artifacts_root() -> str:
     """``LEGOLAS_ARTIFACTS``: where artifacts are published (``s3://bucket/prefix``, ``gs://...``, a
-    local directory); empty (unset) = the output directory itself, in place (``legolas_ml.storage``)."""
+    local directory); empty (unset) = the output directory itself, in place (``legolas_ml.core.storage``)."""
     raw = _raw("LEGOLAS_ARTIFACTS")
     if raw is None:
         return ""
@@ -92,15 +93,11 @@ def mongo_uri() -> str | None:
 
 def database_name() -> str:
     """``LEGOLAS_DATABASE`` (default ``legolas``), checked like every database name."""
-    from legolas_ml.data.store import validate_database  # the store module is heavy; most callers never need it
-
     return _checked("LEGOLAS_DATABASE", _raw("LEGOLAS_DATABASE") or "legolas", validate_database)
 
 
 def tenant() -> str:
     """``LEGOLAS_TENANT`` (default ``demo``), checked like every tenant name (it names directories)."""
-    from legolas_ml.lifecycle.artifacts import validate_tenant
-
     return _checked("LEGOLAS_TENANT", _raw("LEGOLAS_TENANT") or DEFAULT_TENANT, validate_tenant)
 
 
@@ -246,8 +243,6 @@ def lr() -> float | None:
 
 def retrain_data() -> str:
     """``LEGOLAS_RETRAIN_DATA``: what a retraining trains on, ``reviews`` (default), ``switch`` or ``unflagged``."""
-    from legolas_ml.data.quality_gate import RETRAIN_DATA
-
     return _choice("LEGOLAS_RETRAIN_DATA", "reviews", RETRAIN_DATA)
 
 
@@ -328,7 +323,7 @@ def mlflow_tracking_uri() -> str:
 
 def runner() -> str:
     """``LEGOLAS_RUNNER``: ``sequential`` (default), ``ray`` or ``auto`` (Ray when several GPUs are visible)."""
-    return _choice("LEGOLAS_RUNNER", "sequential", ("sequential", "ray", "auto"))
+    return _choice("LEGOLAS_RUNNER", "sequential", RUNNERS)
 
 
 #: The forms of ``LEGOLAS_RAY_ADDRESS`` besides unset (an embedded Ray instance for the run).

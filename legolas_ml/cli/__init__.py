@@ -1,8 +1,8 @@
 """The ``legolas`` command: demo data, review import and per-tenant status.
 
 Training itself runs through Dagster: ``legolas train --tenant T`` starts the tenant's job (as
-``dagster job execute`` would, see ``legolas_ml.training.train_command``); the other commands manage
-the data the assets read and the models they write. Exit codes and ``--json``: ``legolas_ml.cli_conventions``.
+``dagster job execute`` would, see ``legolas_ml.cli.train``); the other commands manage
+the data the assets read and the models they write. Exit codes and ``--json``: ``legolas_ml.cli.conventions``.
 """
 
 from __future__ import annotations
@@ -12,21 +12,22 @@ import os
 import sys
 from pathlib import Path
 
-from legolas_ml import settings
-from legolas_ml.cli_conventions import CommandError, UsageError, add_json_option, exit_code_for, print_json
-from legolas_ml.data import tenant_commands
-from legolas_ml.lifecycle import commands as lifecycle_commands
-from legolas_ml.lifecycle.commands import holdout_balanced_accuracies, tenant_argument
+from legolas_ml.core import settings
+from legolas_ml.cli.conventions import CommandError, UsageError, add_json_option, exit_code_for, print_json
+from legolas_ml.cli import tenants as tenant_commands
+from legolas_ml.cli import lifecycle as lifecycle_commands
+from legolas_ml.cli.lifecycle import holdout_balanced_accuracies, tenant_argument
 from legolas_ml.lifecycle.registry import ChampionUnavailableError, ModelRegistry
 from legolas_ml.data.demo_data import DOMAINS, generate_demo_data
 from legolas_ml.data.conversation_import import FORMATS as CONVERSATION_FORMATS
 from legolas_ml.data.review_import import IMPORT_FORMATS, import_reviews
-from legolas_ml.review.audit import RANDOM_SAMPLE
+from legolas_ml.core.choices import RANDOM_SAMPLE
 from legolas_ml.review.queue import FORMATS, queue_size, review_queue, write_queue
-from legolas_ml.data.store import StoreUnavailableError, list_tenants, open_tenant_store, scrub, validate_database
+from legolas_ml.data.store import StoreUnavailableError, list_tenants, open_tenant_store, scrub
+from legolas_ml.core.identity import validate_database
 from legolas_ml.data.store_integrity import StoreIntegrityError
 from legolas_ml.data.store_lock import StoreBusyError
-from legolas_ml.training import train_command
+from legolas_ml.cli import train as train_command
 from legolas_ml.training.config import legolas_version
 
 
@@ -109,7 +110,7 @@ def cmd_review_queue(args) -> int:
     if args.output == "-":
         n = write_queue(records, sys.stdout, args.format)
     else:
-        from legolas_ml.atomic_io import atomic_write
+        from legolas_ml.core.atomic_io import atomic_write
 
         def write(tmp):
             with open(tmp, "w", encoding="utf-8", newline="") as handle:
@@ -478,7 +479,7 @@ def _check_tenant(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one ``legolas`` command; return its exit code (``legolas_ml.cli_conventions``: 0, 1 runtime, 2 usage).
+    """Run one ``legolas`` command; return its exit code (``legolas_ml.cli.conventions``: 0, 1 runtime, 2 usage).
 
     argparse exits with 2 on a malformed command line before anything runs.
     """
@@ -494,7 +495,3 @@ def main(argv: list[str] | None = None) -> int:
             CommandError) as exc:
         print(f"legolas: {scrub(str(exc), settings.mongo_uri())}", file=sys.stderr)
         return exit_code_for(exc)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

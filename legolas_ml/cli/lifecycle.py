@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from legolas_ml import settings
-from legolas_ml.cli_conventions import CommandError, add_json_option, print_json
-from legolas_ml.lifecycle.artifacts import TenantArtifacts, validate_tenant
+from legolas_ml.core import settings
+from legolas_ml.cli.conventions import CommandError, add_json_option, print_json
+from legolas_ml.lifecycle.artifacts import TenantArtifacts
+from legolas_ml.core.identity import validate_tenant
 from legolas_ml.lifecycle.registry import ChampionUnavailableError, ModelRegistry, default_actor
-from legolas_ml.storage import open_store
+from legolas_ml.core.storage import open_store
 
 
 def tenant_argument(value: str) -> str:

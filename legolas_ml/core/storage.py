@@ -40,7 +40,7 @@ import uuid
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from legolas_ml.atomic_io import atomic_write
+from legolas_ml.core.atomic_io import atomic_write
 
 #: The completion marker of a published tree, written after every other file of the tree.
 MARKER = ".complete.json"

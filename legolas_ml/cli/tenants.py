@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from legolas_ml import settings
-from legolas_ml.cli_conventions import UsageError, add_json_option, print_json
+from legolas_ml.core import settings
+from legolas_ml.cli.conventions import UsageError, add_json_option, print_json
 from legolas_ml.data.tenants import Discovery, open_catalogue
-from legolas_ml.lifecycle.commands import tenant_argument
+from legolas_ml.cli.lifecycle import tenant_argument
 
 RELOAD_HINT = (
     "the Dagster UI shows it after a reload of the code location (Deployment > Code locations > Reload, "
