@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 from dagster import DefaultSensorStatus, SensorDefinition, SensorEvaluationContext, SensorResult, sensor
 
+from legolas_ml.core import settings
 from legolas_ml.data.store import StoreUnavailableError
 
 from .resources import MongoResource, WorkspaceResource
@@ -172,7 +173,8 @@ def build_tenants_sensor(loaded: list[TenantPlan], reload: Callable[[str, str], 
 
     @sensor(
         name="reload_on_tenant_change",
-        minimum_interval_seconds=30,
+        # Twice as often as the retraining sensor (at most every 30 s): a new tenant is named before it is due.
+        minimum_interval_seconds=max(1, min(30, settings.sensor_interval_s() // 2)),
         default_status=DefaultSensorStatus.RUNNING,
         description="Compares the tenants this code location was built with to the store's (legolas tenants add/remove, "
         "imported documents); while they differ, names them and asks the webserver (LEGOLAS_DAGSTER_URL) to reload the code "

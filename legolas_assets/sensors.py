@@ -176,7 +176,7 @@ def build_retrain_sensor(tenants: list[TenantPlan], jobs: list) -> SensorDefinit
     @sensor(
         name="retrain_on_new_reviews",
         jobs=[*jobs, challenger_job],
-        minimum_interval_seconds=60,
+        minimum_interval_seconds=settings.sensor_interval_s(),
         default_status=DefaultSensorStatus.RUNNING,
         description="Retrains a tenant's chain when enough of its new human reviews arrived (tenant setting "
         "retrain_threshold, else LEGOLAS_RETRAIN_THRESHOLD, default 50); reviews are consumed only when the run "

@@ -266,6 +266,11 @@ def retrain_threshold() -> int:
     return _integer("LEGOLAS_RETRAIN_THRESHOLD", 50, 1)
 
 
+def sensor_interval_s() -> int:
+    """``LEGOLAS_SENSOR_INTERVAL_S``: seconds between the retraining sensor's checks for new reviews (default 60)."""
+    return _integer("LEGOLAS_SENSOR_INTERVAL_S", 60, 1)
+
+
 def retrain_max_age_hours() -> float:
     """``LEGOLAS_RETRAIN_MAX_AGE_HOURS``: retrain once the oldest waiting review is this old (default 24; 0 = never)."""
     return _positive_float("LEGOLAS_RETRAIN_MAX_AGE_HOURS", 24.0, allow_zero=True, hint="0 turns the age trigger off")
