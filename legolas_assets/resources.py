@@ -155,9 +155,9 @@ class TrainingResource(ConfigurableResource):
     """
 
     output_dir: str = Field(default="", description="working directory of the artifacts; empty = $LEGOLAS_HOME/output")
-    artifacts_root: str = Field(
-        default="", description="where the registry and the versions are published: s3://bucket/prefix, gs://bucket/prefix or "
-        "a local directory; empty = LEGOLAS_ARTIFACTS, else output_dir itself (in place)",
+    artifacts_root: Optional[str] = Field(
+        default=None, description="where the registry and the versions are published: s3://bucket/prefix, gs://bucket/prefix or "
+        "a local directory; unset = LEGOLAS_ARTIFACTS, else output_dir itself (in place)",
     )
     model_name: Optional[str] = Field(default=None, description="bundled default, a Hugging Face id or a local path; unset = LEGOLAS_MODEL")
     model_init: Optional[str] = Field(default=None, description="'pretrained' or 'scratch' (architecture from config); unset = LEGOLAS_MODEL_INIT")
@@ -234,7 +234,7 @@ class TrainingResource(ConfigurableResource):
         """The ``ArtifactStore`` every tenant's registry and versions go through (``legolas_ml.core.storage``)."""
         from legolas_ml.core.storage import open_store
 
-        return open_store(self.output_root(), self.artifacts_root or None)
+        return open_store(self.output_root(), self._or_setting("artifacts_root", settings.artifacts_root) or None)
 
     def artifacts(self, tenant: str) -> TenantArtifacts:
         return TenantArtifacts(self.output_root(), tenant, store=self.artifact_store())

@@ -345,3 +345,17 @@ def test_the_dagster_chain_publishes_to_s3_and_a_fresh_home_serves_its_champion(
     served = json.loads(out.stdout.strip().splitlines()[-1])
     assert served["version"] == candidate and served["predicted"][0] in served["labels"]
     assert all(Path(p).is_relative_to(fresh / "cache") for p in served["checkpoints"])
+
+
+def test_the_dagster_resources_publish_where_LEGOLAS_ARTIFACTS_says(tmp_path, monkeypatch):
+    """`legolas train` runs Dagster with the default resources: they must read LEGOLAS_ARTIFACTS when the run starts."""
+    from legolas_assets.resources import TrainingResource, default_resources
+
+    elsewhere = tmp_path / "published"
+    monkeypatch.setenv("LEGOLAS_ARTIFACTS", str(elsewhere))
+    assert default_resources()["training"].artifacts_root is None  # nothing copied from the environment at load time
+    store = TrainingResource(output_dir=str(tmp_path / "output")).artifact_store()
+    assert not store.in_place and str(elsewhere) in str(store.location("x"))
+    explicit = TrainingResource(output_dir=str(tmp_path / "output"), artifacts_root=str(tmp_path / "run-config")).artifact_store()
+    assert str(tmp_path / "run-config") in str(explicit.location("x"))  # a run config's root wins over the variable
+

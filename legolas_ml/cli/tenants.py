@@ -11,8 +11,8 @@ from legolas_ml.data.tenants import Discovery, open_catalogue
 from legolas_ml.cli.lifecycle import tenant_argument
 
 RELOAD_HINT = (
-    "the Dagster UI shows it after a reload of the code location (Deployment > Code locations > Reload, "
-    "or restart `make ui`); `dagster asset materialize` and `dagster job execute` load it at once"
+    "a running Dagster UI or daemon picks it up by itself (the reload_on_tenant_change sensor: within a minute); "
+    "`legolas train`, `dagster asset materialize` and `dagster job execute` load it at once"
 )
 
 
