@@ -6,7 +6,6 @@ variable, so a fresh clone trains on demo data in the embedded store with no con
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any, Optional
 
 from dagster import ConfigurableResource, InitResourceContext, ResourceDefinition, ScalarUnion, Selector, StringSource
@@ -247,13 +246,7 @@ class TrainingResource(ConfigurableResource):
         """The ``TrainingConfig`` fields this resource's config sets (the ``run_config`` layer)."""
         values = {name: getattr(self, name) for name in _CONFIG_FIELDS if getattr(self, name) is not None}
         if self.model_overrides_json is not None:
-            try:
-                overrides = json.loads(self.model_overrides_json)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"model_overrides_json must be a JSON object, got {self.model_overrides_json!r}: {exc}") from None
-            if not isinstance(overrides, dict):
-                raise ValueError(f"model_overrides_json must be a JSON object, got {self.model_overrides_json!r}")
-            values["model_overrides"] = overrides
+            values["model_overrides"] = settings.json_object(self.model_overrides_json, "model_overrides_json")
         return values
 
     def resolved(self, gpu: "GPUResource | None" = None, tenant: "TenantPlan | None" = None) -> ResolvedTraining:

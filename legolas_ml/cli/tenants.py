@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from legolas_ml.core import settings
 from legolas_ml.cli.conventions import UsageError, add_json_option, print_json
@@ -50,12 +49,7 @@ def changes_from_args(args) -> dict:
     """The settings to change: ``--settings JSON`` first, then the named options on top."""
     values: dict = {}
     if args.settings:
-        try:
-            values = json.loads(args.settings)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"--settings must be a JSON object of tenant settings, got {args.settings!r}: {exc.msg}") from None
-        if not isinstance(values, dict):
-            raise ValueError(f"--settings must be a JSON object of tenant settings, got {args.settings!r}")
+        values = settings.json_object(args.settings, "--settings", "a JSON object of tenant settings")
     for name in ("n_folds", "model_name", "epochs", "max_length", "retrain_threshold"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)

@@ -282,23 +282,23 @@ def retrain_max_age_hours() -> float:
 def artifacts_url() -> str:
     """``LEGOLAS_ARTIFACTS_URL``: the http(s) URL serving ``$LEGOLAS_HOME/output`` (``make artifacts``);
     metadata then links each artifact under it. Unset: artifacts are shown as paths only."""
-    raw = _raw("LEGOLAS_ARTIFACTS_URL")
-    if raw is None:
-        return ""
-    if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", raw):
-        raise SettingsError(f"LEGOLAS_ARTIFACTS_URL must be an http:// or https:// URL such as http://127.0.0.1:3001, got {raw!r}")
-    return raw.rstrip("/")
+    return _http_url("LEGOLAS_ARTIFACTS_URL", "http://127.0.0.1:3001")
 
 
 def dagster_url() -> str:
     """``LEGOLAS_DAGSTER_URL``: the Dagster webserver (``make ui``: http://127.0.0.1:3000), whose GraphQL API
     the ``reload_on_tenant_change`` sensor asks to reload the code location when tenants change. Unset:
     no webserver is asked (a daemon started alone reloads its code location every 60 s by itself)."""
-    raw = _raw("LEGOLAS_DAGSTER_URL")
+    return _http_url("LEGOLAS_DAGSTER_URL", "http://127.0.0.1:3000")
+
+
+def _http_url(name: str, example: str) -> str:
+    """The variable as an http(s) URL without its trailing '/'; ``""`` when unset."""
+    raw = _raw(name)
     if raw is None:
         return ""
     if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", raw):
-        raise SettingsError(f"LEGOLAS_DAGSTER_URL must be an http:// or https:// URL such as http://127.0.0.1:3000, got {raw!r}")
+        raise SettingsError(f"{name} must be an http:// or https:// URL such as {example}, got {raw!r}")
     return raw.rstrip("/")
 
 
@@ -391,6 +391,22 @@ def fold_retries() -> int:
 def is_set(name: str) -> bool:
     """True when the variable holds a value (blank counts as unset, as in ``_raw``)."""
     return _raw(name) is not None
+
+
+def json_object(raw: str, name: str, what: str = "a JSON object") -> dict[str, Any]:
+    """``raw`` parsed as a JSON object, or a ``ValueError`` naming ``name``, what it must be and what it got.
+
+    Example:
+        >>> json_object('{"patience": 3}', "--settings")
+        {'patience': 3}
+    """
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{name} must be {what}, got {raw!r}: {exc.msg}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be {what}, got {raw!r}")
+    return value
 
 
 def _raw(name: str) -> str | None:
