@@ -31,10 +31,9 @@ demo: setup
 	LEGOLAS_PRESET=demo $(BIN)/legolas train --tenant insurance
 	LEGOLAS_PRESET=demo $(BIN)/legolas status
 
-# 3 workers on 2 cores, one module per worker at a time (module fixtures train once); conftest.py gives each one torch
-# thread. The third worker runs while the daemon and CLI tests wait on their subprocesses.
+# 2 workers, one module per worker at a time (module fixtures train once); conftest.py gives each one torch thread.
 test: setup
-	$(BIN)/python -m pytest -q -n 3 --dist loadscope
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope
 
 # LEGOLAS_DAGSTER_URL: the reload_on_tenant_change sensor asks this webserver to reload the code location
 # when tenants are added, changed or removed (dagster dev shares one code server that nothing else reloads).
