@@ -91,7 +91,7 @@ def main() -> None:
 
     total = sum(times.values())
     print(f"\n{len(df)} sessions, K={args.folds}, {args.epochs} epoch(s), max_length {args.max_length}, precision {ensemble.precision}")
-    print(f"CV balanced accuracy {cv['balanced_accuracy']['mean']:.4f} ± {cv['balanced_accuracy']['std']:.4f}; "
+    print(f"CV balanced accuracy {cv.balanced_accuracy['mean']:.4f} ± {cv.balanced_accuracy['std']:.4f}; "
           f"ensemble test balanced accuracy {metrics['balanced_accuracy']:.4f}; IG {summary.seconds_per_text:.1f}s/text, "
           f"{summary.share_converged:.0%} converged")
     print(f"{'asset':<24} {'seconds':>8} {'share':>6}")

@@ -119,7 +119,7 @@ def one(values: dict, args, docs, reviews, truth, fresh, fresh_truth) -> dict:
     return {
         "set": ", ".join(f"{k}={v}" for k, v in values.items()) or "demo preset",
         "seconds": seconds,
-        "cv_ba": cv["balanced_accuracy"]["mean"],
+        "cv_ba": cv.balanced_accuracy["mean"],
         "test_ba": metrics["balanced_accuracy"],
         "test_ba_human": human.get("balanced_accuracy", float("nan")),
         "n_test_human": human.get("n", 0),

@@ -26,6 +26,7 @@ from dagster import (
     asset_check,
 )
 
+from legolas_ml.core.contracts import LabeledDataset, StratifiedSplits
 from legolas_ml.data.splits import SplitPlan
 from legolas_ml.evaluation import checks as verdicts
 from legolas_ml.evaluation.baseline import BASELINE_NAME
@@ -43,13 +44,13 @@ def members_needed(tenant: TenantPlan) -> int:
     return verdicts.members_needed(tenant.layout["n_folds"], tenant.layout["kfold"])
 
 
-def load_plan(stratified_splits: dict) -> SplitPlan:
+def load_plan(stratified_splits: StratifiedSplits) -> SplitPlan:
     """The split plan a ``stratified_splits`` value points at."""
-    return SplitPlan.load(stratified_splits["path"])
+    return SplitPlan.load(stratified_splits.path)
 
 
-def _label_of(labeled_dataset: dict) -> dict[str, str]:
-    df = read_dataset(labeled_dataset["path"])
+def _label_of(labeled_dataset: LabeledDataset) -> dict[str, str]:
+    df = read_dataset(labeled_dataset.path)
     return dict(zip(df["session_id"], df["label"]))
 
 
@@ -58,7 +59,8 @@ class CheckRow:
     """One check: the asset it guards, its name, whether it blocks, its severity, and its verdict.
 
     ``arguments(value, upstream, training, tenant)`` gathers the keyword arguments of ``verdict``
-    from the asset's value (and ``upstream``'s, when the row names one).
+    from the asset's value (its contract, ``legolas_ml.core.contracts``) and ``upstream``'s, when
+    the row names one.
     """
 
     asset: str
@@ -67,43 +69,43 @@ class CheckRow:
     severity: AssetCheckSeverity
     description: str
     verdict: Callable[..., CheckOutcome]
-    arguments: Callable[[dict, Any, TrainingResource, TenantPlan], dict]
+    arguments: Callable[[Any, Any, TrainingResource, TenantPlan], dict]
     upstream: str | None = None
 
 
 CHECKS: tuple[CheckRow, ...] = (
     CheckRow("labeled_dataset", "at_least_two_classes", True, ERROR, "at least 2 classes",
-             verdicts.at_least_two_classes, lambda v, u, t, p: {"classes": v["classes"]}),
+             verdicts.at_least_two_classes, lambda v, u, t, p: {"classes": v.classes}),
     CheckRow("labeled_dataset", "enough_members_per_class", True, ERROR, "every class has enough members for K folds",
-             verdicts.enough_members_per_class, lambda v, u, t, p: {"per_class": v["summary"]["per_class"], "needed": members_needed(p)}),
+             verdicts.enough_members_per_class, lambda v, u, t, p: {"per_class": v.per_class, "needed": members_needed(p)}),
     CheckRow("labeled_dataset", "unique_session_ids", True, ERROR, "no duplicate session_id",
-             verdicts.unique_session_ids, lambda v, u, t, p: {"session_ids": read_dataset(v["path"])["session_id"].tolist()}),
+             verdicts.unique_session_ids, lambda v, u, t, p: {"session_ids": read_dataset(v.path)["session_id"].tolist()}),
     CheckRow("labeled_dataset", "quarantine_share", True, ERROR, "quarantined share of inputs under the threshold",
-             verdicts.quarantine_share, lambda v, u, t, p: {"counts": v["summary"]["counts"], "max_share": t.max_quarantine_share}),
+             verdicts.quarantine_share, lambda v, u, t, p: {"counts": v.summary["counts"], "max_share": t.max_quarantine_share}),
     CheckRow("labeled_dataset", "training_set_not_halved", False, WARN, "the training set did not shrink by more than half against the champion's",
-             verdicts.training_set_not_halved, lambda v, u, t, p: {"summary": v["summary"], "champion_dataset": v.get("champion_dataset")}),
+             verdicts.training_set_not_halved, lambda v, u, t, p: {"summary": v.summary, "champion_dataset": v.champion_dataset}),
     CheckRow("stratified_splits", "no_test_leakage", True, ERROR, "no session in both test and train/val",
              verdicts.no_test_leakage, lambda v, u, t, p: {"plan": load_plan(v)}),
     CheckRow("stratified_splits", "fold_class_proportions", False, WARN, "per-fold class proportions close to the pool's",
              verdicts.fold_class_proportions,
-             lambda v, u, t, p: {"plan": load_plan(v), "label_of": _label_of(u), "classes": v["classes"]}, upstream="labeled_dataset"),
+             lambda v, u, t, p: {"plan": load_plan(v), "label_of": _label_of(u), "classes": v.classes}, upstream="labeled_dataset"),
     # Not blocking: promoted_ensemble applies the same chance rule first and records the rejection;
     # a check only reports (it records nothing).
     CheckRow("ensemble_model", "ensemble_above_chance", False, ERROR, "test balanced accuracy above chance (promotion rejects it otherwise)",
              verdicts.ensemble_above_chance,
-             lambda v, u, t, p: {"test_balanced_accuracy": v["test_metrics"]["balanced_accuracy"], "n_classes": len(v["labels"])}),
+             lambda v, u, t, p: {"test_balanced_accuracy": v.test_metrics["balanced_accuracy"], "n_classes": len(v.labels)}),
     CheckRow("cv_metrics", "cv_fold_spread", False, WARN, f"best and worst fold balanced accuracy within {verdicts.FOLD_SPREAD_TOLERANCE}",
-             verdicts.cv_fold_spread, lambda v, u, t, p: {"per_fold": v["per_fold"]}),
+             verdicts.cv_fold_spread, lambda v, u, t, p: {"per_fold": v.per_fold}),
     CheckRow("ensemble_model", "ensemble_consistent_with_cv", False, WARN, "test balanced accuracy not far below the folds' mean",
              verdicts.ensemble_consistent_with_cv,
-             lambda v, u, t, p: {"test_balanced_accuracy": v["test_metrics"]["balanced_accuracy"], "cv_mean": v["cv_balanced_accuracy"]["mean"]}),
+             lambda v, u, t, p: {"test_balanced_accuracy": v.test_metrics["balanced_accuracy"], "cv_mean": v.manifest["cv_balanced_accuracy"]["mean"]}),
     # A warning, not a gate: on a small or mostly LLM-labelled test set the baseline may win by noise.
     CheckRow("ensemble_model", "ensemble_beats_baseline", False, WARN,
              f"test balanced accuracy (mixed) at least the {BASELINE_NAME}'s on the same test sessions",
-             verdicts.ensemble_beats_baseline, lambda v, u, t, p: {"ensemble_model": v}),
+             verdicts.ensemble_beats_baseline, lambda v, u, t, p: {"ensemble_model": v.manifest}),
     CheckRow("explainability_report", "attributions_converged", False, ERROR, f"at least {verdicts.MIN_CONVERGED_SHARE:.0%} of texts converged",
              verdicts.attributions_converged,
-             lambda v, u, t, p: {"share_converged": v["share_converged"], "mean_steps": v["mean_steps"]}),
+             lambda v, u, t, p: {"share_converged": v.share_converged, "mean_steps": v.mean_steps}),
 )
 
 #: The checks ``fold_models`` yields itself over the folds of its run (a partitioned asset's checks
@@ -156,7 +158,7 @@ def _check(row: CheckRow, tenant: TenantPlan) -> AssetChecksDefinition:
     """One row as a Dagster check of ``tenant``'s asset."""
     options = dict(asset=tenant.key(row.asset), name=row.name, blocking=row.blocking, description=row.description)
 
-    def result(context: AssetCheckExecutionContext, value: dict, upstream: Any, training: TrainingResource) -> AssetCheckResult:
+    def result(context: AssetCheckExecutionContext, value: Any, upstream: Any, training: TrainingResource) -> AssetCheckResult:
         outcome = row.verdict(**row.arguments(value, upstream, training, tenant))
         return AssetCheckResult(
             passed=bool(outcome.passed), severity=row.severity, metadata={**metadata_of(outcome), **evaluated_materialization(context)},
@@ -164,11 +166,11 @@ def _check(row: CheckRow, tenant: TenantPlan) -> AssetChecksDefinition:
 
     if row.upstream is None:
         @asset_check(**options)
-        def check(context: AssetCheckExecutionContext, value: dict, training: TrainingResource) -> AssetCheckResult:
+        def check(context: AssetCheckExecutionContext, value: Any, training: TrainingResource) -> AssetCheckResult:
             return result(context, value, None, training)
     else:
         @asset_check(**options, additional_ins={"upstream": AssetIn(key=tenant.key(row.upstream))})
-        def check(context: AssetCheckExecutionContext, value: dict, upstream: dict, training: TrainingResource) -> AssetCheckResult:
+        def check(context: AssetCheckExecutionContext, value: Any, upstream: Any, training: TrainingResource) -> AssetCheckResult:
             return result(context, value, upstream, training)
 
     return check

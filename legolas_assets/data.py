@@ -2,10 +2,10 @@
 
 from dagster import AssetExecutionContext, AssetsDefinition, DataVersion, Failure, MetadataValue, Output, TableColumn, TableRecord, TableSchema, asset
 
+from legolas_ml.core.contracts import LabeledDataset
+from legolas_ml.core.datasets import content_hash, write_dataset
 from legolas_ml.data.quality_gate import GateSettings, gate_from_store
-from legolas_ml.core.datasets import content_hash
 from legolas_ml.data.store import StoreUnavailableError
-from legolas_ml.core.datasets import write_dataset
 from legolas_ml.lifecycle.dataset_diff import dataset_diff
 from legolas_ml.lifecycle.holdout import in_holdout, split_holdout
 from legolas_ml.lifecycle.registry import ChampionUnavailableError
@@ -23,7 +23,7 @@ def build_labeled_dataset(tenant: TenantPlan) -> AssetsDefinition:
     @asset(key=tenant.key("labeled_dataset"), **placement(tenant, DATA), backfill_policy=SINGLE_RUN, deps=[tenant.key(REVIEWS_KEY)])
     def labeled_dataset(
         context: AssetExecutionContext, mongo: MongoResource, training: TrainingResource, lifecycle: LifecycleResource
-    ) -> Output[dict]:
+    ) -> Output[LabeledDataset]:
         """Sessions that passed the quality gate (human reviews, + trusted LLM labels on a first training),
         minus the tenant's evaluation holdout, which is written beside them and never trained on."""
         artifacts = training.artifacts(tenant.name)
@@ -64,36 +64,31 @@ def build_labeled_dataset(tenant: TenantPlan) -> AssetsDefinition:
             "gate_per_class": result.per_class,
             "holdout": split.summary(),
         }
-        value = {
-            "tenant": tenant.name,
-            "path": str(path),
-            "holdout_path": str(holdout_path),
-            "data_version": data_version,
-            "mode": result.mode,
-            "classes": sorted(per_class),
-            "summary": summary,
+        value = LabeledDataset(
+            tenant=tenant.name, path=str(path), holdout_path=str(holdout_path), data_version=data_version, mode=result.mode,
+            classes=sorted(per_class), summary=summary,
             # What the model in service was trained on, for the shrinkage check.
-            "champion_dataset": champion.get("dataset_summary") if champion else None,
-            "champion_version": champion.get("version") if champion else None,
+            champion_dataset=champion.get("dataset_summary") if champion else None,
+            champion_version=champion.get("version") if champion else None,
             # Holdout sessions a reviewer got as random samples (the queue's random slice): reported apart.
-            "holdout_random_ids": sorted(set(split.holdout["session_id"].astype(str)) & random_ids),
-        }
+            holdout_random_ids=sorted(set(split.holdout["session_id"].astype(str)) & random_ids),
+        )
         quarantined = {k: v for k, v in result.quarantined.items() if v}
         metadata = {
             "tenant": tenant.name,
             "source": mongo.describe(),
             "mode": result.mode,
             "mode_reason": result.mode_reason,
-            "champion_version": value["champion_version"] or "none",
+            "champion_version": value.champion_version or "none",
             "rows": len(split.training),
-            **_diff_metadata(summary, value["champion_dataset"]),
+            **_diff_metadata(summary, value.champion_dataset),
             "inputs": result.counts["inputs"],
             "from_human_reviews": per_source["human"],
             "from_llm": per_source["llm"],
             "llm_rows_kept_by_class": MetadataValue.json(result.llm_kept),
             "left_out_by_retrain_data": result.counts.get("left_out_by_retrain_data", 0),
             "holdout_sessions": len(split.holdout),
-            "holdout_random_samples": len(value["holdout_random_ids"]),
+            "holdout_random_samples": len(value.holdout_random_ids),
             "holdout_per_class": MetadataValue.json(split.per_class),
             "holdout_excluded_unreviewed": split.excluded_unreviewed,
             "quarantined": result.counts["quarantined"],

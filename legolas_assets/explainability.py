@@ -4,6 +4,7 @@ from pathlib import Path
 
 from dagster import AssetExecutionContext, AssetsDefinition, MetadataValue, Output, TableColumn, TableRecord, TableSchema, asset
 
+from legolas_ml.core.contracts import Candidate, ExplanationReport, LabeledDataset, StratifiedSplits
 from legolas_ml.core.datasets import read_dataset
 from legolas_ml.core import settings
 from legolas_ml.evaluation.ensemble import EVAL_PRECISION, FoldEnsemble
@@ -26,17 +27,17 @@ def build_explainability_report(tenant: TenantPlan) -> AssetsDefinition:
     )
     def explainability_report(
         context: AssetExecutionContext,
-        ensemble_model: dict,
-        labeled_dataset: dict,
-        stratified_splits: dict,
+        ensemble_model: Candidate,
+        labeled_dataset: LabeledDataset,
+        stratified_splits: StratifiedSplits,
         training: TrainingResource,
         gpu: GPUResource,
-    ) -> Output[dict]:
+    ) -> Output[ExplanationReport]:
         """Integrated Gradients explanations of held-out test texts, per class top words, as HTML/JSON/PNG."""
         per_class = settings.explain_per_class()
-        ensemble = FoldEnsemble(ensemble_model["checkpoints"], device=gpu.device_setting(), precision=EVAL_PRECISION)
-        plan = SplitPlan.load(stratified_splits["path"])
-        test = read_dataset(labeled_dataset["path"]).set_index("session_id").loc[plan.test_ids]
+        ensemble = FoldEnsemble(ensemble_model.checkpoints, device=gpu.device_setting(), precision=EVAL_PRECISION)
+        plan = SplitPlan.load(stratified_splits.path)
+        test = read_dataset(labeled_dataset.path).set_index("session_id").loc[plan.test_ids]
         texts, y_true = test["text"].tolist(), test["label"].tolist()
         y_pred = ensemble.predict(texts)
         chosen = select_texts(plan.test_ids, y_true, y_pred, per_class=per_class, seed=training.config(gpu, tenant).seed)
@@ -52,11 +53,11 @@ def build_explainability_report(tenant: TenantPlan) -> AssetsDefinition:
         summary = summarise(explanations)
         # Beside the candidate's manifest, in this run's own directory: never overwritten by a later run
         # (`legolas status` shows the newest one: ModelRegistry.latest_report).
-        directory = Path(ensemble_model["manifest_path"]).parent / "runs" / context.run_id / "explainability"
+        directory = Path(ensemble_model.manifest_path).parent / "runs" / context.run_id / "explainability"
         paths = write_report(
-            explanations, summary, directory, f"LEGOLAS explainability: tenant {tenant.name}, version {ensemble_model['version']}"
+            explanations, summary, directory, f"LEGOLAS explainability: tenant {tenant.name}, version {ensemble_model.version}"
         )
-        training.registry(tenant.name).publish_run(ensemble_model["version"], context.run_id)
+        training.registry(tenant.name).publish_run(ensemble_model.version, context.run_id)
         rows = [
             TableRecord({"class": label, "rank": r + 1, "word": w["word"], "mean_abs_attribution": round(w["mean_abs"], 5), "count": w["count"]})
             for label, words in summary.top_words.items()
@@ -79,15 +80,10 @@ def build_explainability_report(tenant: TenantPlan) -> AssetsDefinition:
             "report_json": MetadataValue.path(str(paths["json"])),
             **links.urls({"report_url": paths["html"], "report_json_url": paths["json"]}),
         }
-        value = {
-            "tenant": tenant.name,
-            "report": str(paths["html"]),
-            "json": str(paths["json"]),
-            "n_texts": summary.n_texts,
-            "share_converged": summary.share_converged,
-            "mean_steps": summary.mean_steps,
-            "seconds_per_text": summary.seconds_per_text,
-        }
+        value = ExplanationReport(
+            tenant=tenant.name, report=str(paths["html"]), json=str(paths["json"]), n_texts=summary.n_texts,
+            share_converged=summary.share_converged, mean_steps=summary.mean_steps, seconds_per_text=summary.seconds_per_text,
+        )
         return Output(value, metadata=metadata)
 
     return explainability_report

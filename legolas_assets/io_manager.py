@@ -1,8 +1,11 @@
 """A JSON IO manager: asset values are small JSON documents (paths, hashes, metrics), never pickles.
 
 Large artifacts (datasets, checkpoints, reports) are files the assets write themselves under the
-output directory; what passes between assets is their description. Partitioned outputs are stored
-one file per partition, which is what a single-run backfill of several fold partitions needs.
+output directory; what passes between assets is their description: the typed values of
+``legolas_ml.core.contracts``, stored as their ``to_dict()`` and handed to the next asset as the
+contract ``CONTRACTS`` names for the asset (the review loop's values, which no asset reads, stay JSON objects). Partitioned
+outputs are stored one file per partition, which is what a single-run backfill of several fold
+partitions needs.
 """
 
 from __future__ import annotations
@@ -14,6 +17,36 @@ from typing import Any
 from dagster import ConfigurableIOManager, InputContext, OutputContext
 
 from legolas_ml.core.atomic_io import write_json_atomic
+from legolas_ml.core.contracts import (
+    Candidate,
+    Contract,
+    CvMetrics,
+    ExplanationReport,
+    FoldModel,
+    LabeledDataset,
+    PromotionOutcome,
+    StratifiedSplits,
+)
+
+#: The contract of each chain asset's value, by the asset's name (a tenant's key ends with it).
+CONTRACTS: dict[str, type[Contract]] = {
+    "labeled_dataset": LabeledDataset,
+    "stratified_splits": StratifiedSplits,
+    "fold_models": FoldModel,
+    "cv_metrics": CvMetrics,
+    "ensemble_model": Candidate,
+    "promoted_ensemble": PromotionOutcome,
+    "explainability_report": ExplanationReport,
+}
+
+
+def _stored(obj: Any) -> Any:
+    return obj.to_dict() if isinstance(obj, Contract) else obj
+
+
+def _loaded(asset_key, value: Any) -> Any:
+    contract = CONTRACTS.get(asset_key.path[-1])
+    return contract.from_dict(value) if contract is not None else value
 
 
 class JsonIOManager(ConfigurableIOManager):
@@ -35,10 +68,10 @@ class JsonIOManager(ConfigurableIOManager):
                     f"{sorted(obj) if isinstance(obj, dict) else type(obj).__name__}"
                 )
             for key in keys:
-                write_json_atomic(self._path(context.asset_key, key), obj[key])
+                write_json_atomic(self._path(context.asset_key, key), _stored(obj[key]))
             return
         partition = context.asset_partition_key if context.has_asset_partitions else None
-        write_json_atomic(self._path(context.asset_key, partition), obj)
+        write_json_atomic(self._path(context.asset_key, partition), _stored(obj))
 
     def load_input(self, context: InputContext) -> Any:
         key = context.asset_key
@@ -49,9 +82,9 @@ class JsonIOManager(ConfigurableIOManager):
             for partition in context.asset_partition_keys:
                 path = self._path(key, partition)
                 if path.exists():
-                    values[partition] = json.loads(path.read_text())
+                    values[partition] = _loaded(key, json.loads(path.read_text()))
             return values
         path = self._path(key, None)
         if not path.exists():
             raise FileNotFoundError(f"asset {key.to_user_string()} has not been materialized yet ({path} is missing)")
-        return json.loads(path.read_text())
+        return _loaded(key, json.loads(path.read_text()))

@@ -20,8 +20,9 @@ from dagster import (
     op,
 )
 
-from legolas_ml.evaluation.ensemble import EVAL_PRECISION
+from legolas_ml.core.contracts import Candidate, LabeledDataset, PromotionOutcome
 from legolas_ml.core.datasets import read_dataset
+from legolas_ml.evaluation.ensemble import EVAL_PRECISION
 from legolas_ml.data.store import StoreUnavailableError
 from legolas_ml.lifecycle.decision import (
     KEEP,
@@ -122,29 +123,29 @@ def build_promoted_ensemble(tenant: TenantPlan) -> AssetsDefinition:
     )
     def promoted_ensemble(
         context: AssetExecutionContext,
-        ensemble_model: dict,
-        labeled_dataset: dict,
+        ensemble_model: Candidate,
+        labeled_dataset: LabeledDataset,
         training: TrainingResource,
         lifecycle: LifecycleResource,
         gpu: GPUResource,
     ):
         """The ensemble in service: the candidate if the promotion rule shows it no worse than the champion;
         a candidate the holdout cannot decide yet waits as the tenant's challenger."""
-        version = ensemble_model["version"]
+        version = ensemble_model.version
         registry = lifecycle.registry(training, tenant.name)
         holdout = Holdout(
-            read_dataset(labeled_dataset["holdout_path"]), tenant.name, labeled_dataset["summary"]["holdout"]["share"],
-            labeled_dataset["summary"].get("reviews_cursor"), frozenset(labeled_dataset.get("holdout_random_ids") or ()),
+            read_dataset(labeled_dataset.holdout_path), tenant.name, labeled_dataset.holdout["share"],
+            labeled_dataset.reviews_cursor, frozenset(labeled_dataset.holdout_random_ids),
         )
         try:
             decision = decide_and_record(
-                registry, ensemble_model, holdout, lifecycle.policy(), ensemble_predictor(gpu.device_setting(), EVAL_PRECISION),
+                registry, ensemble_model.manifest, holdout, lifecycle.policy(), ensemble_predictor(gpu.device_setting(), EVAL_PRECISION),
                 actor=run_actor(context), run_id=context.run_id,
             )
         except ChampionUnavailableError as exc:
             raise Failure(description=f"promoted_ensemble: {exc}") from None
         metadata: dict = {"tenant": tenant.name, "candidate_version": version, "holdout_n": len(holdout.frame),
-                          "holdout_per_class": MetadataValue.json(labeled_dataset["summary"]["holdout"]["per_class"]),
+                          "holdout_per_class": MetadataValue.json(labeled_dataset.holdout["per_class"]),
                           **decision_metadata(decision)}
         if decision.promoted and not decision.standing:
             metadata.update(_mirror_champion(context, registry, tenant.name, version))
@@ -162,8 +163,8 @@ def build_promoted_ensemble(tenant: TenantPlan) -> AssetsDefinition:
         serves = decision.outcome in (PROMOTE, KEEP)  # the candidate is in service
         (context.log.info if serves else context.log.warning)(f"candidate {version}: {word}: {decision.reason}")
         yield Output(
-            {"tenant": tenant.name, "champion_version": serving, "candidate_version": version, "promoted": serves,
-             "outcome": word, "reason": decision.reason},
+            PromotionOutcome(tenant=tenant.name, champion_version=serving, candidate_version=version, promoted=serves,
+                             outcome=word, reason=decision.reason),
             metadata=metadata,
         )
         yield AssetCheckResult(

@@ -3,17 +3,13 @@
 
 from dagster import AssetExecutionContext, AssetsDefinition, AssetObservation, Failure, MetadataValue, Output, TableColumn, TableRecord, TableSchema, asset
 
+from legolas_ml.core.contracts import FoldModel, LabeledDataset, StratifiedSplits
 from legolas_ml.core.datasets import read_dataset
-from legolas_ml.core.identity import training_key
-from legolas_ml.lifecycle.registry import ChampionUnavailableError
-from legolas_ml.lifecycle.retraining import warm_start_checkpoints
+from legolas_ml.lifecycle.fold_training import FoldLayoutError, fold_models_of, plan_fold_training
 from legolas_ml.runners.base import FoldWorkerLostError
-from legolas_ml.training.cross_validation import encode_dataset
-from legolas_ml.data.splits import SplitPlan
-from legolas_ml.training.progress import ProgressSnapshot, TrainingProgress, format_duration
 from legolas_ml.tracking import redacted, tracker_from_settings
-from legolas_ml.training.checkpoint import checkpoint_filename
-from legolas_ml.training.cross_validation import finished_fold
+from legolas_ml.training.cross_validation import encode_dataset
+from legolas_ml.training.progress import ProgressSnapshot, TrainingProgress, format_duration
 from legolas_ml.training.trainer import NonFiniteLossError
 from legolas_ml.training.training_log import close_training_log, open_training_log
 
@@ -38,51 +34,33 @@ def build_fold_models(tenant: TenantPlan) -> AssetsDefinition:
     )
     def fold_models(
         context: AssetExecutionContext,
-        labeled_dataset: dict,
-        stratified_splits: dict,
+        labeled_dataset: LabeledDataset,
+        stratified_splits: StratifiedSplits,
         training: TrainingResource,
         gpu: GPUResource,
     ):
         """One model per fold (focal loss, rewind early stopping), keeping only its best epoch."""
         resolved = training.resolved(gpu, tenant)
-        config = resolved.config
-        plan = SplitPlan.load(stratified_splits["path"])
-        champion = labeled_dataset.get("champion_version")
-        # The champion the gate read, not whatever serves now: the warm start is part of the training key.
-        unreadable = None
-        try:
-            manifest = training.registry(tenant.name).manifest(champion) if champion else None
-        except (ValueError, ChampionUnavailableError) as exc:  # pruned or damaged since: start cold, say why
-            manifest, unreadable = None, f"champion {champion} is unreadable ({exc}): starts from the pretrained model"
-        starts, start_reason = warm_start_checkpoints(
-            manifest, config.model_name, config.model_overrides, training.warm_start_enabled(),
-            data_version=labeled_dataset["data_version"], split_fingerprint=plan.fingerprint(),
-        )
-        start_reason = unreadable or start_reason
-        config = config.replace(init_checkpoints=starts)
-        context.log.info(start_reason)
-        device = gpu.resolved()
         keys = list(context.partition_keys)
-        if plan.n_folds != tenant.n_partitions:
-            raise Failure(
-                description=f"the split has {plan.n_folds} folds but {tenant.key('fold_models').to_user_string()} has "
-                f"{tenant.n_partitions} partitions: the tenant's n_folds (or LEGOLAS_PRESET/LEGOLAS_N_FOLDS) changed "
-                "since stratified_splits was materialized; re-materialize stratified_splits"
+        try:
+            plan = plan_fold_training(
+                training.registry(tenant.name), training.artifacts(tenant.name), labeled_dataset, stratified_splits, resolved.config,
+                [int(k) for k in keys], n_partitions=tenant.n_partitions, warm_start=training.warm_start_enabled(),
+                reuse_finished=training.reuse_finished_folds,
             )
+        except FoldLayoutError as exc:
+            raise Failure(description=f"{tenant.key('fold_models').to_user_string()}: {exc}") from None
+        config = plan.config
+        context.log.info(plan.start_reason)
+        device = gpu.resolved()
         artifacts = training.artifacts(tenant.name)
-        # Keyed by data version, split and config: a retraining never writes into the champion's folds.
-        key_of_training = training_key(labeled_dataset["data_version"], plan.fingerprint(), config.to_dict())
-        folds_dir = artifacts.folds_dir(key_of_training)
-        data = encode_dataset(read_dataset(labeled_dataset["path"]), config, cache_dir=artifacts.tokens_dir)
+        data = encode_dataset(read_dataset(labeled_dataset.path), config, cache_dir=artifacts.tokens_dir)
         logger, log_path = open_training_log(artifacts.logs_dir, context.run_id)
         context.log.info(f"training folds {keys} on {device['name']} ({device['precision']}); log file: {log_path}")
 
         estimate = TrainingProgress([int(k) for k in keys], config.epochs)
-        if training.reuse_finished_folds:  # folds finished by an earlier run train no epoch in this one
-            for key in keys:
-                checkpoint = folds_dir / checkpoint_filename(config.text_format, config.model_name, int(key))
-                if finished_fold(checkpoint, labeled_dataset["data_version"], plan.fingerprint(), config) is not None:
-                    estimate.mark_reused(int(key))
+        for fold in plan.finished:  # folds finished by an earlier run train no epoch in this one
+            estimate.mark_reused(fold)
 
         def progress(record: dict) -> None:
             snapshot = estimate.epoch_finished(record["fold"], record["epoch"], stopping=record.get("stopping", False))
@@ -103,31 +81,26 @@ def build_fold_models(tenant: TenantPlan) -> AssetsDefinition:
             context.log.info(line)
             logger.info(line)
 
-        results = {}
         try:
             runner = training.fold_runner()
             note(f"runner {runner.name}: folds {keys}, {len(data.session_ids)} sessions")
             try:
                 fold_results = runner.run_folds(
-                    data, plan, [int(k) for k in keys], config, folds_dir, data_version=labeled_dataset["data_version"],
+                    data, plan.plan, [int(k) for k in keys], config, plan.folds_dir, data_version=labeled_dataset.data_version,
                     on_epoch=progress, reuse_finished=training.reuse_finished_folds, log=note,
                 )
             except (NonFiniteLossError, FoldWorkerLostError) as exc:
                 logger.error(str(exc))
                 raise Failure(description=str(exc)) from None
+            curves = {
+                fold: plots.training_curve(result.history, plan.folds_dir / "curves" / f"fold{fold}.png", f"fold {fold}")
+                for fold, result in fold_results.items()
+            }
+            # What each fold was trained with and where each value came from (the version records it).
+            results = fold_models_of(fold_results, plan, labeled_dataset, {**resolved.to_dict(), "config": config.to_dict()},
+                                     curves, str(log_path))
             for key in keys:
-                result = fold_results[int(key)]
-                curve = plots.training_curve(result.history, folds_dir / "curves" / f"fold{key}.png", f"fold {key}")
-                results[key] = {
-                    **result.to_dict(),
-                    "data_version": labeled_dataset["data_version"],
-                    "split_fingerprint": plan.fingerprint(),
-                    "training_key": key_of_training,
-                    # What this fold was trained with and where each value came from (the version records it).
-                    "training_config": {**resolved.to_dict(), "config": config.to_dict()},
-                    "curve_path": str(curve),
-                    "log_path": str(log_path),
-                }
+                result = results[key]
                 if result.reused:
                     note(f"fold {key}: finished earlier with the same data, split and config; checkpoint verified and reused")
                 logger.info(f"fold {key}: done, shipped epoch {result.best_epoch}, {result.stop_reason}, reused={result.reused}")
@@ -136,24 +109,24 @@ def build_fold_models(tenant: TenantPlan) -> AssetsDefinition:
 
         try:  # MLflow mirrors the registry: a bad URI, a missing package or an outage never fails a training
             tracker = tracker_from_settings()  # None unless LEGOLAS_MLFLOW_TRACKING_URI is set
-            run_ids = tracker.log_folds(tenant.name, key_of_training, config.to_dict(), results) if tracker else {}
+            run_ids = tracker.log_folds(tenant.name, plan.training_key, config.to_dict(), _as_dicts(results)) if tracker else {}
         except Exception as exc:  # noqa: BLE001
             context.log.warning(f"MLflow tracking failed, folds not logged there: {redacted(exc)}")
             run_ids = {}
         for key, run_id in run_ids.items():
-            results[key]["mlflow_run_id"] = run_id
+            results[key].mlflow_run_id = run_id
         # Each fold partition gets its own numbers and curve, even when all folds train in one run
         # (Output metadata alone would give every partition of the run the same values).
         for key in keys:
             context.add_asset_metadata(fold_metadata(results[key]), partition_key=key)
         metadata = {
             "folds_in_this_run": len(keys),
-            "warm_start": start_reason,
+            "warm_start": plan.start_reason,
             "device": device["name"],
             "training_log": MetadataValue.path(str(log_path)),
         }
         yield Output(results[keys[0]] if len(keys) == 1 else results, metadata=metadata)
-        yield from fold_check_results(results, n_classes=len(data.labels), asset_key=tenant.key("fold_models"))
+        yield from fold_check_results(_as_dicts(results), n_classes=len(data.labels), asset_key=tenant.key("fold_models"))
 
     return fold_models
 
@@ -195,32 +168,37 @@ def _curve_table(history: list[dict], shipped_epoch: int) -> MetadataValue:
     ]))
 
 
-def fold_metadata(r: dict) -> dict:
+def _as_dicts(results: dict[str, FoldModel]) -> dict[str, dict]:
+    """The folds as JSON objects, for the pure check verdicts and the MLflow tracker."""
+    return {key: result.to_dict() for key, result in results.items()}
+
+
+def fold_metadata(fold: FoldModel) -> dict:
     """One fold partition's materialization metadata: headline numbers first, then how it trained."""
-    metrics = r["best_metrics"]
-    early = r["trigger_epoch"] is not None
+    metrics = fold.best_metrics
+    early = fold.trigger_epoch is not None
     return {
         "val_balanced_accuracy": round(metrics["balanced_accuracy"], 4),
         "val_f1_macro": round(metrics["f1_macro"], 4),
         "val_accuracy": round(metrics["accuracy"], 4),
-        "shipped_epoch": r["best_epoch"],
-        "epochs_run": r["epochs_run"],
+        "shipped_epoch": fold.best_epoch,
+        "epochs_run": fold.epochs_run,
         "stopped_early": early,
         # Words, never a raw None: "ran every epoch" or where early stopping triggered and rewound to.
         "early_stopping": (
-            f"triggered at epoch {r['trigger_epoch']}, rewound to epoch {r['rewind_epoch']}" if early else "ran every epoch"
+            f"triggered at epoch {fold.trigger_epoch}, rewound to epoch {fold.rewind_epoch}" if early else "ran every epoch"
         ),
-        "stop_reason": r["stop_reason"],
-        "train_samples_per_s": round(r["train_samples_per_s"], 1),
-        "duration_s": round(r["duration_s"], 1),
-        "peak_memory_mb": round(r["peak_memory_mb"]),
-        "held_copies_peak": r.get("held_copies_peak", 0),
-        "precision": r["precision"],
-        "reused_finished_fold": r["reused"],
+        "stop_reason": fold.stop_reason,
+        "train_samples_per_s": round(fold.train_samples_per_s, 1),
+        "duration_s": round(fold.duration_s, 1),
+        "peak_memory_mb": round(fold.peak_memory_mb),
+        "held_copies_peak": fold.held_copies_peak,
+        "precision": fold.precision,
+        "reused_finished_fold": fold.reused,
         # Dagster 1.13 shows Markdown (the PNG) behind a "Show Markdown" button; the same curve as a
         # table renders inline on the partition's page.
-        "curve_by_epoch": _curve_table(r["history"], r["best_epoch"]),
-        "training_curve": plots.embed(r["curve_path"], f"fold {r['fold']} training curve"),
-        "checkpoint": MetadataValue.path(r["checkpoint_path"]),
-        **({"mlflow_run_id": r["mlflow_run_id"]} if r.get("mlflow_run_id") else {}),
+        "curve_by_epoch": _curve_table(fold.history, fold.best_epoch),
+        "training_curve": plots.embed(fold.curve_path, f"fold {fold.fold} training curve"),
+        "checkpoint": MetadataValue.path(fold.checkpoint_path),
+        **({"mlflow_run_id": fold.mlflow_run_id} if fold.mlflow_run_id else {}),
     }

@@ -40,8 +40,12 @@ def _stop(daemon: subprocess.Popen) -> None:
         os.killpg(daemon.pid, signal.SIGKILL)
 
 
-def _start_daemon(tmp_path: Path, **variables: str) -> tuple[subprocess.Popen, Path, dict]:
-    """``dagster-daemon run`` on the shipped dagster.yaml, a tmp home and the tiny model: ``(daemon, DAGSTER_HOME, env)``."""
+def _start_daemon(tmp_path: Path, reload_every_s: int | None = None, **variables: str) -> tuple[subprocess.Popen, Path, dict]:
+    """``dagster-daemon run`` on the shipped dagster.yaml, a tmp home and the tiny model: ``(daemon, DAGSTER_HOME, env)``.
+
+    ``reload_every_s`` replaces Dagster's 60 s between the daemon's reloads of its code location
+    (``tests/daemon_reloading.py``); ``None`` runs the installed ``dagster-daemon`` as it is.
+    """
     dagster_home = tmp_path / "dagster"
     dagster_home.mkdir()
     (dagster_home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())  # the shipped instance config
@@ -61,8 +65,11 @@ def _start_daemon(tmp_path: Path, **variables: str) -> tuple[subprocess.Popen, P
     with DagsterInstance.from_config(str(dagster_home)):
         pass
     log = open(tmp_path / "daemon.log", "w")
+    command = [str(Path(sys.executable).parent / "dagster-daemon")]
+    if reload_every_s is not None:
+        command = [sys.executable, str(Path(__file__).parent / "daemon_reloading.py"), str(reload_every_s)]
     daemon = subprocess.Popen(
-        [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-m", "legolas_assets.definitions"],
+        [*command, "run", "-m", "legolas_assets.definitions"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     log.close()  # the daemon holds its own descriptor

@@ -66,7 +66,7 @@ def test_aggregate_refuses_stale_and_missing_folds(cv_run):
         for f in result["folds"]
     }
     ok = aggregate_folds(summaries, 3, result["data_version"], result["split_fingerprint"])
-    assert ok["balanced_accuracy"]["mean"] == pytest.approx(result["cv"]["balanced_accuracy"]["mean"])
+    assert ok.balanced_accuracy["mean"] == pytest.approx(result["cv"]["balanced_accuracy"]["mean"])
     with pytest.raises(MissingFoldsError, match=r"folds \[2\]"):
         aggregate_folds({k: summaries[k] for k in (0, 1)}, 3, result["data_version"], result["split_fingerprint"])
     stale = dict(summaries)

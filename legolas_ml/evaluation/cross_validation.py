@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from legolas_ml.core.contracts import CvMetrics
 from legolas_ml.core.datasets import content_hash
 from legolas_ml.core.identity import training_key
 from legolas_ml.core.metrics import classification_metrics, mean_std
@@ -33,8 +34,8 @@ class MissingFoldsError(ValueError):
 
 def aggregate_folds(
     fold_summaries: dict[int, dict[str, Any]], n_folds: int, data_version: str, split_fingerprint: str
-) -> dict[str, Any]:
-    """Mean ± std of the folds' best validation metrics.
+) -> CvMetrics:
+    """Mean ± std of the folds' best validation metrics, and the spread between the best and worst fold.
 
     Args:
         fold_summaries: per fold index, a dict with ``best_metrics``, ``data_version`` and ``split_fingerprint``.
@@ -60,15 +61,15 @@ def aggregate_folds(
             f"current data {data_version}, split {split_fingerprint}. Re-materialize those fold partitions."
         )
     rows = [dict(fold=k, **fold_summaries[k]["best_metrics"]) for k in range(n_folds)]
-    out: dict[str, Any] = {"n_folds": n_folds, "data_version": data_version, "split_fingerprint": split_fingerprint}
+    summary = {}
     for metric in ("balanced_accuracy", "accuracy", "f1_macro"):
         mean, std = mean_std([r[metric] for r in rows])
-        out[metric] = {"mean": mean, "std": std}
+        summary[metric] = {"mean": mean, "std": std}
     classes = rows[0]["classes"]
-    out["per_class_recall"] = {
+    per_class_recall = {
         c: dict(zip(("mean", "std"), mean_std([r["per_class"][c]["recall"] for r in rows]))) for c in classes
     }
-    out["per_fold"] = [
+    per_fold = [
         {
             "fold": r["fold"],
             "balanced_accuracy": r["balanced_accuracy"],
@@ -78,7 +79,11 @@ def aggregate_folds(
         }
         for r in rows
     ]
-    return out
+    scores = [r["balanced_accuracy"] for r in rows]
+    return CvMetrics(
+        n_folds=n_folds, data_version=data_version, split_fingerprint=split_fingerprint, **summary,
+        per_class_recall=per_class_recall, per_fold=per_fold, fold_spread=max(scores) - min(scores),
+    )
 
 
 def evaluate_ensemble(
@@ -128,7 +133,7 @@ def run_cross_validation(
         "data_version": version,
         "split_fingerprint": plan.fingerprint(),
         "folds": [r.to_dict() for r in results.values()],
-        "cv": cv,
+        "cv": cv.to_dict(),
         "test": test_metrics,
         "wall_s": time.perf_counter() - started,
     }

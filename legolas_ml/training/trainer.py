@@ -12,7 +12,7 @@ import math
 import resource
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from legolas_ml.training.config import TrainingConfig, legolas_version
 from legolas_ml.training.early_stopping import RewindEarlyStopping
 from legolas_ml.training.losses import build_loss
 from legolas_ml.training.warm_start import checkpoint_for_fold, warm_start
+from legolas_ml.core.contracts import FoldResult  # noqa: F401 - the trainer's return type, re-exported here
 from legolas_ml.core.metrics import classification_metrics
 from legolas_ml.training.modeling import (
     autocast, build_model, device_description, freeze_lower_layers, resolve_device, resolve_precision,
@@ -56,35 +57,6 @@ class FoldData:
             raise ValueError(f"{len(self.encoded)} texts but {len(self.targets)} targets")
         if len(self.targets) == 0:
             raise ValueError("a split must contain at least one text")
-
-
-@dataclass
-class FoldResult:
-    """What a fold's training produced; JSON-serialisable through ``to_dict``."""
-
-    fold: int
-    checkpoint_path: str
-    best_epoch: int  # the epoch shipped in the checkpoint: best balanced accuracy up to the rewind point
-    best_metrics: dict[str, Any]
-    trigger_epoch: int | None  # the epoch early stopping triggered at (None: ran every epoch)
-    rewind_epoch: int | None  # trigger_epoch - patience: no epoch after it can be shipped
-    stop_reason: str
-    epochs_run: int
-    history: list[dict[str, Any]]
-    duration_s: float
-    train_samples_per_s: float
-    n_train: int
-    n_val: int
-    device: str
-    precision: str
-    peak_memory_mb: float
-    timings_s: dict[str, float] = field(default_factory=dict)
-    held_copies_peak: int = 0  # most CPU copies of the weights held for the rewind window at once
-    reused: bool = False  # True when a finished fold was reused instead of retrained
-    warm_start: dict[str, Any] | None = None  # the champion checkpoint this fold started from (warm_start.py); None: cold
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 EpochCallback = Callable[[dict[str, Any]], None]
