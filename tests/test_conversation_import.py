@@ -180,7 +180,7 @@ def test_annotation_mode_follows_the_setting_then_who_created_the_collection(hom
 def test_separate_annotations_leave_the_users_documents_untouched_and_the_gate_reads_them(home, capsys):
     import numpy as np
 
-    from legolas_ml.data.store import connect
+    from legolas_ml.data.store import FieldChanges, connect
     from legolas_ml.review.label_audit import AUDITOR, flag_changes
     from legolas_ml.review.queue import review_queue
     from legolas_ml.scoring.predictions import score_documents
@@ -210,8 +210,8 @@ def test_separate_annotations_leave_the_users_documents_untouched_and_the_gate_r
         assert [r["session_id"] for r in review_queue(store)] == ["t2"]
         gate = gate_from_store(store, has_model=False)
         assert gate.per_class == {"billing": 1}  # t2 flagged and t3 doubted by the audit: not trusted
-        assert store.clear_audit_flag("t2", AUDITOR, {"$set": {"needs_review": False}, "$unset": {"review_flagged_by": ""}})
-        assert not store.clear_audit_flag("t2", AUDITOR, {"$set": {"needs_review": False}})  # no audit flag any more
+        assert store.clear_audit_flag("t2", AUDITOR, FieldChanges(set={"needs_review": False}, unset=frozenset({"review_flagged_by"})))
+        assert not store.clear_audit_flag("t2", AUDITOR, FieldChanges(set={"needs_review": False}))  # no audit flag any more
         with pytest.raises(ValueError, match="LEGOLAS never deletes them"):
             store.delete_tenant_documents()
     assert raw("tickets") == users  # the user's documents: never written

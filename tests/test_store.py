@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from legolas_ml.data.store import (
+    FieldChanges,
     StoreUnavailableError,
     connect,
     open_tenant_store,
@@ -57,6 +58,25 @@ def test_reviews_after_pages_by_seq_through_equal_timestamps(tmp_path):
         seen = [d["session_id"] for d in first + rest]
         assert seen == ["s0", "s1", "s2", "s3", "s9"] and store.count_reviews_after(ReviewCursor.of(first[-1]).as_tuple()) == 3
         assert store.insert_review({"session_id": "s0", "label": "y", "reviewed_at": t}) is False  # unique index
+
+
+
+def test_field_changes_are_the_only_way_to_write_fields(tmp_path):
+    """Callers say which fields change (``FieldChanges``); the store alone writes ``$set``/``$unset``."""
+    with pytest.raises(ValueError, match=r"both set and unset.*\['a'\]"):
+        FieldChanges(set={"a": 1}, unset={"a"})
+    assert FieldChanges(set={"a": 1}, unset={"c", "b"}).to_update() == {"$set": {"a": 1}, "$unset": {"b": "", "c": ""}}
+    assert FieldChanges(unset={"b"}).to_update() == {"$unset": {"b": ""}} and FieldChanges(set={"a": 1}).to_update() == {"$set": {"a": 1}}
+    assert not FieldChanges() and FieldChanges().is_empty and FieldChanges(unset={"b"})
+    with open_tenant_store(None, tmp_path, "legolas", "acme") as store:
+        store.insert_classifications([{"session_id": "s1", "text": "a", "llm_prediction": "x", "review_doubted": True}])
+        assert store.update_unreviewed("s1", FieldChanges(set={"ml_prediction": "x"}, unset={"review_doubted"}), text="a")
+        doc = next(iter(store.classification_fields(("ml_prediction", "review_doubted"))))
+        assert doc["ml_prediction"] == "x" and "review_doubted" not in doc
+        with pytest.raises(TypeError, match=r"update_unreviewed: changes must be a FieldChanges .*got dict"):
+            store.update_unreviewed("s1", {"$set": {"ml_prediction": "y"}})
+        with pytest.raises(TypeError, match=r"clear_audit_flag: changes must be a FieldChanges .*got dict"):
+            store.clear_audit_flag("s1", "label_audit", {"$unset": {"needs_review": ""}})
 
 
 T = datetime(2026, 1, 1)

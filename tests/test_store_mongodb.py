@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from legolas_ml.data.quality_gate import gate_from_store
-from legolas_ml.data.store import connect, open_tenant_store
+from legolas_ml.data.store import FieldChanges, connect, open_tenant_store
 from test_store import check_reviews_numbered_in_received_order, check_reviews_of_an_older_release
 
 URI = os.environ.get("LEGOLAS_MONGO_URI")
@@ -70,9 +70,9 @@ def test_same_loop_queries_on_mongodb(store):
     store.insert_review({"session_id": " s3 ", "label": "z", "reviewed_at": datetime(2026, 1, 1)})
     assert store.reviewed_session_ids() == {"s2", "s3"}
     assert store.reviewed_session_ids(among=["s1", "s3"]) == {"s3"}
-    assert store.update_unreviewed("s1", {"$set": {"ml_prediction": "x"}}, text="a") is True
-    assert store.update_unreviewed("s1", {"$set": {"ml_prediction": "q"}}, text="edited meanwhile") is False
-    assert store.update_unreviewed("s2", {"$set": {"ml_prediction": "x"}}) is False  # a human decided
+    assert store.update_unreviewed("s1", FieldChanges(set={"ml_prediction": "x"}), text="a") is True
+    assert store.update_unreviewed("s1", FieldChanges(set={"ml_prediction": "q"}), text="edited meanwhile") is False
+    assert store.update_unreviewed("s2", FieldChanges(set={"ml_prediction": "x"})) is False  # a human decided
     docs = {d["session_id"]: d for d in store.classification_fields(("ml_prediction",))}
     assert docs["s1"]["ml_prediction"] == "x" and "ml_prediction" not in docs["s2"]
     assert [d["session_id"] for d in store.flagged_for_review(("text",))] == ["s3"]

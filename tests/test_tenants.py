@@ -18,7 +18,7 @@ from legolas_assets.definitions import build_definitions
 from legolas_assets.tenancy import TenantPlan, discover_tenants
 from legolas_ml.cli import main
 from legolas_ml.data.demo_data import CLASS_SHARES, INSURANCE_SHARES, generate_demo_data
-from legolas_ml.data.store import CLASSIFICATIONS, REVIEWS, TenantStore, connect, open_tenant_store
+from legolas_ml.data.store import CLASSIFICATIONS, REVIEWS, FieldChanges, TenantStore, connect, open_tenant_store
 from legolas_ml.data.tenants import TenantSettings, open_catalogue
 from legolas_ml.lifecycle.artifacts import TenantArtifacts
 from legolas_ml.lifecycle.registry import ModelRegistry
@@ -331,9 +331,9 @@ def test_every_store_query_is_scoped_to_its_tenant(tmp_path):
         exercise("reviewed_session_ids", [sid])
         exercise("random_sample_ids")
         list(exercise("classification_fields", ["text"], [sid]))
-        exercise("update_unreviewed", sid, {"$set": {"ml_prediction": "billing"}}, text="not the text")
+        exercise("update_unreviewed", sid, FieldChanges(set={"ml_prediction": "billing"}), text="not the text")
         exercise("has_review", sid, "billing")
-        exercise("clear_audit_flag", sid, "legolas-audit", {"$unset": {"needs_review": ""}})
+        exercise("clear_audit_flag", sid, "legolas-audit", FieldChanges(unset=frozenset({"needs_review"})))
         list(exercise("flagged_for_review", ["needs_review"]))
         exercise("insert_classifications", [{"session_id": "new-1", "text": "hello", "llm_prediction": "billing"}])
         exercise("upsert_classifications", [{"session_id": "new-3", "text": "hi", "llm_prediction": "billing"}], ("text", "llm_prediction"))

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,61 @@ def trusted_llm_query(tenant: str, *, despite_audit: bool = False) -> dict[str, 
 
 #: A classification decided by a person (``human_review``, ``llm+human``): the loop never touches it.
 HUMAN_METHOD = re.compile("human", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class FieldChanges:
+    """What one write does to a classification's fields: which take which values (``set``) and which go away (``unset``).
+
+    The store is the only module that writes MongoDB's update operators: the review and scoring
+    stages say which fields change in these terms, and ``TenantStore`` turns them into ``$set`` and
+    ``$unset`` (``to_update``), for the document itself or its annotation.
+    """
+
+    set: Mapping[str, Any] = field(default_factory=dict)
+    unset: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.unset, str):  # frozenset("review_doubted") would be its letters
+            raise TypeError(f"FieldChanges.unset must be a collection of field names, got the string {self.unset!r}")
+        # Copies: a caller changing its dict or set afterwards does not change this value.
+        object.__setattr__(self, "set", dict(self.set))
+        object.__setattr__(self, "unset", frozenset(self.unset))
+        operators = sorted(name for name in (*self.set, *self.unset) if str(name).startswith("$"))
+        if operators:
+            raise ValueError(f"FieldChanges takes field names, not update operators (the store writes those), got {operators}")
+        both = sorted(self.unset.intersection(self.set))
+        if both:
+            raise ValueError(f"fields both set and unset in one FieldChanges: {both}")
+
+    @property
+    def is_empty(self) -> bool:
+        """Whether nothing changes."""
+        return not self.set and not self.unset
+
+    def __bool__(self) -> bool:
+        return not self.is_empty
+
+    def to_update(self) -> dict[str, Any]:
+        """The MongoDB update document: ``{"$set": {...}, "$unset": {name: ""}}``, only the parts that are not empty."""
+        update: dict[str, Any] = {}
+        if self.set:
+            update["$set"] = dict(self.set)
+        if self.unset:
+            update["$unset"] = {name: "" for name in sorted(self.unset)}
+        return update
+
+
+def _field_changes(changes: Any, method: str) -> FieldChanges:
+    """``changes`` itself, or a TypeError naming ``method``'s argument, the expected type and what came."""
+    if not isinstance(changes, FieldChanges):
+        raise TypeError(
+            f"TenantStore.{method}: changes must be a FieldChanges (legolas_ml.data.store), "
+            f"got {type(changes).__name__}: {changes!r:.200}"
+        )
+    if changes.is_empty:
+        raise ValueError(f"TenantStore.{method}: changes is an empty FieldChanges (nothing to write)")
+    return changes
 
 
 class StoreUnavailableError(ConnectionError):
@@ -304,7 +360,7 @@ class TenantStore:
     def _annotations_of(self, session_ids: list[Any]) -> Iterator[dict[str, Any]]:
         return self.annotations.find({"tenant": self.tenant, "session_id": {"$in": session_ids}})
 
-    def _annotate(self, query: dict[str, Any], changes: dict[str, Any], *, requires: dict[str, Any] | None = None) -> bool:
+    def _annotate(self, query: dict[str, Any], changes: FieldChanges, *, requires: dict[str, Any] | None = None) -> bool:
         """Apply ``changes`` to LEGOLAS's fields of the one classification ``query`` matches: in the
         document itself (inline), or in its annotation (separate), the user's document untouched.
 
@@ -312,16 +368,17 @@ class TenantStore:
             query: the classification document's filter (tenant, session id, conditions on its own fields).
             requires: conditions on LEGOLAS's own fields (``review_flagged_by``), met by the merged document.
         """
+        update = changes.to_update()
         self.start_writing()
         if not self.separate:
-            return self.classifications.update_one({**query, **(requires or {})}, changes).matched_count == 1
+            return self.classifications.update_one({**query, **(requires or {})}, update).matched_count == 1
         matches = list(self._find({**query, **(requires or {})}, ("session_id",)))
         if len(matches) != 1:
             return False
         # Known limit on MongoDB: the check and the write are two operations; under the embedded store's
         # writer lock nothing comes between them.
         key = {"tenant": self.tenant, "session_id": matches[0]["session_id"]}
-        self.annotations.update_one(key, changes, upsert=True)
+        self.annotations.update_one(key, update, upsert=True)
         return True
 
     def trusted_llm_classifications(self, *, despite_audit: bool = False) -> Iterator[dict[str, Any]]:
@@ -502,13 +559,18 @@ class TenantStore:
         docs = self._find({"tenant": self.tenant, "review_sample": "random"}, ())
         return frozenset(str(sid) for sid in (normalise_session_id(d.get("session_id")) for d in docs) if sid)
 
-    def update_unreviewed(self, session_id: Any, changes: dict[str, Any], *, text: str | None = None) -> bool:
-        """Apply ``changes`` (a ``$set``/``$unset`` document) to one classification in one atomic update,
+    def update_unreviewed(self, session_id: Any, changes: FieldChanges, *, text: str | None = None) -> bool:
+        """Apply ``changes`` to one classification in one atomic update,
         only if no human classified it and, when ``text`` is given, its text is still ``text``.
 
         A document is either fully updated or untouched: a store failing mid-batch leaves no
         half-written document. Returns whether the document matched.
+
+        Raises:
+            TypeError: if ``changes`` is not a ``FieldChanges`` (an update document is the store's to write).
+            ValueError: if ``changes`` is empty.
         """
+        changes = _field_changes(changes, "update_unreviewed")
         query: dict[str, Any] = {"tenant": self.tenant, "session_id": session_id, "classification_method": {"$not": HUMAN_METHOD}}
         if text is not None:
             query["text"] = text
@@ -519,9 +581,10 @@ class TenantStore:
         forms = sorted({session_id, normalise_session_id(session_id)} - {None})
         return self.reviews.find_one({"tenant": self.tenant, "session_id": {"$in": forms}, "label": label}, {"_id": 1}) is not None
 
-    def clear_audit_flag(self, session_id: Any, auditor: str, changes: dict[str, Any]) -> bool:
+    def clear_audit_flag(self, session_id: Any, auditor: str, changes: FieldChanges) -> bool:
         """Apply ``changes`` to one classification only if ``auditor`` raised its review flag
         (a reviewed document loses the audit's flag, never anything a person or the LLM set)."""
+        changes = _field_changes(changes, "clear_audit_flag")
         return self._annotate({"tenant": self.tenant, "session_id": session_id}, changes, requires={"review_flagged_by": auditor})
 
     def flagged_for_review(self, fields: Iterable[str]) -> Iterator[dict[str, Any]]:

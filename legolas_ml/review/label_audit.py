@@ -41,7 +41,7 @@ import pandas as pd
 from legolas_ml.core.ids import normalise_session_id
 from legolas_ml.data.quality_gate import normalise_label
 from legolas_ml.data.splits import SplitPlan
-from legolas_ml.data.store import holding_writer_lock
+from legolas_ml.data.store import FieldChanges, holding_writer_lock
 from legolas_ml.evaluation.ensemble import EVAL_PRECISION, FoldEnsemble
 from legolas_ml.scoring.predictions import text_sha256
 from legolas_ml.review.calibration import TemperatureFit, apply_temperature, fit_calibration
@@ -151,8 +151,8 @@ def flag_changes(
     probabilities: dict[str, float] | None = None,
     sample: bool = False,
     doubted: bool = False,
-) -> dict | None:
-    """The update that makes ``doc``'s flags say ``reasons`` (empty: not flagged), or ``None`` if they already do.
+) -> FieldChanges | None:
+    """The field changes that make ``doc``'s flags say ``reasons`` (empty: not flagged), or ``None`` if they already do.
 
     Args:
         signals: every reason that holds; those not in ``reasons`` are recorded as ``review_signals``.
@@ -164,7 +164,7 @@ def flag_changes(
     if by is None and doc.get("needs_review") is True:
         by = "external"  # flagged before (by the LLM pipeline or a person): the audit never clears it
     # An unreviewed sample leaving the queue was never reviewed as one: it stops being a sample.
-    unsample = {SAMPLE_FIELD: ""} if doc.get(SAMPLE_FIELD) is not None and not sample else {}
+    unsample = {SAMPLE_FIELD} if doc.get(SAMPLE_FIELD) is not None and not sample else set()
     if reasons:
         wanted = {
             "needs_review": True,
@@ -178,23 +178,17 @@ def flag_changes(
         }
         if sample:
             wanted[SAMPLE_FIELD] = "random"
-        unset = unsample | ({DOUBT_FIELD: ""} if DOUBT_FIELD in doc else {})
+        unset = unsample | ({DOUBT_FIELD} if DOUBT_FIELD in doc else set())
         if all(doc.get(k) == v for k, v in wanted.items()) and not unset:
             return None
-        return {"$set": {**wanted, "review_flagged_at": now}, **({"$unset": unset} if unset else {})}
+        return FieldChanges(set={**wanted, "review_flagged_at": now}, unset=frozenset(unset))
     stale = tuple(k for k in FLAG_FIELDS if k not in ("needs_review", "review_flagged_by", DOUBT_FIELD))
     doubt = {DOUBT_FIELD: True} if doubted and doc.get(DOUBT_FIELD) is not True else {}
-    undoubt = {DOUBT_FIELD: ""} if not doubted and DOUBT_FIELD in doc else {}
+    undoubt = {DOUBT_FIELD} if not doubted and DOUBT_FIELD in doc else set()
     if by == AUDITOR:
-        return {"$set": {"needs_review": False, **doubt}, "$unset": {k: "" for k in (*stale, "review_flagged_by")} | unsample | undoubt}
+        return FieldChanges(set={"needs_review": False, **doubt}, unset=frozenset({*stale, "review_flagged_by"} | unsample | undoubt))
     if any(k in doc for k in stale) or unsample or doubt or undoubt:
-        changes: dict[str, Any] = {}
-        if doubt:
-            changes["$set"] = doubt
-        unset = {k: "" for k in stale if k in doc} | unsample | undoubt
-        if unset:
-            changes["$unset"] = unset
-        return changes
+        return FieldChanges(set=doubt, unset=frozenset({k for k in stale if k in doc} | unsample | undoubt))
     return None
 
 
@@ -270,7 +264,7 @@ def run_label_audit(
         report.cleared_after_review = _clear_resolved(store, resolved)
     if write and undoubted:
         with holding_writer_lock(store):
-            report.cleared_after_review += sum(store.update_unreviewed(sid, {"$unset": {DOUBT_FIELD: ""}}) for sid in undoubted)
+            report.cleared_after_review += sum(store.update_unreviewed(sid, FieldChanges(unset=frozenset({DOUBT_FIELD}))) for sid in undoubted)
     log(f"auditing {len(docs)} LLM labels with model {version} ({report.reviewed} reviewed, {report.unscored} not scored yet)")
     if not docs:
         report.seconds = time.perf_counter() - started
@@ -378,7 +372,7 @@ def _ece(value: float | None) -> str:
 
 def _clear_resolved(store, session_ids: list) -> int:
     """Remove the audit's flag from sessions a human has reviewed since (the review answered it)."""
-    changes = {"$set": {"needs_review": False}, "$unset": {k: "" for k in FLAG_FIELDS[1:]}}
+    changes = FieldChanges(set={"needs_review": False}, unset=frozenset(FLAG_FIELDS[1:]))
     with holding_writer_lock(store):
         return sum(store.clear_audit_flag(sid, AUDITOR, changes) for sid in session_ids)
 
@@ -412,5 +406,5 @@ def _write_batch(store, docs, chunk, result: AuditResult, classes: list[str], ve
         report.updated += 1
         if reasons and doc.get("needs_review") is not True:
             report.newly_flagged += 1
-        if not reasons and "$set" in changes and changes["$set"].get("needs_review") is False:
+        if not reasons and changes.set.get("needs_review") is False:
             report.unflagged += 1

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from legolas_ml.core.ids import normalise_session_id
-from legolas_ml.data.store import holding_writer_lock
+from legolas_ml.data.store import FieldChanges, holding_writer_lock
 
 SCORE_FIELDS = ("ml_prediction", "ml_confidence", "ml_probabilities", "ml_model_version", "ml_scored_at", "ml_text_sha256")
 #: Why a document is scored in this run.
@@ -132,7 +132,7 @@ def prediction_values(probs: np.ndarray, labels: list[str], model_version: str, 
 
 
 def prediction_fields(probs: np.ndarray, labels: list[str], model_version: str, text: str, now: datetime) -> dict[str, Any]:
-    """The ``$set`` of one document from its probability row ``(n_classes,)``."""
+    """The fields one document's score writes (``SCORE_FIELDS``: name -> value), from its probability row ``(n_classes,)``."""
     return {**prediction_values(probs, labels, model_version, text), "ml_scored_at": now}
 
 
@@ -185,7 +185,7 @@ def score_documents(
                 if normalise_session_id(doc["session_id"]) in reviewed_now:
                     report.reviewed_meanwhile += 1
                     continue
-                changes = {"$set": prediction_fields(row, labels, model_version, doc["text"], now)}
+                changes = FieldChanges(set=prediction_fields(row, labels, model_version, doc["text"], now))
                 if store.update_unreviewed(doc["session_id"], changes, text=doc["text"]):
                     report.scored += 1
                 else:  # the text changed since it was read (or a human classified it meanwhile)
