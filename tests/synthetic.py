@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pandas as pd
 
@@ -114,3 +115,18 @@ def untrained_folds(out_dir, labels=("billing", "shipping", "account"), n_folds:
                    "training_config": config.to_dict(), "fold": fold}
         paths.append(str(save_checkpoint(Path(out_dir) / f"best_model_text_tiny_fold{fold}.safetensors", model.state_dict(), sidecar)))
     return paths
+
+
+def train_a_fold_until_killed(folds_dir: str, ready) -> None:
+    """A child process's work in tests that SIGKILL a training: set ``ready``, then train fold 0 for 400 epochs.
+
+    Run from a ``forkserver`` that preloaded this module and the trainer, so each child starts in
+    milliseconds instead of importing torch again.
+    """
+    from legolas_ml.training.cross_validation import encode_dataset, plan_splits, train_plan_fold
+
+    df = separable_frame(20)
+    cfg = tiny_config(n_folds=2, epochs=400, patience=400, batch_size=4)
+    data, plan = encode_dataset(df, cfg), plan_splits(df, cfg)
+    ready.set()
+    train_plan_fold(data, plan, 0, cfg, Path(folds_dir), data_version="v1")

@@ -157,12 +157,13 @@ def test_compare_without_a_baseline_or_on_other_sessions():
 
 
 def _ensemble_value(ensemble_ba: float, baseline_ba: float) -> dict:
-    """The parts of an ``ensemble_model`` value the check reads."""
+    """An ``ensemble_model`` value (a ``Candidate``'s fields) with the parts the check reads."""
     def scores(ba):
         return {"balanced_accuracy": ba, "accuracy": ba, "n": 40}
 
     human = {"n": 10, "balanced_accuracy": 0.5, "accuracy": 0.5}
-    return {"test_metrics": scores(ensemble_ba), "test_metrics_human": human,
+    return {"version": "v1", "checkpoints": [], "labels": ["a", "b"], "manifest_path": "m.json", "run_dir": "runs/r1",
+            "test_metrics": scores(ensemble_ba), "test_metrics_human": human,
             "baseline": {"test_metrics": scores(baseline_ba), "test_metrics_human": human}}
 
 

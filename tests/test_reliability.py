@@ -1,6 +1,7 @@
 """Faults and hostile input: killed training, store outages, unwritable output, fuzzed documents."""
 
 import json
+import multiprocessing
 import random
 import re
 import signal
@@ -18,24 +19,17 @@ from hypothesis import strategies as st
 from legolas_ml.training.checkpoint import CheckpointError, load_checkpoint
 from legolas_ml.training.cross_validation import encode_dataset, finished_fold, plan_splits, train_plan_fold
 from legolas_ml.data.quality_gate import QUARANTINE_REASONS, run_gate
-from synthetic import separable_frame, tiny_config
+from synthetic import separable_frame, tiny_config, train_a_fold_until_killed
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "S3cr3t-Pa55word"
 
-KILL_SCRIPT = textwrap.dedent("""
-    import sys
-    sys.path.insert(0, {tests!r})
-    from pathlib import Path
-    from synthetic import separable_frame, tiny_config
-    from legolas_ml.training.cross_validation import encode_dataset, plan_splits, train_plan_fold
-    df = separable_frame(20)
-    cfg = tiny_config(n_folds=2, epochs=400, patience=400, batch_size=4)
-    data, plan = encode_dataset(df, cfg), plan_splits(df, cfg)
-    print("ready", flush=True)
-    train_plan_fold(data, plan, 0, cfg, Path({folds!r}), data_version="v1")
-    print("finished", flush=True)
-""")
+def _forkserver():
+    """Children forked from one server that imported torch and the trainer once (8 fresh
+    interpreters would spend most of the test importing torch): each starts in milliseconds."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["synthetic", "legolas_ml.training.cross_validation"])
+    return context
 
 
 def test_sigkill_during_fold_training_never_leaves_a_servable_half_model(tmp_path):
@@ -50,15 +44,16 @@ def test_sigkill_during_fold_training_never_leaves_a_servable_half_model(tmp_pat
     plan = plan_splits(df, cfg)
     ckpt = None
     kills = 0
+    context = _forkserver()
     while kills < 8:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", KILL_SCRIPT.format(tests=str(ROOT / "tests"), folds=str(folds))],
-            stdout=subprocess.PIPE, text=True,
-        )
-        assert proc.stdout.readline().strip() == "ready"
+        ready = context.Event()
+        proc = context.Process(target=train_a_fold_until_killed, args=(str(folds), ready))
+        proc.start()
+        assert ready.wait(120), f"the training child never got ready (exit code {proc.exitcode})"
         time.sleep(rng.uniform(0.0, 1.5))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        proc.kill()  # SIGKILL: no handler, no cleanup, mid-write or not
+        proc.join()
+        assert proc.exitcode == -signal.SIGKILL, f"the child ended before the kill (exit code {proc.exitcode})"
         kills += 1
         ckpts = list(folds.glob("*.safetensors"))
         for ckpt in ckpts:
