@@ -148,12 +148,9 @@ def retraining_rows(
         if thin:
             # Only its training rows go: its held-out reviews stay, so the holdout still judges the class.
             rows = rows[~(rows["label"].isin(thin) & ~held)].reset_index(drop=True)
-            reason += (f"; left out of this training, too few rows for K folds (need {min_rows_per_class}): {shown(thin)}: "
+            reason += (f"; left out of this training, too few rows for K folds (need {min_rows_per_class}): {_shown(thin)}: "
                        "the candidate cannot predict them and the promotion rule compares it with that")
         return rows, reason, {c: llm_per_class[c] for c in sorted(keep - set(thin)) if llm_per_class[c]}
-
-    def shown(short: dict[str, int]) -> str:
-        return ", ".join(f"{c} {n}" for c, n in short.items())
 
     if data.policy == "unflagged":
         return keeping(set(classes), "human reviews + the LLM labels the audit neither flags nor doubts (retrain_data 'unflagged': confident learning)")
@@ -161,11 +158,16 @@ def retraining_rows(
     short = {c: reviewed[c] for c in classes if reviewed[c] < need}
     if data.policy == "switch":
         if short:
-            return keeping(set(classes), f"human reviews + trusted LLM labels until every class has {need} reviewed training rows ({shown(short)})")
+            return keeping(set(classes), f"human reviews + trusted LLM labels until every class has {need} reviewed training rows ({_shown(short)})")
         return keeping(set(), f"every class has >= {need} reviewed training rows: human reviews only" if classes else "no labelled rows")
     if short:
-        return keeping(set(short), f"human reviews only, except the trusted LLM rows of {sorted(short)} (fewer than {need} reviewed training rows: {shown(short)})")
+        return keeping(set(short), f"human reviews only, except the trusted LLM rows of {sorted(short)} (fewer than {need} reviewed training rows: {_shown(short)})")
     return keeping(set(), "human reviews only (retrain_data 'reviews')")
+
+
+def _shown(short: dict[str, int]) -> str:
+    """``{class: rows}`` as a reason shows it: ``"a 3, b 0"``."""
+    return ", ".join(f"{c} {n}" for c, n in short.items())
 
 
 @dataclass
@@ -315,77 +317,119 @@ def run_gate(
     """
     if mode not in ("first", "retrain"):
         raise ValueError(f"mode must be 'first' or 'retrain' (resolve 'auto' with decide_mode), got {mode!r}")
-    settings = settings or GateSettings()
-    quarantined: Counter[str] = Counter()
-    samples: list[dict[str, Any]] = []
-    superseded = Counter({"reviews_by_later_review": 0, "llm_by_human_review": 0, "llm_by_later_llm": 0})
-    inputs = Counter()
+    account = _Account(settings or GateSettings())
+    best_review = _latest_reviews(reviews, texts_by_session, account)
+    # Trusted LLM labels count in a first training only.
+    best_llm = _latest_llm_labels(llm_docs, best_review, account) if mode == "first" and llm_docs is not None else {}
+    return _gate_result(best_review, best_llm, account, mode, mode_reason)
 
-    def quarantine(doc: Mapping[str, Any], reason: str, source: str) -> None:
-        quarantined[reason] += 1
-        if sum(1 for s in samples if s["reason"] == reason) < settings.samples_per_reason:
-            samples.append(_sample(doc, reason, source))
 
-    def session_of(doc: Any, source: str) -> str | None:
+#: A session's kept document: ``(ordering key, text, label)``; the larger key wins.
+_Kept = tuple[tuple, str, str]
+
+
+@dataclass
+class _Account:
+    """What ``run_gate`` counts while it reads: every input ends accepted, quarantined or superseded."""
+
+    settings: GateSettings
+    inputs: Counter[str] = field(default_factory=Counter)
+    quarantined: Counter[str] = field(default_factory=Counter)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    superseded: Counter[str] = field(
+        default_factory=lambda: Counter({"reviews_by_later_review": 0, "llm_by_human_review": 0, "llm_by_later_llm": 0})
+    )
+
+    def quarantine(self, doc: Mapping[str, Any], reason: str, source: str) -> None:
+        """Count ``doc`` as quarantined for ``reason``, kept as a sample while its reason has fewer than the settings' samples."""
+        self.quarantined[reason] += 1
+        if sum(1 for s in self.samples if s["reason"] == reason) < self.settings.samples_per_reason:
+            self.samples.append(_sample(doc, reason, source))
+
+    def session_of(self, doc: Any, source: str) -> str | None:
         """The document's session id, or None after quarantining a document that has none."""
         sid = _session_id(doc) if isinstance(doc, Mapping) else None
         if sid is None:
-            quarantine(doc if isinstance(doc, Mapping) else {}, "missing_session_id", source)
+            self.quarantine(doc if isinstance(doc, Mapping) else {}, "missing_session_id", source)
         return sid
 
-    def keep_latest(best: dict, sid: str, key: tuple, text: str, label: str, counter: str) -> None:
+    def keep_latest(self, best: dict[str, _Kept], sid: str, key: tuple, text: str, label: str, counter: str) -> None:
         """Keep the document with the larger key per session; the other one is superseded."""
         if sid in best:
-            superseded[counter] += 1
+            self.superseded[counter] += 1
             if key <= best[sid][0]:
                 return
         best[sid] = (key, text, label)
 
-    # --- human reviews: validate, then keep the latest valid review of each session ---
-    best_review: dict[str, tuple[tuple, str, str]] = {}
+
+def _checked_review(
+    doc: Mapping[str, Any], sid: str, texts_by_session: Mapping[str, Any], max_chars: int,
+) -> tuple[tuple | None, str | None]:
+    """``((text, label, reviewed_at), None)`` for a valid review, else ``(None, quarantine reason)`` (pure).
+
+    A review without a text of its own (or a blank one, where the session has a text) is judged on its session's text.
+    """
+    raw_text = doc.get("text")
+    if raw_text is None or (isinstance(raw_text, str) and not raw_text.strip() and sid in texts_by_session):
+        raw_text = texts_by_session.get(sid)
+    text, problem = check_text(raw_text, max_chars)
+    if problem is not None:
+        return None, problem
+    label, problem = normalise_label(doc.get("label"))
+    if problem is not None:
+        return None, problem
+    ts = parse_timestamp(doc.get("reviewed_at"))
+    if ts is None:
+        return None, "invalid_reviewed_at"
+    return (text, label, ts), None
+
+
+def _latest_reviews(reviews: Iterable[Mapping[str, Any]], texts_by_session: Mapping[str, Any], account: _Account) -> dict[str, _Kept]:
+    """Validate the human reviews, then keep the latest valid review of each session."""
+    best_review: dict[str, _Kept] = {}
     for position, doc in enumerate(reviews):
-        inputs["human"] += 1
-        sid = session_of(doc, "human")
+        account.inputs["human"] += 1
+        sid = account.session_of(doc, "human")
         if sid is None:
             continue
-        raw_text = doc.get("text")
-        if raw_text is None or (isinstance(raw_text, str) and not raw_text.strip() and sid in texts_by_session):
-            raw_text = texts_by_session.get(sid)
-        text, problem = check_text(raw_text, settings.max_text_chars)
-        if problem is None:
-            label, problem = normalise_label(doc.get("label"))
-        if problem is None:
-            ts = parse_timestamp(doc.get("reviewed_at"))
-            problem = None if ts is not None else "invalid_reviewed_at"
+        checked, problem = _checked_review(doc, sid, texts_by_session, account.settings.max_text_chars)
         if problem is not None:
-            quarantine(doc, problem, "human")
+            account.quarantine(doc, problem, "human")
             continue
+        text, label, ts = checked
         # Ties on reviewed_at are broken by _id, then input position: deterministic either way.
-        keep_latest(best_review, sid, (ts, _tiebreak_id(doc), position), text, label, "reviews_by_later_review")
+        account.keep_latest(best_review, sid, (ts, _tiebreak_id(doc), position), text, label, "reviews_by_later_review")
+    return best_review
 
-    # --- trusted LLM labels (first training only): a human review of the session wins ---
-    best_llm: dict[str, tuple[tuple, str, str]] = {}
-    if mode == "first" and llm_docs is not None:
-        for position, doc in enumerate(llm_docs):
-            inputs["llm"] += 1
-            sid = session_of(doc, "llm")
-            if sid is None:
-                continue
-            text, problem = check_text(doc.get("text"), settings.max_text_chars)
-            if problem is None:
-                label, problem = normalise_label(doc.get("llm_prediction"))
-            if problem is not None:
-                quarantine(doc, problem, "llm")
-                continue
-            if sid in best_review:
-                superseded["llm_by_human_review"] += 1
-                continue
-            key = (parse_timestamp(doc.get("created_at")) or datetime.min, _tiebreak_id(doc), position)
-            keep_latest(best_llm, sid, key, text, label, "llm_by_later_llm")
 
+def _latest_llm_labels(llm_docs: Iterable[Mapping[str, Any]], best_review: dict[str, _Kept], account: _Account) -> dict[str, _Kept]:
+    """Validate the trusted LLM labels and keep the latest of each session; a human review of the session wins."""
+    best_llm: dict[str, _Kept] = {}
+    for position, doc in enumerate(llm_docs):
+        account.inputs["llm"] += 1
+        sid = account.session_of(doc, "llm")
+        if sid is None:
+            continue
+        text, problem = check_text(doc.get("text"), account.settings.max_text_chars)
+        if problem is None:
+            label, problem = normalise_label(doc.get("llm_prediction"))
+        if problem is not None:
+            account.quarantine(doc, problem, "llm")
+            continue
+        if sid in best_review:
+            account.superseded["llm_by_human_review"] += 1
+            continue
+        key = (parse_timestamp(doc.get("created_at")) or datetime.min, _tiebreak_id(doc), position)
+        account.keep_latest(best_llm, sid, key, text, label, "llm_by_later_llm")
+    return best_llm
+
+
+def _gate_result(best_review: dict[str, _Kept], best_llm: dict[str, _Kept], account: _Account, mode: str, mode_reason: str) -> GateResult:
+    """The accepted table (one row per session, sorted) and the account of every input (pure)."""
     rows = [(sid, text, label, "human") for sid, (_, text, label) in best_review.items()]
     rows += [(sid, text, label, "llm") for sid, (_, text, label) in best_llm.items()]
     dataset = pd.DataFrame(sorted(rows), columns=COLUMNS)
+    inputs, quarantined, superseded = account.inputs, account.quarantined, account.superseded
     counts = {
         "inputs": inputs["human"] + inputs["llm"],
         "input_reviews": inputs["human"],
@@ -403,7 +447,7 @@ def run_gate(
         per_class=dict(sorted(Counter(dataset["label"]).items())),
         quarantined={r: quarantined.get(r, 0) for r in QUARANTINE_REASONS},
         superseded=dict(superseded),
-        quarantine_samples=samples,
+        quarantine_samples=account.samples,
         content_hash=content_hash(dataset),
     )
 

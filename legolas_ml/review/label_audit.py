@@ -192,20 +192,22 @@ def flag_changes(
     return None
 
 
+@dataclass
+class _Documents:
+    """The documents one audit read, sorted: those it audits, and the reviewed ones whose flags a review answered."""
+
+    docs: list[dict[str, Any]] = field(default_factory=list)  # audited, each with "sid" (the normalised session id)
+    given: list[str | None] = field(default_factory=list)  # their LLM labels, normalised
+    rows: list[np.ndarray] = field(default_factory=list)  # their stored probability rows (model in service, current text)
+    resolved: list[Any] = field(default_factory=list)  # reviewed sessions the audit had flagged: the review answered the flag
+    undoubted: list[Any] = field(default_factory=list)  # reviewed sessions the audit had doubted: the review answered the doubt
+    external_elsewhere: int = 0  # external flags on documents this audit cannot score: they still take places
+
+
 def run_label_audit(
-    store,
-    manifest: dict[str, Any],
-    *,
-    plan: SplitPlan | None,
-    training: pd.DataFrame | None,
-    settings: AuditSettings = AuditSettings(),
-    device: str = "auto",
-    log: Callable[[str], None] = print,
-    top_n: int = 20,
-    seed: int = 0,
-    write: bool = True,
-    clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc).replace(tzinfo=None),
-    warn: Callable[[str], None] | None = None,
+    store, manifest: dict[str, Any], *, plan: SplitPlan | None, training: pd.DataFrame | None, settings: AuditSettings = AuditSettings(),
+    device: str = "auto", log: Callable[[str], None] = print, top_n: int = 20, seed: int = 0, write: bool = True,
+    clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc).replace(tzinfo=None), warn: Callable[[str], None] | None = None,
 ) -> tuple[AuditReport, AuditResult | None]:
     """Audit the tenant's LLM labels against the ensemble ``manifest`` and write the flags back.
 
@@ -226,49 +228,84 @@ def run_label_audit(
     """
     started = time.perf_counter()
     version, classes = manifest["version"], list(manifest["labels"])
-    warn = warn or log
     report = AuditReport(version, queue_size=settings.queue_size)
+    read = _read_documents(store, version, classes, report)
+    if write:
+        _clear_answered(store, read, report)
+    log(f"auditing {len(read.docs)} LLM labels with model {version} ({report.reviewed} reviewed, {report.unscored} not scored yet)")
+    if not read.docs:
+        report.seconds = time.perf_counter() - started
+        return report, None
+    pred_probs = _honest_probabilities(manifest, read.docs, read.rows, plan, training, device, report, log, warn or log)
+    novel = _novelty(manifest, read.docs, training, settings, device, seed, report, log)
+    result = _audit_and_plan(read, pred_probs, classes, settings, novel, key=f"{seed}:{version}")
+    log(result.queue.reason)
+    if write:
+        _write_flags(store, read.docs, result, classes, version, report, clock)
+    _fill_report(report, read, result, top_n)
+    report.seconds = time.perf_counter() - started
+    log(f"{report.flagged} of {report.audited} flagged ({report.per_reason}); {report.updated} documents updated")
+    return report, result
+
+
+def _external_flag(doc: dict[str, Any]) -> bool:
+    """An unreviewed flag somebody else set: it takes a place in the queue's budget."""
+    return doc.get("needs_review") is True and doc.get("review_flagged_by") != AUDITOR
+
+
+def _unaudited(doc: dict[str, Any], version: str, classes: list[str]) -> tuple[str | None, np.ndarray | None]:
+    """``(why, None)``: the ``AuditReport`` count an unreviewed ``doc`` the audit cannot score adds to; else ``(None, row)``."""
+    if not isinstance(doc.get("text"), str) or not doc["text"].strip():
+        return "without_text", None
+    if doc.get("llm_prediction") is None:
+        return "without_llm_label", None
+    current = doc.get("ml_model_version") == version and doc.get("ml_text_sha256") == text_sha256(doc["text"])
+    row = _probability_row(doc, classes) if current else None
+    return ("unscored", None) if row is None else (None, row)
+
+
+def _read_documents(store, version: str, classes: list[str], report: AuditReport) -> _Documents:
+    """Read and sort the tenant's documents, counting each kind in ``report``: a human decision is never audited."""
+    read = _Documents()
     reviewed = store.reviewed_session_ids()
-    docs, given, rows, resolved, undoubted = [], [], [], [], []
-    external_elsewhere = 0  # external flags on documents this audit cannot score: they still take places
     for doc in store.classification_fields(_READ_FIELDS):
         report.documents += 1
         sid = normalise_session_id(doc.get("session_id"))
         if sid in reviewed:
             report.reviewed += 1
             if doc.get("review_flagged_by") == AUDITOR:
-                resolved.append(doc["session_id"])  # the review answered the flag: it leaves the loop's fields
+                read.resolved.append(doc["session_id"])  # the review answered the flag: it leaves the loop's fields
             elif doc.get(DOUBT_FIELD) is True:
-                undoubted.append(doc["session_id"])  # the review answered the doubt too
+                read.undoubted.append(doc["session_id"])  # the review answered the doubt too
             continue
-        external = doc.get("needs_review") is True and doc.get("review_flagged_by") != AUDITOR
-        if not isinstance(doc.get("text"), str) or not doc["text"].strip():
-            report.without_text += 1
-            external_elsewhere += external
+        why, row = _unaudited(doc, version, classes)
+        if why is not None:
+            setattr(report, why, getattr(report, why) + 1)
+            read.external_elsewhere += _external_flag(doc)
             continue
-        if doc.get("llm_prediction") is None:
-            report.without_llm_label += 1
-            external_elsewhere += external
-            continue
-        current = doc.get("ml_model_version") == version and doc.get("ml_text_sha256") == text_sha256(doc["text"])
-        row = _probability_row(doc, classes) if current else None
-        if row is None:
-            report.unscored += 1
-            external_elsewhere += external
-            continue
-        docs.append({**doc, "sid": sid})
-        given.append(normalise_label(doc["llm_prediction"])[0])
-        rows.append(row)
-    report.audited = len(docs)
-    if write and resolved:
-        report.cleared_after_review = _clear_resolved(store, resolved)
-    if write and undoubted:
+        read.docs.append({**doc, "sid": sid})
+        read.given.append(normalise_label(doc["llm_prediction"])[0])
+        read.rows.append(row)
+    report.audited = len(read.docs)
+    return read
+
+
+def _clear_answered(store, read: _Documents, report: AuditReport) -> None:
+    """Clear what the reviews since the last audit answered: its flags, then its doubts."""
+    if read.resolved:
+        report.cleared_after_review = _clear_resolved(store, read.resolved)
+    if read.undoubted:
         with holding_writer_lock(store):
-            report.cleared_after_review += sum(store.update_unreviewed(sid, FieldChanges(unset=frozenset({DOUBT_FIELD}))) for sid in undoubted)
-    log(f"auditing {len(docs)} LLM labels with model {version} ({report.reviewed} reviewed, {report.unscored} not scored yet)")
-    if not docs:
-        report.seconds = time.perf_counter() - started
-        return report, None
+            undoubt = FieldChanges(unset=frozenset({DOUBT_FIELD}))
+            report.cleared_after_review += sum(store.update_unreviewed(sid, undoubt) for sid in read.undoubted)
+
+
+def _honest_probabilities(
+    manifest: dict[str, Any], docs: list[dict[str, Any]], rows: list[np.ndarray], plan: SplitPlan | None,
+    training: pd.DataFrame | None, device: str, report: AuditReport, log: Callable[[str], None], warn: Callable[[str], None],
+) -> np.ndarray:
+    """The rows the rules see: out-of-fold where that is honest, the ensemble's elsewhere, each calibrated by its temperature."""
+    classes = list(manifest["labels"])
     pred_probs = np.vstack(rows)  # (n, n_classes): the ensemble's, until replaced by out-of-fold rows
     from_fold = np.zeros(len(docs), dtype=bool)
     if plan is not None and training is not None and len(training):
@@ -280,56 +317,86 @@ def run_label_audit(
                 pred_probs[i], from_fold[i] = oof[doc["sid"]], True
         report.out_of_fold = int(from_fold.sum())
         log(f"{report.out_of_fold} documents were training sessions: out-of-fold probabilities from the fold that validated each")
-        label_of = dict(zip(training["session_id"].astype(str), training["label"]))
-        report.record_calibration(_calibrate(oof, label_of, classes), ensemble=False)
-        # The ensemble's rows are a mean of K models, flatter than one fold's: their own temperature,
-        # fitted on the test split (labelled, never trained on by any fold).
-        test_texts = {sid: texts[sid] for sid in plan.test_ids if sid in texts}
-        if test_texts:
-            ensemble = FoldEnsemble(manifest["checkpoints"], device=device, precision=EVAL_PRECISION)
-            test_probs = dict(zip(test_texts, ensemble.predict_proba(list(test_texts.values()))))
-            report.record_calibration(_calibrate(test_probs, label_of, classes), ensemble=True)
-        log(
-            f"calibration: temperature {report.temperature:.3f} for out-of-fold rows ({report.calibration_rows} training "
-            f"sessions, ECE {_ece(report.ece_before)} -> {_ece(report.ece_after)}), {report.ensemble_temperature:.3f} for the "
-            f"ensemble's ({report.ensemble_calibration_rows} test sessions, ECE {_ece(report.ensemble_ece_before)} -> "
-            f"{_ece(report.ensemble_ece_after)})"
-        )
-        for rows_of, bound, temperature in (
-            ("out-of-fold", report.temperature_at_bound, report.temperature),
-            ("ensemble", report.ensemble_temperature_at_bound, report.ensemble_temperature),
-        ):
-            if bound:
-                warn(
-                    f"calibration of the {rows_of} rows hit the {bound} bound of its search interval (temperature "
-                    f"{temperature:.3f}): the probabilities stay mis-calibrated, the thresholds mean less than they say"
-                )
+        _fit_temperatures(manifest, plan, training, texts, oof, device, report)
+        _log_calibration(report, log, warn)
     else:
         log("no split or training data of the model in service: probabilities are not calibrated, no out-of-fold rows")
     pred_probs[from_fold] = apply_temperature(pred_probs[from_fold], report.temperature)
     pred_probs[~from_fold] = apply_temperature(pred_probs[~from_fold], report.ensemble_temperature)
-    novel = None
-    if "novelty" in settings.reasons and training is not None and len(training):
-        references = training["text"].tolist()
-        if len(references) > MAX_NOVELTY_REFERENCES:
-            references = random.Random(seed).sample(references, MAX_NOVELTY_REFERENCES)
-        reference_emb = embed_texts(manifest["checkpoints"][0], references, device)
-        model = NoveltyModel.fit(reference_emb, settings.novelty_quantile)
-        novel = model.distance(embed_texts(manifest["checkpoints"][0], [d["text"] for d in docs], device)) > model.threshold
-        report.novelty_threshold, report.novelty_references = model.threshold, len(references)
-        log(f"novelty: cosine distance above {model.threshold:.4f} (quantile {model.quantile} of {len(references)} training examples)")
-    result = audit_labels(given, pred_probs, classes, settings, novel)
-    result.session_ids = [d["sid"] for d in docs]
+    return pred_probs
+
+
+def _fit_temperatures(
+    manifest: dict[str, Any], plan: SplitPlan, training: pd.DataFrame, texts: dict[str, str], oof: dict, device: str, report: AuditReport,
+) -> None:
+    """Fit (into ``report``) the out-of-fold rows' temperature on the training labels, and the ensemble's rows' one."""
+    classes = list(manifest["labels"])
+    label_of = dict(zip(training["session_id"].astype(str), training["label"]))
+    report.record_calibration(_calibrate(oof, label_of, classes), ensemble=False)
+    # The ensemble's rows are a mean of K models, flatter than one fold's: their own temperature,
+    # fitted on the test split (labelled, never trained on by any fold).
+    test_texts = {sid: texts[sid] for sid in plan.test_ids if sid in texts}
+    if test_texts:
+        ensemble = FoldEnsemble(manifest["checkpoints"], device=device, precision=EVAL_PRECISION)
+        test_probs = dict(zip(test_texts, ensemble.predict_proba(list(test_texts.values()))))
+        report.record_calibration(_calibrate(test_probs, label_of, classes), ensemble=True)
+
+
+def _log_calibration(report: AuditReport, log: Callable[[str], None], warn: Callable[[str], None]) -> None:
+    """Log both temperatures and their ECEs; warn of a fit at its bound (its thresholds mean less than they say)."""
+    log(
+        f"calibration: temperature {report.temperature:.3f} for out-of-fold rows ({report.calibration_rows} training "
+        f"sessions, ECE {_ece(report.ece_before)} -> {_ece(report.ece_after)}), {report.ensemble_temperature:.3f} for the "
+        f"ensemble's ({report.ensemble_calibration_rows} test sessions, ECE {_ece(report.ensemble_ece_before)} -> "
+        f"{_ece(report.ensemble_ece_after)})"
+    )
+    for rows_of, bound, temperature in (
+        ("out-of-fold", report.temperature_at_bound, report.temperature),
+        ("ensemble", report.ensemble_temperature_at_bound, report.ensemble_temperature),
+    ):
+        if bound:
+            warn(
+                f"calibration of the {rows_of} rows hit the {bound} bound of its search interval (temperature "
+                f"{temperature:.3f}): the probabilities stay mis-calibrated, the thresholds mean less than they say"
+            )
+
+
+def _novelty(
+    manifest: dict[str, Any], docs: list[dict[str, Any]], training: pd.DataFrame | None, settings: AuditSettings,
+    device: str, seed: int, report: AuditReport, log: Callable[[str], None],
+) -> np.ndarray | None:
+    """Which audited texts lie farther from the training texts than their novelty quantile; ``None`` when not measured."""
+    if "novelty" not in settings.reasons or training is None or not len(training):
+        return None
+    references = training["text"].tolist()
+    if len(references) > MAX_NOVELTY_REFERENCES:
+        references = random.Random(seed).sample(references, MAX_NOVELTY_REFERENCES)
+    reference_emb = embed_texts(manifest["checkpoints"][0], references, device)
+    model = NoveltyModel.fit(reference_emb, settings.novelty_quantile)
+    novel = model.distance(embed_texts(manifest["checkpoints"][0], [d["text"] for d in docs], device)) > model.threshold
+    report.novelty_threshold, report.novelty_references = model.threshold, len(references)
+    log(f"novelty: cosine distance above {model.threshold:.4f} (quantile {model.quantile} of {len(references)} training examples)")
+    return novel
+
+
+def _audit_and_plan(
+    read: _Documents, pred_probs: np.ndarray, classes: list[str], settings: AuditSettings, novel: np.ndarray | None, *, key: str,
+) -> AuditResult:
+    """The rules' verdict on every audited document, and the queue the budget makes of it (pure)."""
+    result = audit_labels(read.given, pred_probs, classes, settings, novel)
+    result.session_ids = [d["sid"] for d in read.docs]
     result.probabilities = pred_probs
     result.queue = plan_queue(
         result.session_ids, result.reasons, result.priority,
-        external=np.array([d.get("needs_review") is True and d.get("review_flagged_by") != AUDITOR for d in docs], dtype=bool),
-        sampled=np.array([d.get(SAMPLE_FIELD) == "random" for d in docs], dtype=bool),
-        external_elsewhere=external_elsewhere, settings=settings, key=f"{seed}:{version}",
+        external=np.array([_external_flag(d) for d in read.docs], dtype=bool),
+        sampled=np.array([d.get(SAMPLE_FIELD) == "random" for d in read.docs], dtype=bool),
+        external_elsewhere=read.external_elsewhere, settings=settings, key=key,
     )
-    log(result.queue.reason)
-    if write:
-        _write_flags(store, docs, result, classes, version, report, clock)
+    return result
+
+
+def _fill_report(report: AuditReport, read: _Documents, result: AuditResult, top_n: int) -> None:
+    """The queue's counts, per reason, signal and class, and its top ``top_n`` documents, into ``report``."""
     flagged = result.queue.queued
     report.flagged = int(flagged.sum())
     report.flagged_by_rules = result.queue.wanted
@@ -338,10 +405,16 @@ def run_label_audit(
     report.external_flags = result.queue.external
     report.per_reason = dict(sorted(Counter(r for rs in result.queue.reasons for r in rs).items()))
     report.per_signal = dict(sorted(result.per_signal.items()))
-    report.per_class = summary_by([g if g is not None else "(unknown)" for g in given], flagged)
+    report.per_class = summary_by([g if g is not None else "(unknown)" for g in read.given], flagged)
     report.noise_rate = result.noise_rate
-    order = sorted(np.flatnonzero(flagged), key=lambda i: (-result.priority[i], docs[i]["sid"]))[:top_n]
-    report.top = [
+    report.top = _top_of_queue(read, result, top_n)
+
+
+def _top_of_queue(read: _Documents, result: AuditResult, top_n: int) -> list[dict[str, Any]]:
+    """The ``top_n`` queued documents by priority (ties by session id), as the report shows them."""
+    docs, given = read.docs, read.given
+    order = sorted(np.flatnonzero(result.queue.queued), key=lambda i: (-result.priority[i], docs[i]["sid"]))[:top_n]
+    return [
         {
             "session_id": docs[i]["sid"],
             "llm_label": given[i] or str(docs[i]["llm_prediction"]),
@@ -352,9 +425,6 @@ def run_label_audit(
         }
         for i in order
     ]
-    report.seconds = time.perf_counter() - started
-    log(f"{report.flagged} of {report.audited} flagged ({report.per_reason}); {report.updated} documents updated")
-    return report, result
 
 
 def _calibrate(probs_of: dict, label_of: dict, classes: list[str]) -> TemperatureFit:
