@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
-from dagster._core.scheduler.instigation import InstigatorType
+from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 from dagster._core.utils import make_new_run_id
 
 from legolas_ml.data.demo_data import generate_demo_data
@@ -82,7 +82,8 @@ def _tick_reasons(instance: DagsterInstance, sensor_name: str) -> list[str]:
     for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
         if state.name == sensor_name:
             ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=100)
-            reasons += [t.skip_reason or "" for t in reversed(ticks)]
+            # A tick still being evaluated has no reason yet: only finished ticks say something.
+            reasons += [t.skip_reason or "" for t in reversed(ticks) if t.status != TickStatus.STARTED]
     return reasons
 
 
