@@ -33,7 +33,7 @@ demo: setup
 
 # 2 workers, one module per worker at a time (module fixtures train once); conftest.py gives each one torch thread.
 test: setup
-	$(BIN)/python -m pytest -q -n 2 --dist loadscope
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder
 
 # LEGOLAS_DAGSTER_URL: the reload_on_tenant_change sensor asks this webserver to reload the code location
 # when tenants are added, changed or removed (dagster dev shares one code server that nothing else reloads).

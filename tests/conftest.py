@@ -33,3 +33,20 @@ if "LEGOLAS_HOME" not in os.environ or os.environ.get("LEGOLAS_TESTS_OWN_HOME"):
 if os.environ.get("PYTEST_XDIST_WORKER"):
     for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_variable, "1")
+
+
+#: The modules that take longest (docs/tests.md), started first. `make test` runs
+#: `--dist loadscope --no-loadscope-reorder`: each of the 2 workers takes the next module in this
+#: order, so the long ones run beside each other and the many short ones fill in at the end.
+#: xdist's own order (most tests first) left the two one-test daemon modules for last, on one worker.
+LONGEST_FIRST = (
+    "test_dagster_chain", "test_daemon_live_tenants", "test_runners", "test_tenants", "test_daemon", "test_reliability",
+    "test_ray_cluster", "test_recovery", "test_artifact_storage", "test_mlflow_serving", "test_speed_paths", "test_ui_metadata",
+    "test_settings", "test_sensor", "test_review_loop",
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: n for n, name in enumerate(LONGEST_FIRST)}
+    # A stable sort: tests keep their order within a module, and the other modules theirs.
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))
