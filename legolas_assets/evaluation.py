@@ -118,7 +118,7 @@ def build_evaluation(tenant: TenantPlan) -> list[AssetsDefinition]:
         test set. It serves nothing until `promoted_ensemble` promotes it."""
         def draw(run_dir: Path, metrics: dict, labels: list[str]) -> None:  # published with the version
             plots.confusion_matrix(
-                metrics["confusion_matrix"], labels, run_dir / CONFUSION_PNG, f"ensemble of {tenant.n_partitions} folds, test set",
+                metrics["confusion_matrix"], labels, run_dir / CONFUSION_PNG, f"ensemble of {stratified_splits.n_folds} folds, test set",
             )
 
         try:

@@ -20,6 +20,7 @@ from legolas_ml.core.atomic_io import write_json_atomic
 from legolas_ml.core.contracts import (
     Candidate,
     Contract,
+    ContractError,
     CvMetrics,
     ExplanationReport,
     FoldModel,
@@ -44,9 +45,14 @@ def _stored(obj: Any) -> Any:
     return obj.to_dict() if isinstance(obj, Contract) else obj
 
 
-def _loaded(asset_key, value: Any) -> Any:
+def _loaded(asset_key, value: Any, path: Path) -> Any:
     contract = CONTRACTS.get(asset_key.path[-1])
-    return contract.from_dict(value) if contract is not None else value
+    if contract is None:
+        return value
+    try:
+        return contract.from_dict(value)
+    except ContractError as exc:  # which asset, which partition: the one to re-materialize
+        raise ContractError(f"asset {asset_key.to_user_string()} ({path}): {exc}") from None
 
 
 class JsonIOManager(ConfigurableIOManager):
@@ -82,9 +88,9 @@ class JsonIOManager(ConfigurableIOManager):
             for partition in context.asset_partition_keys:
                 path = self._path(key, partition)
                 if path.exists():
-                    values[partition] = _loaded(key, json.loads(path.read_text()))
+                    values[partition] = _loaded(key, json.loads(path.read_text()), path)
             return values
         path = self._path(key, None)
         if not path.exists():
             raise FileNotFoundError(f"asset {key.to_user_string()} has not been materialized yet ({path} is missing)")
-        return _loaded(key, json.loads(path.read_text()))
+        return _loaded(key, json.loads(path.read_text()), path)

@@ -135,7 +135,7 @@ def build_promoted_ensemble(tenant: TenantPlan) -> AssetsDefinition:
         registry = lifecycle.registry(training, tenant.name)
         holdout = Holdout(
             read_dataset(labeled_dataset.holdout_path), tenant.name, labeled_dataset.holdout["share"],
-            labeled_dataset.reviews_cursor, frozenset(labeled_dataset.holdout_random_ids),
+            labeled_dataset.reviews_cursor, frozenset(labeled_dataset.holdout_random_ids or ()),
         )
         try:
             decision = decide_and_record(

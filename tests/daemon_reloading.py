@@ -13,6 +13,8 @@ import dagster._daemon.controller as controller
 from dagster._daemon.cli import main
 
 if __name__ == "__main__":
+    # A renamed constant would make this a new attribute and the test silently wait 60 s again.
+    assert hasattr(controller, "RELOAD_WORKSPACE_INTERVAL"), "Dagster's daemon no longer has RELOAD_WORKSPACE_INTERVAL"
     controller.RELOAD_WORKSPACE_INTERVAL = int(sys.argv.pop(1))
     sys.argv[0] = "dagster-daemon"
     sys.exit(main())

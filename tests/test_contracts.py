@@ -46,10 +46,30 @@ def test_an_incomplete_stored_value_is_refused_by_name_and_unknown_keys_are_igno
     del stored["data_version"]
     with pytest.raises(ContractError, match=r"LabeledDataset: the stored value lacks \['data_version'\].*re-materialize"):
         LabeledDataset.from_dict(stored)
-    with pytest.raises(ContractError, match=r"Candidate: the stored value lacks \['run_dir'\]"):
-        Candidate.from_dict({"version": "v", "checkpoints": [], "labels": [], "manifest_path": "/m"})
+    with pytest.raises(ContractError, match=r"Candidate: the stored value lacks \['manifest_path'\]"):
+        Candidate.from_dict({"version": "v", "checkpoints": [], "labels": []})
     with pytest.raises(ContractError, match="must be a JSON object, got list"):
         FoldModel.from_dict([1, 2])
+
+
+def test_the_previous_releases_values_load_with_the_fields_added_since():
+    # cv_metrics before `fold_spread` was stored, ensemble_model before `run_dir` was.
+    older_cv = {"n_folds": 2, "data_version": "d1", "split_fingerprint": "s1", "balanced_accuracy": {"mean": 0.8, "std": 0.1},
+                "accuracy": {}, "f1_macro": {}, "per_class_recall": {},
+                "per_fold": [{"fold": 0, "balanced_accuracy": 0.9}, {"fold": 1, "balanced_accuracy": 0.75}]}
+    assert CvMetrics.from_dict(older_cv).fold_spread == pytest.approx(0.15)
+    older_candidate = Candidate.from_dict({"version": "v", "checkpoints": [], "labels": [], "manifest_path": "/m"})
+    assert older_candidate.run_dir == "" and older_candidate.manifest == {"version": "v", "checkpoints": [], "labels": []}
+
+
+def test_a_fold_without_a_training_key_is_refused_by_name():
+    from legolas_ml.lifecycle.candidate import CandidateInputsError, training_of
+
+    unkeyed = _fold(1)
+    unkeyed.training_key = None
+    with pytest.raises(CandidateInputsError, match=r"different trainings \['None', 'v1'\]"):
+        training_of({0: _fold(0), 1: unkeyed})
+    assert training_of({0: _fold(0), 1: _fold(1)}) == "v1"
 
 
 def test_the_io_manager_hands_each_chain_asset_its_contract(tmp_path):
@@ -64,5 +84,11 @@ def test_the_io_manager_hands_each_chain_asset_its_contract(tmp_path):
     other = AssetKey(["acme", "label_audit"])
     manager.handle_output(build_output_context(asset_key=other), {"n_texts": 3})
     assert manager.load_input(build_input_context(asset_key=other, upstream_output=build_output_context(asset_key=other))) == {"n_texts": 3}
+    # A stored value its contract cannot read names the asset and the file to re-materialize.
+    broken = AssetKey(["acme", "cv_metrics"])
+    (tmp_path / "acme" / "cv_metrics").mkdir(parents=True)
+    (tmp_path / "acme" / "cv_metrics" / "__all__.json").write_text(json.dumps({"n_folds": 2}))
+    with pytest.raises(ContractError, match=r"asset acme/cv_metrics \(.*cv_metrics/__all__.json\): CvMetrics: the stored value lacks"):
+        manager.load_input(build_input_context(asset_key=broken, upstream_output=build_output_context(asset_key=broken)))
     assert set(CONTRACTS) == {"labeled_dataset", "stratified_splits", "fold_models", "cv_metrics", "ensemble_model", "promoted_ensemble",
                               "explainability_report"}

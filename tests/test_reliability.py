@@ -26,7 +26,10 @@ SECRET = "S3cr3t-Pa55word"
 
 def _forkserver():
     """Children forked from one server that imported torch and the trainer once (8 fresh
-    interpreters would spend most of the test importing torch): each starts in milliseconds."""
+    interpreters would spend most of the test importing torch): each starts in milliseconds.
+
+    The preload applies to this worker's forkserver, started once with this test's environment; no
+    other test uses the forkserver start method."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["synthetic", "legolas_ml.training.cross_validation"])
     return context

@@ -14,7 +14,8 @@ are files the assets write themselves.
     promoted_ensemble -> PromotionOutcome   what the champion/challenger decision did
     explainability_report -> ExplanationReport  where the report is and how well attributions converged
 
-Stored values keep their flat JSON shape (a value written before these classes existed loads);
+Stored values keep the flat JSON shape they had before these classes existed, so the previous
+release's values load (and the fields added since, ``fold_spread`` and ``run_dir``, have defaults);
 ``from_dict`` ignores keys it does not know and names the ones it needs but lacks.
 """
 
@@ -146,7 +147,12 @@ class CvMetrics(Contract):
     f1_macro: dict[str, float]
     per_class_recall: dict[str, dict[str, float]]
     per_fold: list[dict[str, Any]]  # fold, balanced_accuracy, accuracy, f1_macro, best_epoch
-    fold_spread: float  # best minus worst fold balanced accuracy
+    fold_spread: float | None = None  # best minus worst fold balanced accuracy; from per_fold when not given
+
+    def __post_init__(self) -> None:
+        if self.fold_spread is None and self.per_fold:  # a value stored before the spread was
+            scores = [row["balanced_accuracy"] for row in self.per_fold]
+            self.fold_spread = max(scores) - min(scores)
 
 
 #: The keys of a ``Candidate``'s stored value that are not its manifest's.
@@ -164,7 +170,7 @@ class Candidate(Contract):
 
     manifest: dict[str, Any]
     manifest_path: str
-    run_dir: str  # this materialization's folder (plots, baseline, reports)
+    run_dir: str  # this materialization's folder (plots, baseline, reports); "" when a stored value predates it
 
     @property
     def version(self) -> str:
@@ -188,11 +194,16 @@ class Candidate(Contract):
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "Candidate":
-        missing = [k for k in ("version", "checkpoints", "labels", *_CANDIDATE_PLACES) if k not in values]
+        if not isinstance(values, Mapping):
+            raise ContractError(f"Candidate: a stored value must be a JSON object, got {type(values).__name__}")
+        missing = [k for k in ("version", "checkpoints", "labels", "manifest_path") if k not in values]
         if missing:
-            raise ContractError(f"Candidate: the stored value lacks {missing}; re-materialize ensemble_model")
+            raise ContractError(
+                f"Candidate: the stored value lacks {missing} (it has {sorted(values)}); it was written by another "
+                "LEGOLAS release: re-materialize the asset"
+            )
         manifest = {k: v for k, v in values.items() if k not in _CANDIDATE_PLACES}
-        return cls(manifest=manifest, manifest_path=values["manifest_path"], run_dir=values["run_dir"])
+        return cls(manifest=manifest, manifest_path=values["manifest_path"], run_dir=values.get("run_dir") or "")
 
 
 @dataclass

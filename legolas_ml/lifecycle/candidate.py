@@ -50,8 +50,8 @@ def training_of(folds: Mapping[int, FoldModel]) -> str:
         CandidateInputsError: the folds come from different trainings (some were re-materialized since).
     """
     keys = {f.training_key for f in folds.values()}
-    if len(keys) != 1:
-        raise CandidateInputsError(f"the folds come from different trainings {sorted(keys)}; re-materialize fold_models")
+    if len(keys) != 1 or None in keys:
+        raise CandidateInputsError(f"the folds come from different trainings {sorted(map(str, keys))}; re-materialize fold_models")
     return keys.pop()
 
 
@@ -81,8 +81,14 @@ def evaluate_candidate(
             version is recorded: what it writes there (the asset's plots) is published with the version.
 
     Raises:
-        CandidateInputsError: ``cv`` was computed on another split, or the folds on several trainings.
+        CandidateInputsError: the dataset is another tenant's, ``cv`` was computed on another split, or
+            the folds on several trainings.
     """
+    if dataset.tenant != registry.artifacts.tenant:
+        raise CandidateInputsError(
+            f"labeled_dataset belongs to tenant {dataset.tenant!r}, the registry to {registry.artifacts.tenant!r}: "
+            "re-materialize labeled_dataset (LEGOLAS_TENANT changed since?)"
+        )
     if cv.split_fingerprint != splits.fingerprint:
         raise CandidateInputsError("cv_metrics was computed on another split; re-materialize cv_metrics first")
     version = training_of(folds)
@@ -105,7 +111,7 @@ def evaluate_candidate(
     summary = dataset.summary
     manifest = {
         "version": version,
-        "tenant": dataset.tenant,
+        "tenant": registry.artifacts.tenant,
         "checkpoints": paths,
         "sha256": [read_sidecar(p)["sha256"] for p in paths],
         "labels": ensemble.labels,
