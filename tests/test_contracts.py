@@ -92,3 +92,20 @@ def test_the_io_manager_hands_each_chain_asset_its_contract(tmp_path):
         manager.load_input(build_input_context(asset_key=broken, upstream_output=build_output_context(asset_key=broken)))
     assert set(CONTRACTS) == {"labeled_dataset", "stratified_splits", "fold_models", "cv_metrics", "ensemble_model", "promoted_ensemble",
                               "explainability_report"}
+
+
+def test_a_candidate_of_another_tenants_dataset_or_split_is_refused_before_any_work(tmp_path):
+    from legolas_ml.lifecycle.artifacts import TenantArtifacts
+    from legolas_ml.lifecycle.candidate import CandidateInputsError, evaluate_candidate
+    from legolas_ml.lifecycle.registry import ModelRegistry
+
+    registry = ModelRegistry(TenantArtifacts(tmp_path, "other"))
+    splits = StratifiedSplits(tenant="acme", path="/nowhere.json", fingerprint="s1", data_version="d1", n_folds=1, kfold=False,
+                              classes=["a", "b"], n_test=1)
+    cv = CvMetrics(n_folds=1, data_version="d1", split_fingerprint="s1", balanced_accuracy={}, accuracy={}, f1_macro={},
+                   per_class_recall={}, per_fold=[])
+    with pytest.raises(CandidateInputsError, match="labeled_dataset belongs to tenant 'acme', the registry to 'other'"):
+        evaluate_candidate(registry, DATASET, splits, {0: _fold(0)}, cv, run_id="r1")
+    mine = ModelRegistry(TenantArtifacts(tmp_path, "acme"))
+    with pytest.raises(CandidateInputsError, match="cv_metrics was computed on another split"):
+        evaluate_candidate(mine, DATASET, splits, {0: _fold(0)}, CvMetrics.from_dict({**cv.to_dict(), "split_fingerprint": "s0"}), run_id="r1")

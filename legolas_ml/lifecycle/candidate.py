@@ -55,6 +55,20 @@ def training_of(folds: Mapping[int, FoldModel]) -> str:
     return keys.pop()
 
 
+def _checked_inputs(
+    registry: ModelRegistry, dataset: LabeledDataset, splits: StratifiedSplits, folds: Mapping[int, FoldModel], cv: CvMetrics
+) -> str:
+    """The candidate's version, once its inputs are shown to belong together (``CandidateInputsError`` otherwise)."""
+    if dataset.tenant != registry.artifacts.tenant:
+        raise CandidateInputsError(
+            f"labeled_dataset belongs to tenant {dataset.tenant!r}, the registry to {registry.artifacts.tenant!r}: "
+            "re-materialize labeled_dataset (LEGOLAS_TENANT changed since?)"
+        )
+    if cv.split_fingerprint != splits.fingerprint:
+        raise CandidateInputsError("cv_metrics was computed on another split; re-materialize cv_metrics first")
+    return training_of(folds)
+
+
 def evaluate_candidate(
     registry: ModelRegistry,
     dataset: LabeledDataset,
@@ -84,14 +98,7 @@ def evaluate_candidate(
         CandidateInputsError: the dataset is another tenant's, ``cv`` was computed on another split, or
             the folds on several trainings.
     """
-    if dataset.tenant != registry.artifacts.tenant:
-        raise CandidateInputsError(
-            f"labeled_dataset belongs to tenant {dataset.tenant!r}, the registry to {registry.artifacts.tenant!r}: "
-            "re-materialize labeled_dataset (LEGOLAS_TENANT changed since?)"
-        )
-    if cv.split_fingerprint != splits.fingerprint:
-        raise CandidateInputsError("cv_metrics was computed on another split; re-materialize cv_metrics first")
-    version = training_of(folds)
+    version = _checked_inputs(registry, dataset, splits, folds, cv)
     paths = [folds[k].checkpoint_path for k in range(splits.n_folds)]
     plan = SplitPlan.load(splits.path)
     rows = read_dataset(dataset.path).set_index("session_id")
