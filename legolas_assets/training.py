@@ -42,9 +42,11 @@ def build_fold_models(tenant: TenantPlan) -> AssetsDefinition:
         """One model per fold (focal loss, rewind early stopping), keeping only its best epoch."""
         resolved = training.resolved(gpu, tenant)
         keys = list(context.partition_keys)
+        registry = training.registry(tenant.name)
+        artifacts = registry.artifacts
         try:
             plan = plan_fold_training(
-                training.registry(tenant.name), training.artifacts(tenant.name), labeled_dataset, stratified_splits, resolved.config,
+                registry, labeled_dataset, stratified_splits, resolved.config,
                 [int(k) for k in keys], n_partitions=tenant.n_partitions, warm_start=training.warm_start_enabled(),
                 reuse_finished=training.reuse_finished_folds,
             )
@@ -53,7 +55,6 @@ def build_fold_models(tenant: TenantPlan) -> AssetsDefinition:
         config = plan.config
         context.log.info(plan.start_reason)
         device = gpu.resolved()
-        artifacts = training.artifacts(tenant.name)
         data = encode_dataset(read_dataset(labeled_dataset.path), config, cache_dir=artifacts.tokens_dir)
         logger, log_path = open_training_log(artifacts.logs_dir, context.run_id)
         context.log.info(f"training folds {keys} on {device['name']} ({device['precision']}); log file: {log_path}")

@@ -76,3 +76,17 @@ def test_a_trained_fold_with_rotated_labels_is_neither_served_nor_reused(tmp_pat
     assert finished_fold(path, "v1", plan.fingerprint(), config) is None
     again = train_plan_fold(data, plan, 0, config, tmp_path, data_version="v1")
     assert not again.reused and read_sidecar(path)["labels"] == sorted(df["label"].unique())
+
+
+def test_damaged_weights_only_fool_the_estimate_never_the_reuse(tmp_path):
+    """``verify_weights=False`` (fold_models' progress estimate) trusts the record; reuse always hashes the weights."""
+    df = separable_frame(20)
+    config = tiny_config(n_folds=2, epochs=1, patience=1, batch_size=8)
+    data, plan = encode_dataset(df, config), plan_splits(df, config)
+    path = Path(train_plan_fold(data, plan, 0, config, tmp_path, data_version="v1").checkpoint_path)
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF  # the last byte of the last tensor
+    path.write_bytes(bytes(raw))
+    assert finished_fold(path, "v1", plan.fingerprint(), config, verify_weights=False) is not None
+    assert finished_fold(path, "v1", plan.fingerprint(), config) is None
+    assert not train_plan_fold(data, plan, 0, config, tmp_path, data_version="v1").reused

@@ -39,17 +39,21 @@ class Contract:
 
     @classmethod
     def from_dict(cls: type[C], values: Mapping[str, Any]) -> C:
+        known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+        cls._require(values, [name for name, f in known.items() if f.default is MISSING and f.default_factory is MISSING])
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    @classmethod
+    def _require(cls, values: Any, needed: list[str]) -> None:
+        """Refuse a stored value that is not a JSON object or lacks a ``needed`` key, naming what it lacks."""
         if not isinstance(values, Mapping):
             raise ContractError(f"{cls.__name__}: a stored value must be a JSON object, got {type(values).__name__}")
-        known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
-        needed = [name for name, f in known.items() if f.default is MISSING and f.default_factory is MISSING]
         missing = [name for name in needed if name not in values]
         if missing:
             raise ContractError(
                 f"{cls.__name__}: the stored value lacks {missing} (it has {sorted(values)}); it was written by "
                 "another LEGOLAS release: re-materialize the asset"
             )
-        return cls(**{k: v for k, v in values.items() if k in known})
 
 
 @dataclass
@@ -150,7 +154,7 @@ class CvMetrics(Contract):
     fold_spread: float | None = None  # best minus worst fold balanced accuracy; from per_fold when not given
 
     def __post_init__(self) -> None:
-        if self.fold_spread is None and self.per_fold:  # a value stored before the spread was
+        if self.fold_spread is None and self.per_fold:  # computed here only: aggregate_folds and older stored values
             scores = [row["balanced_accuracy"] for row in self.per_fold]
             self.fold_spread = max(scores) - min(scores)
 
@@ -194,14 +198,7 @@ class Candidate(Contract):
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "Candidate":
-        if not isinstance(values, Mapping):
-            raise ContractError(f"Candidate: a stored value must be a JSON object, got {type(values).__name__}")
-        missing = [k for k in ("version", "checkpoints", "labels", "manifest_path") if k not in values]
-        if missing:
-            raise ContractError(
-                f"Candidate: the stored value lacks {missing} (it has {sorted(values)}); it was written by another "
-                "LEGOLAS release: re-materialize the asset"
-            )
+        cls._require(values, ["version", "checkpoints", "labels", "manifest_path"])
         manifest = {k: v for k, v in values.items() if k not in _CANDIDATE_PLACES}
         return cls(manifest=manifest, manifest_path=values["manifest_path"], run_dir=values.get("run_dir") or "")
 

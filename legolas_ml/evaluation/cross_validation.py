@@ -79,10 +79,9 @@ def aggregate_folds(
         }
         for r in rows
     ]
-    scores = [r["balanced_accuracy"] for r in rows]
-    return CvMetrics(
+    return CvMetrics(  # computes fold_spread from per_fold
         n_folds=n_folds, data_version=data_version, split_fingerprint=split_fingerprint, **summary,
-        per_class_recall=per_class_recall, per_fold=per_fold, fold_spread=max(scores) - min(scores),
+        per_class_recall=per_class_recall, per_fold=per_fold,
     )
 
 

@@ -15,7 +15,6 @@ from typing import Any
 from legolas_ml.core.contracts import FoldModel, FoldResult, LabeledDataset, StratifiedSplits
 from legolas_ml.core.identity import training_key
 from legolas_ml.data.splits import SplitPlan
-from legolas_ml.lifecycle.artifacts import TenantArtifacts
 from legolas_ml.lifecycle.registry import ChampionUnavailableError, ModelRegistry
 from legolas_ml.lifecycle.retraining import warm_start_checkpoints
 from legolas_ml.training.checkpoint import checkpoint_filename
@@ -36,12 +35,11 @@ class FoldTraining:
     training_key: str  # data version + split + config: a retraining never writes into the champion's folds
     folds_dir: Path
     start_reason: str  # where the folds start from, in words
-    finished: list[int] = field(default_factory=list)  # folds of this run an earlier run finished (reused)
+    finished: list[int] = field(default_factory=list)  # folds of this run an earlier run finished (expected to be reused)
 
 
 def plan_fold_training(
     registry: ModelRegistry,
-    artifacts: TenantArtifacts,
     dataset: LabeledDataset,
     splits: StratifiedSplits,
     config: TrainingConfig,
@@ -76,12 +74,14 @@ def plan_fold_training(
     )
     config = config.replace(init_checkpoints=starts)
     key = training_key(dataset.data_version, plan.fingerprint(), config.to_dict())
-    folds_dir = artifacts.folds_dir(key)
+    folds_dir = registry.artifacts.folds_dir(key)
     finished = []
-    if reuse_finished:  # the runner checks each again when it reaches it (a run beside this one may finish it); here: for the estimate
+    if reuse_finished:
+        # For the progress estimate only: the runner verifies each fold's weights before it reuses one,
+        # so reading and hashing every checkpoint here too would be the same work twice.
         for fold in folds:
             checkpoint = folds_dir / checkpoint_filename(config.text_format, config.model_name, fold)
-            if finished_fold(checkpoint, dataset.data_version, plan.fingerprint(), config) is not None:
+            if finished_fold(checkpoint, dataset.data_version, plan.fingerprint(), config, verify_weights=False) is not None:
                 finished.append(fold)
     return FoldTraining(config, plan, key, folds_dir, unreadable or reason, finished)
 

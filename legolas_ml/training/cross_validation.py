@@ -79,12 +79,17 @@ def _result_path(checkpoint: Path) -> Path:
     return checkpoint.with_name(checkpoint.stem + ".result.json")
 
 
-def finished_fold(checkpoint: Path, data_version: str, split_fingerprint: str, config: TrainingConfig) -> FoldResult | None:
+def finished_fold(
+    checkpoint: Path, data_version: str, split_fingerprint: str, config: TrainingConfig, *, verify_weights: bool = True,
+) -> FoldResult | None:
     """The stored result of a fold that finished with exactly these inputs, else ``None``.
 
     A result record is written only after a fold finishes, and it names the SHA-256 of the
     checkpoint it produced; a fold killed mid-training has none (it is deleted before training
     starts), and a checkpoint overwritten since then no longer matches it.
+
+    ``verify_weights=False`` skips reading and hashing the weights (the record and the sidecar
+    still must match): enough to estimate a run's work, never to reuse a fold.
     """
     record_path = _result_path(checkpoint)
     try:
@@ -96,7 +101,8 @@ def finished_fold(checkpoint: Path, data_version: str, split_fingerprint: str, c
     if any(record.get(k) != v for k, v in expected.items()) or record.get("sha256") != sidecar["sha256"]:
         return None
     try:
-        load_checkpoint(checkpoint)  # verifies the checksum of the weights themselves
+        if verify_weights:
+            load_checkpoint(checkpoint)  # verifies the checksum of the weights themselves
     except CheckpointError:
         return None
     try:
